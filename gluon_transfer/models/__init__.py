@@ -1,0 +1,1 @@
+"""Networks; importing this package registers every model name in MODELS."""

@@ -1,0 +1,128 @@
+"""Loading parameter files into networks with key, shape and dtype checks.
+
+``load_params`` is the one place where a ``.params`` file (``save_parameters`` layout,
+structural keys such as ``layer3.0.conv1.weight``) meets a network. It never trusts the
+file: every key is compared with the network's before anything is assigned, and the
+first problem is reported by name in a one-line :class:`CheckpointError`.
+"""
+import os
+
+import numpy as np
+import mxnet as mx
+
+from .errors import CheckpointError
+
+__all__ = ['load_params', 'read_params', 'net_param_shapes']
+
+
+def read_params(path):
+    """Read a ``.params`` file into ``{key: NDArray}``; a clear error if it is not one."""
+    if not os.path.isfile(path):
+        raise CheckpointError('params file not found: %s' % path)
+    try:
+        loaded = mx.nd.load(path)
+    except mx.base.MXNetError:
+        raise CheckpointError('cannot read %s: not an MXNet .params file (or truncated)' % path) from None
+    if not isinstance(loaded, dict) or not loaded:
+        raise CheckpointError('%s holds no named arrays; expected a save_parameters() file' % path)
+    if any(k.startswith(('arg:', 'aux:')) for k in loaded):
+        raise CheckpointError('%s is an exported symbol params file (arg:/aux: keys); '
+                              'load it with mx.gluon.SymbolBlock.imports, not into a Gluon network' % path)
+    return loaded
+
+
+def net_param_shapes(net):
+    """``{structural key: shape}`` of a network, as ``save_parameters`` would write them."""
+    return {k: p.shape for k, p in net._collect_params_with_prefix().items()}
+
+
+def _shape_fits(model_shape, file_shape):
+    if model_shape is None or len(model_shape) == 0:
+        return True
+    if len(model_shape) != len(file_shape):
+        return False
+    return all(m in (0, -1, f) for m, f in zip(model_shape, file_shape))
+
+
+def load_params(net, path, ctx=None, strict=True, allow_missing=False, ignore_extra=False,
+                cast_dtype=True, report=None):
+    """Load ``path`` into ``net`` after checking every key, shape and dtype.
+
+    Parameters
+    ----------
+    net : mx.gluon.Block
+    path : str
+        A file written by ``save_parameters`` (structural keys, no net prefix).
+    ctx : Context or list of Context, optional
+        Where to put the arrays (defaults to each parameter's current context or cpu).
+    strict : bool
+        Shorthand for ``allow_missing=False, ignore_extra=False``.
+    allow_missing, ignore_extra : bool
+        Tolerate network keys absent from the file / file keys absent from the network.
+    cast_dtype : bool
+        Cast arrays whose dtype differs from the network's (e.g. the float16 open-aff
+        ImageNet files into a float32 network); the casts are counted in the report.
+
+    Returns
+    -------
+    dict with ``loaded`` (count), ``missing`` and ``unexpected`` (key lists) and
+    ``cast`` (``{'float16->float32': n}``).
+
+    Raises
+    ------
+    CheckpointError naming the file and the first bad key (missing, unexpected, shape or
+    dtype), so a user can tell at once which model the file belongs to.
+    """
+    if strict:
+        allow_missing = allow_missing and not strict
+        ignore_extra = ignore_extra and not strict
+    loaded = read_params(path)
+    params = net._collect_params_with_prefix()
+    missing = [k for k in params if k not in loaded]
+    unexpected = [k for k in loaded if k not in params]
+    name = os.path.basename(path)
+    if missing and not allow_missing:
+        raise CheckpointError('%s does not fit %s: missing key %r (%d missing, %d unexpected in total)'
+                              % (name, type(net).__name__, missing[0], len(missing), len(unexpected)))
+    if unexpected and not ignore_extra:
+        raise CheckpointError('%s does not fit %s: unexpected key %r (%d unexpected, %d missing in total)'
+                              % (name, type(net).__name__, unexpected[0], len(unexpected), len(missing)))
+    for key, param in params.items():
+        if key in loaded and not _shape_fits(param.shape, loaded[key].shape):
+            raise CheckpointError('%s does not fit %s: parameter %r has shape %s in the model but %s in the file'
+                                  % (name, type(net).__name__, key, tuple(param.shape), tuple(loaded[key].shape)))
+    cast = {}
+    for key, param in params.items():
+        if key not in loaded:
+            continue
+        arr = loaded[key]
+        want = np.dtype(param.dtype) if param.dtype is not None else arr.dtype
+        if arr.dtype != want:
+            if not cast_dtype:
+                raise CheckpointError('%s: parameter %r is %s in the file but %s in the model (pass cast_dtype=True)'
+                                      % (name, key, arr.dtype, want))
+            tag = '%s->%s' % (arr.dtype, want)
+            cast[tag] = cast.get(tag, 0) + 1
+        target = ctx
+        if target is None:
+            try:
+                target = param.list_ctx()
+            except RuntimeError:
+                target = [mx.cpu()]
+        param._load_init(arr, target, cast_dtype=True, dtype_source='current')
+    result = {'loaded': len(params) - len(missing), 'missing': missing, 'unexpected': unexpected, 'cast': cast}
+    if report is not None:
+        report(result)
+    return result
+
+
+def describe_load(result):
+    """A one-line summary of :func:`load_params`' result for logs."""
+    parts = ['loaded %d arrays' % result['loaded']]
+    if result['missing']:
+        parts.append('%d missing (kept initialised values)' % len(result['missing']))
+    if result['unexpected']:
+        parts.append('%d unexpected (ignored)' % len(result['unexpected']))
+    for tag, n in sorted(result['cast'].items()):
+        parts.append('cast %d arrays %s' % (n, tag))
+    return ', '.join(parts)
