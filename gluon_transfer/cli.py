@@ -1,0 +1,286 @@
+"""Argument groups and the run driver shared by train_cifar.py, train_imagenet.py and
+train_transfer.py. The scripts only pick a preset; everything else happens here and in
+the engine, so the three trainers never copy code from each other.
+
+Flags follow GluonCV / open-aff conventions (``--batch-size`` is per device, ``--gpus``,
+``--num-gpus``, ``--lr-decay-epoch 40,60``, ``--resume-params``...).
+"""
+import argparse
+import copy
+import logging
+import os
+import sys
+import warnings
+
+from .errors import ConfigError, GluonTransferError
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# Per-preset defaults (GluonCV's / open-aff's scripts, without their known bugs).
+PRESET_DEFAULTS = {
+    'cifar': dict(model='cifar_resnet20_v1', dataset='cifar10', batch_size=128, num_epochs=200, lr=0.1,
+                  wd=1e-4, optimizer='nag', lr_mode='step', lr_decay_epoch='100,150', warmup_epochs=0,
+                  mode='imperative', init='xavier', save_frequency=10, log_interval=50, input_size=32),
+    'imagenet': dict(model='resnet50_v1b', dataset='imagenet', batch_size=32, num_epochs=120, lr=0.1,
+                     wd=1e-4, optimizer='nag', lr_mode='cosine', lr_decay_epoch='40,60', warmup_epochs=5,
+                     mode='hybrid', init='msra', save_frequency=10, log_interval=50, input_size=224),
+}
+
+# `make demo`: a short real run on the CIFAR-10 sample committed in data/cifar10_sample.
+DEMO_DEFAULTS = dict(data_dir=os.path.join(REPO_ROOT, 'data', 'cifar10_sample'), model='cifar_resnet20_v1',
+                     dataset='cifar10', batch_size=64, num_epochs=6, lr=0.2, lr_mode='cosine',
+                     warmup_epochs=1, wd=5e-4, log_interval=20, save_dir=os.path.join('runs', 'demo'))
+
+# Model options forwarded to get_model() when given (None = the model's own default).
+MODEL_OPTIONS = []
+
+
+def add_model_option(flag, kwarg, help, type=str, choices=None):
+    """Register a model constructor option (``--flag`` -> ``get_model(**{kwarg: value})``)."""
+    MODEL_OPTIONS.append((flag, kwarg, help, type, choices))
+
+
+def _int_list(text):
+    try:
+        return tuple(float(t) if '.' in t else int(t) for t in str(text).split(',') if t.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError('expected comma-separated numbers, got %r' % text) from None
+
+
+def build_parser(preset, description):
+    d = PRESET_DEFAULTS[preset]
+    p = argparse.ArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    g = p.add_argument_group('model')
+    g.add_argument('--model', default=d['model'], help='registered or GluonCV model name')
+    g.add_argument('--params', default=None, help='initialise the network from this .params file (checked)')
+    g.add_argument('--init', default=d['init'], choices=['xavier', 'msra'],
+                   help='initializer for parameters not loaded from a file')
+    for flag, kwarg, help_, type_, choices in MODEL_OPTIONS:
+        g.add_argument(flag, dest='model_' + kwarg, default=None, type=type_, choices=choices, help=help_)
+
+    g = p.add_argument_group('data')
+    g.add_argument('--dataset', default=d['dataset'], help='dataset preset')
+    g.add_argument('--data-dir', default=None,
+                   help='directory with train.rec/.idx and val.rec/.idx (or test.*), or original CIFAR binaries')
+    g.add_argument('--rec-train', default=None, help='training .rec (its .idx beside it unless --rec-train-idx)')
+    g.add_argument('--rec-train-idx', default=None)
+    g.add_argument('--rec-val', default=None)
+    g.add_argument('--rec-val-idx', default=None)
+    g.add_argument('--use-rec', action='store_true', help='accepted for GluonCV compatibility; RecordIO is the default')
+    g.add_argument('--input-size', type=int, default=d['input_size'])
+    g.add_argument('--crop-ratio', type=float, default=0.875, help='val: resize to input/crop-ratio, center crop')
+    g.add_argument('--coarse-labels', action='store_true', help='CIFAR-100: the 20 superclasses')
+    g.add_argument('-j', '--num-data-workers', dest='num_workers', type=int, default=2,
+                   help='decoding/augmentation threads')
+
+    g = p.add_argument_group('optimisation')
+    g.add_argument('--batch-size', type=int, default=d['batch_size'], help='per device')
+    g.add_argument('--num-epochs', type=int, default=d['num_epochs'])
+    g.add_argument('--max-iter', type=int, default=0, help='stop after this many iterations (0: all epochs)')
+    g.add_argument('--optimizer', default=d['optimizer'], choices=['sgd', 'nag', 'adam'])
+    g.add_argument('--lr', type=float, default=d['lr'], help='base learning rate (for the global batch)')
+    g.add_argument('--momentum', type=float, default=0.9)
+    g.add_argument('--wd', type=float, default=d['wd'])
+    g.add_argument('--no-wd', action='store_true', help='no weight decay on BN gamma/beta and biases')
+    g.add_argument('--lr-mode', default=d['lr_mode'], choices=['step', 'cosine', 'poly', 'constant'])
+    g.add_argument('--lr-decay', type=float, default=0.1, help='step mode: factor at each decay epoch')
+    g.add_argument('--lr-decay-epoch', type=_int_list, default=_int_list(d['lr_decay_epoch']),
+                   help='step mode: absolute epochs at which the LR is multiplied by --lr-decay')
+    g.add_argument('--lr-decay-period', type=int, default=0, help='step mode: decay every N epochs instead')
+    g.add_argument('--warmup-epochs', type=float, default=d['warmup_epochs'], help='linear warm-up from --warmup-lr')
+    g.add_argument('--warmup-lr', type=float, default=0.0)
+    g.add_argument('--label-smoothing', type=float, nargs='?', const=0.1, default=0.0,
+                   help='label smoothing eta (flag alone: 0.1)')
+    g.add_argument('--mixup', action='store_true', help='mixup training')
+    g.add_argument('--mixup-alpha', type=float, default=0.2 if preset == 'imagenet' else 1.0)
+    g.add_argument('--mixup-off-epoch', type=int, default=0, help='no mixup in the last N epochs')
+
+    g = p.add_argument_group('runtime')
+    g.add_argument('--mode', default=d['mode'], choices=['hybrid', 'imperative'],
+                   help='hybrid = hybridize(static_alloc, static_shape)')
+    g.add_argument('--dtype', default='float32', choices=['float32', 'float16', 'bfloat16'],
+                   help='float16 needs GPUs; bfloat16 = AMP on CPU (slower than float32 on AVX-512 without AMX)')
+    g.add_argument('--gpus', default='', help='GPU ids, e.g. 0,1 (empty: CPU)')
+    g.add_argument('--num-gpus', type=int, default=0, help='use GPUs 0..N-1')
+    g.add_argument('--ctx', default='', help='explicit contexts, e.g. cpu:0,cpu:1 or gpu:0,gpu:1')
+    g.add_argument('--kvstore', default='device', help='local, device, dist_sync, dist_device_sync, dist_async')
+    g.add_argument('--seed', type=int, default=0)
+    g.add_argument('--log-interval', type=int, default=d['log_interval'], help='batches between progress lines')
+
+    g = p.add_argument_group('checkpoints and logs')
+    g.add_argument('--save-dir', default=os.path.join('runs', preset), help='checkpoints, metrics.jsonl, train.log')
+    g.add_argument('--save-frequency', type=int, default=d['save_frequency'],
+                   help='keep every N-th epoch checkpoint (the latest is always kept)')
+    g.add_argument('--resume', default=None, help='save dir or checkpoint .json to continue from (exact)')
+    g.add_argument('--resume-params', default='', help='GluonCV-style: parameters to resume from')
+    g.add_argument('--resume-states', default='', help='GluonCV-style: trainer states to resume from')
+    g.add_argument('--resume-epoch', type=int, default=0, help='GluonCV-style: epochs already done')
+    g.add_argument('--logging-file', default=None, help='log file (default: SAVE_DIR/train.log)')
+    if preset == 'cifar':
+        p.add_argument('--demo', action='store_true',
+                       help='short run on the bundled CIFAR-10 sample (what `make demo` runs)')
+    if preset == 'imagenet':
+        p.add_argument('--last-gamma', action='store_true', help='zero-init the last BN gamma of each block')
+    return p
+
+
+def parse_args(parser, argv=None):
+    """Parse, then apply ``--demo`` defaults to options the user did not give."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = parser.parse_args(argv)
+    if getattr(args, 'demo', False):
+        probe = copy.deepcopy(parser)
+        for action in probe._actions:
+            action.default = argparse.SUPPRESS
+        explicit = vars(probe.parse_args(argv))
+        for k, v in DEMO_DEFAULTS.items():
+            if k not in explicit:
+                setattr(args, k, v)
+    return args
+
+
+def resolve_ctx(args):
+    import mxnet as mx
+    if args.ctx:
+        out = []
+        for tok in args.ctx.split(','):
+            kind, _, idx = tok.strip().partition(':')
+            if kind not in ('cpu', 'gpu') or not (idx or '0').isdigit():
+                raise ConfigError('bad --ctx entry %r; expected cpu:N or gpu:N' % tok)
+            out.append(mx.Context(kind, int(idx or 0)))
+    elif args.gpus:
+        out = [mx.gpu(int(i)) for i in args.gpus.split(',') if i.strip()]
+    elif args.num_gpus > 0:
+        out = [mx.gpu(i) for i in range(args.num_gpus)]
+    else:
+        out = [mx.cpu()]
+    gpus = [c for c in out if c.device_type == 'gpu']
+    if gpus:
+        have = mx.context.num_gpus()
+        if max(c.device_id for c in gpus) >= have:
+            raise ConfigError('asked for %s but this machine has %d GPU(s)%s' % (
+                ','.join(str(c) for c in gpus), have,
+                '' if have else ' (and the installed mxnet may be the CPU build: see requirements-gpu.txt)'))
+    return out
+
+
+def setup_logging(save_dir, logging_file=None, rank=0):
+    log = logging.getLogger('gluon_transfer')
+    log.setLevel(logging.INFO)
+    for h in list(log.handlers):
+        log.removeHandler(h)
+    fmt = logging.Formatter('%(asctime)s %(message)s', '%H:%M:%S')
+    console = logging.StreamHandler(sys.stdout)
+    console.setFormatter(fmt)
+    log.addHandler(console)
+    os.makedirs(save_dir, exist_ok=True)
+    path = logging_file or os.path.join(save_dir, 'train.log' if rank == 0 else 'train.rank%d.log' % rank)
+    fh = logging.FileHandler(path)
+    fh.setFormatter(logging.Formatter('%(asctime)s %(message)s'))
+    log.addHandler(fh)
+    log.propagate = False
+    return log
+
+
+def model_kwargs(args):
+    return {kwarg: getattr(args, 'model_' + kwarg) for _, kwarg, _, _, _ in MODEL_OPTIONS
+            if getattr(args, 'model_' + kwarg, None) is not None}
+
+
+def decay_epochs(args):
+    if args.lr_decay_period > 0:
+        return tuple(range(args.lr_decay_period, args.num_epochs, args.lr_decay_period))
+    return tuple(args.lr_decay_epoch)
+
+
+def fit_config(args):
+    from .engine.trainer import FitConfig
+    return FitConfig(num_epochs=args.num_epochs, optimizer=args.optimizer, lr=args.lr, momentum=args.momentum,
+                     wd=args.wd, lr_mode=args.lr_mode, lr_decay=args.lr_decay, lr_decay_epochs=decay_epochs(args),
+                     warmup_epochs=args.warmup_epochs, warmup_lr=args.warmup_lr, no_wd=args.no_wd,
+                     label_smoothing=args.label_smoothing or 0.0,
+                     mixup_alpha=args.mixup_alpha if args.mixup else 0.0, mixup_off_epoch=args.mixup_off_epoch,
+                     dtype=args.dtype, kvstore=args.kvstore, mode=args.mode, log_interval=args.log_interval,
+                     seed=args.seed, save_frequency=args.save_frequency, max_iters=args.max_iter)
+
+
+def build_network(args, num_classes, ctx, log):
+    import mxnet as mx
+    from .zoo import get_model
+    from .weights import load_params, describe_load
+    kwargs = model_kwargs(args)
+    if getattr(args, 'last_gamma', False):
+        kwargs['last_gamma'] = True
+    try:
+        net = get_model(args.model, classes=num_classes, **kwargs)
+    except TypeError as err:
+        raise ConfigError('model %r does not accept %s: %s' % (args.model, sorted(kwargs), err)) from None
+    init = mx.init.Xavier() if args.init == 'xavier' else mx.init.MSRAPrelu()
+    net.initialize(init, ctx=ctx)
+    if args.params:
+        log.info('initialising from %s: %s', args.params, describe_load(load_params(net, args.params, ctx=ctx)))
+    return net
+
+
+def run(args, preset, make_task=None):
+    """Build data, network and task from ``args`` and train. Returns the engine."""
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore', DeprecationWarning)
+        import mxnet as mx  # noqa: F401
+        from .data import build_data
+    from .engine.checkpoint import CheckpointManager
+    from .engine.precision import setup_precision
+    from .engine.tasks import Classify
+    from .engine.trainer import Engine
+
+    rank = int(os.environ.get('DMLC_WORKER_ID', 0)) if args.kvstore.startswith('dist') else 0
+    log = setup_logging(args.save_dir, args.logging_file, rank)
+    ctx = resolve_ctx(args)
+    setup_precision(args.dtype, ctx)
+    fit_cfg = fit_config(args)
+    num_parts, part_index = 1, 0
+    kv = None
+    if args.kvstore.startswith('dist'):
+        kv = mx.kv.create(args.kvstore)
+        num_parts, part_index = kv.num_workers, kv.rank
+        fit_cfg.kvstore = kv
+    data = build_data(args.dataset, data_dir=args.data_dir, rec_train=args.rec_train,
+                      rec_train_idx=args.rec_train_idx, rec_val=args.rec_val, rec_val_idx=args.rec_val_idx,
+                      batch_size=args.batch_size * len(ctx), num_workers=args.num_workers,
+                      num_parts=num_parts, part_index=part_index, seed=args.seed, input_size=args.input_size,
+                      crop_ratio=args.crop_ratio, coarse_labels=args.coarse_labels)
+    log.info('data: %s, %d classes, %d training images (%d batches of %d), %d validation images',
+             args.dataset, data.num_classes, data.num_train, len(data.train), args.batch_size * len(ctx),
+             data.val.num_samples if data.val is not None else 0)
+    net = build_network(args, data.num_classes, ctx, log)
+    task = make_task(args, net, data, ctx, log) if make_task else Classify()
+    prefix = '%s-%s' % (args.dataset, args.model)
+    ckpt = CheckpointManager(args.save_dir, prefix, args.save_frequency, log)
+    engine = Engine(net, task, ctx, fit_cfg, data.train, data.val, data.num_classes, checkpoint=ckpt,
+                    logger=log, metrics_path=os.path.join(args.save_dir, 'metrics.jsonl'),
+                    run_info={'model': args.model, 'dataset': args.dataset, 'model_kwargs': model_kwargs(args)})
+    log.info('model %s on %s, %s, %s mode, %d epochs, lr %g (%s)', args.model, ','.join(map(str, ctx)),
+             args.dtype, args.mode, args.num_epochs, args.lr, args.lr_mode)
+    engine.fit(resume=args.resume, resume_params=args.resume_params, resume_states=args.resume_states,
+               resume_epoch=args.resume_epoch)
+    if engine.history:
+        last = engine.history[-1]
+        log.info('done: %d epochs, final val top1=%.4f, best %.4f; checkpoints in %s', last['epoch'],
+                 last.get('val_top1', float('nan')), engine.best_top1, args.save_dir)
+    return engine
+
+
+def main(preset, description, argv=None, make_task=None):
+    """Entry point of a training script: one-line errors and a non-zero exit on bad input."""
+    parser = build_parser(preset, description)
+    args = parse_args(parser, argv)
+    try:
+        run(args, preset, make_task)
+    except GluonTransferError as err:
+        print('error: %s' % err, file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print('interrupted; the last completed epoch is checkpointed: continue with --resume %s' % args.save_dir,
+              file=sys.stderr)
+        return 130
+    return 0

@@ -1,0 +1,347 @@
+"""The one training loop shared by train_cifar.py, train_imagenet.py and train_transfer.py.
+
+``Engine(net, task, ctx, cfg, train, val, num_classes, ...).fit()`` does, per iteration:
+set the scheduled learning rate, optionally mix the batch (mixup / label smoothing),
+``split_and_load`` it over the context list, run ``task.loss`` on every slice inside
+``autograd.record()``, back-propagate and ``trainer.step(global_batch)``. Per epoch it
+evaluates (top-1, top-5, mean per-class accuracy), appends a JSON line to the metrics
+log, and writes an atomic checkpoint. Scripts differ only in presets and tasks.
+
+Multi-device is a context list (gradients are summed over devices by the kvstore and
+divided by the global batch); distributed is a kvstore name (``dist_sync``...; only rank 0
+writes checkpoints and the metrics log); precision is ``cfg.dtype``.
+
+The loss is checked without a per-iteration device sync: each iteration's loss stays
+on the device and the window of ``log_interval`` losses is read at once. A NaN/inf stops
+training with the iteration it first appeared in; the previous epoch's checkpoint is
+never overwritten by a diverged state.
+"""
+import json
+import logging
+import os
+import random
+import time
+from dataclasses import dataclass, field, asdict
+
+import numpy as np
+import mxnet as mx
+from mxnet import autograd, gluon
+
+from ..errors import ConfigError, CheckpointError, TrainingDiverged
+from ..metrics import ClassificationMeter
+from ..weights import load_params
+from . import precision
+from .checkpoint import load_blocks, resolve_resume
+from .schedule import LRSchedule
+
+__all__ = ['FitConfig', 'Engine', 'seed_epoch']
+
+OPTIMIZERS = ('sgd', 'nag', 'adam')
+
+
+@dataclass
+class FitConfig:
+    num_epochs: int = 1
+    optimizer: str = 'sgd'
+    lr: float = 0.1
+    momentum: float = 0.9
+    wd: float = 1e-4
+    lr_mode: str = 'step'
+    lr_decay: float = 0.1
+    lr_decay_epochs: tuple = ()
+    warmup_epochs: float = 0.0
+    warmup_lr: float = 0.0
+    target_lr: float = 0.0
+    poly_power: float = 2.0
+    no_wd: bool = False
+    label_smoothing: float = 0.0
+    mixup_alpha: float = 0.0          # 0 switches mixup off
+    mixup_off_epoch: int = 0          # no mixing in the last N epochs
+    dtype: str = 'float32'
+    kvstore: str = 'device'
+    mode: str = 'hybrid'              # hybrid | imperative
+    log_interval: int = 50
+    seed: int = 0
+    save_frequency: int = 0           # keep every N-th epoch's checkpoint (0: latest only)
+    max_iters: int = 0                # stop after this many iterations (0: num_epochs)
+    extra: dict = field(default_factory=dict)
+
+
+def seed_epoch(seed, epoch):
+    """Seed Python, numpy and MXNet (all devices) from ``(seed, epoch)``: the only source
+    of randomness of an epoch, which makes resume at an epoch boundary exact."""
+    s = (int(seed) * 1000003 + int(epoch) * 7919) % (2 ** 31)
+    random.seed(s)
+    np.random.seed(s)
+    mx.random.seed(s)
+    return s
+
+
+def _to_float(x):
+    return float(x.astype('float32').asscalar()) if hasattr(x, 'asscalar') else float(x)
+
+
+class Engine:
+    def __init__(self, net, task, ctx, cfg, train, val=None, num_classes=None, checkpoint=None,
+                 logger=None, metrics_path=None, run_info=None):
+        self.net = net
+        self.task = task
+        self.ctx = list(ctx)
+        self.cfg = cfg
+        self.train_data = train
+        self.val_data = val
+        self.num_classes = num_classes
+        self.ckpt = checkpoint
+        self.log = logger or logging.getLogger('gluon_transfer')
+        self.metrics_path = metrics_path
+        self.run_info = dict(run_info or {})
+        if cfg.optimizer not in OPTIMIZERS:
+            raise ConfigError('unknown --optimizer %r; valid: %s' % (cfg.optimizer, ', '.join(OPTIMIZERS)))
+        if cfg.mode not in ('hybrid', 'imperative'):
+            raise ConfigError("--mode must be 'hybrid' or 'imperative', got %r" % cfg.mode)
+        precision.check_precision(cfg.dtype, self.ctx)
+        self.kv, self.rank, self.num_workers = self._make_kvstore(cfg.kvstore)
+        self.schedule = LRSchedule(cfg.lr_mode, cfg.lr, len(train), cfg.num_epochs, cfg.warmup_epochs,
+                                   cfg.warmup_lr, cfg.lr_decay, cfg.lr_decay_epochs, cfg.target_lr,
+                                   cfg.poly_power)
+        self.global_step = 0
+        self.start_epoch = 0
+        self.best_top1 = -1.0
+        self.history = []
+        self.lr_trace = []          # the LR of every iteration run by this engine
+        self.trainer = None
+        self._mixup = None
+        if cfg.mixup_alpha > 0:
+            from ..data.mixup import MixupSchedule
+            self._mixup = MixupSchedule(cfg.mixup_alpha, cfg.mixup_off_epoch, cfg.num_epochs)
+
+    # ------------------------------------------------------------------ set-up
+    @staticmethod
+    def _make_kvstore(kv):
+        """A kvstore name or an existing ``mx.kv.KVStore`` -> (kvstore, rank, num_workers)."""
+        if kv is None or kv in ('none', 'None', ''):
+            return None, 0, 1
+        if isinstance(kv, str):
+            if not kv.startswith('dist'):
+                return kv, 0, 1
+            kv = mx.kv.create(kv)
+        return kv, kv.rank, kv.num_workers
+
+    @property
+    def is_writer(self):
+        return self.rank == 0
+
+    def _build_trainer(self):
+        cfg = self.cfg
+        precision.prepare_net(self.net, cfg.dtype)
+        self.task.setup(self.net, self.ctx)
+        if cfg.mode == 'hybrid':
+            self.net.hybridize(static_alloc=True, static_shape=True)
+        params = gluon.ParameterDict()
+        params.update(self.net.collect_params())
+        for block in self.task.blocks().values():
+            params.update(block.collect_params())
+        if cfg.no_wd:
+            # GluonCV's --no-wd: no weight decay on BN scale/shift and biases.
+            for name, p in params.items():
+                if name.endswith(('_beta', '_gamma', '_bias')):
+                    p.wd_mult = 0.0
+        opt = {'learning_rate': self.schedule(0), 'wd': cfg.wd}
+        if cfg.optimizer in ('sgd', 'nag'):
+            opt['momentum'] = cfg.momentum
+        if cfg.dtype == 'float16':
+            opt['multi_precision'] = True
+        # Updates run on the workers (update_on_kvstore=False) so the per-iteration LR
+        # schedule applies everywhere; asynchronous kvstores require server-side updates.
+        on_kv = 'async' in str(getattr(self.kv, 'type', self.kv))
+        self.trainer = gluon.Trainer(params, cfg.optimizer, opt, kvstore=self.kv, update_on_kvstore=on_kv)
+        precision.prepare_trainer(self.trainer, cfg.dtype)
+
+    # ------------------------------------------------------------------ resume
+    def resume(self, path):
+        """Continue from a save dir or checkpoint ``.json`` (exact: see checkpoint.py)."""
+        meta, d = resolve_resume(path)
+        model = self.run_info.get('model')
+        if model and meta.get('model') and meta['model'] != model:
+            raise CheckpointError('cannot resume: %s was saved by model %r, not %r' % (path, meta['model'], model))
+        files = meta['files']
+        load_params(self.net, os.path.join(d, files['params']), ctx=self.ctx)
+        self.trainer.load_states(os.path.join(d, files['states']))
+        if 'extra' in files:
+            load_blocks(self.task.blocks(), os.path.join(d, files['extra']))
+        self.start_epoch = int(meta['epoch'])
+        self.global_step = int(meta['global_step'])
+        self.best_top1 = float(meta.get('best_top1', -1.0))
+        if self.start_epoch > self.cfg.num_epochs:
+            raise CheckpointError('cannot resume: checkpoint is at epoch %d but --num-epochs is %d'
+                                  % (self.start_epoch, self.cfg.num_epochs))
+        self.log.info('resumed from %s: %d epochs done, step %d', path, self.start_epoch, self.global_step)
+
+    def resume_files(self, params=None, states=None, epoch=0):
+        """GluonCV-style resume (``--resume-params/--resume-states/--resume-epoch``)."""
+        if params:
+            load_params(self.net, params, ctx=self.ctx)
+        if states:
+            if not os.path.isfile(states):
+                raise CheckpointError('trainer states file not found: %s' % states)
+            self.trainer.load_states(states)
+        self.start_epoch = int(epoch)
+        self.global_step = self.start_epoch * len(self.train_data)
+
+    # ------------------------------------------------------------------ loop
+    def fit(self, resume=None, resume_params=None, resume_states=None, resume_epoch=0):
+        if self.trainer is None:
+            self._build_trainer()
+        if resume:
+            self.resume(resume)
+        elif resume_params or resume_states or resume_epoch:
+            self.resume_files(resume_params, resume_states, resume_epoch)
+        cfg = self.cfg
+        total_iters = cfg.max_iters or cfg.num_epochs * len(self.train_data)
+        for epoch in range(self.start_epoch, cfg.num_epochs):
+            if self.global_step >= total_iters:
+                break
+            stats = self.train_epoch(epoch, total_iters)
+            if self.val_data is not None:
+                stats.update(('val_' + k, v) for k, v in self.evaluate(self.val_data).items())
+            self._end_epoch(epoch, stats)
+        return self.history
+
+    def _mix(self, epoch, data, label, rng):
+        """Mixup (while active) and/or label smoothing; otherwise the hard labels."""
+        cfg = self.cfg
+        if self._mixup is None and cfg.label_smoothing <= 0:
+            return data, label
+        from ..data import mixup as mixmod
+        lam = self._mixup.lam(epoch, rng) if self._mixup is not None else 1.0
+        if lam < 1.0:
+            return mixmod.mixup_batch(data, label, lam, self.num_classes, cfg.label_smoothing)
+        if cfg.label_smoothing > 0:
+            return data, mixmod.smooth_labels(label, self.num_classes, cfg.label_smoothing)
+        return data, label
+
+    def train_epoch(self, epoch, total_iters):
+        cfg = self.cfg
+        seed = seed_epoch(cfg.seed, epoch)
+        rng = np.random.RandomState(seed + 1)
+        self.train_data.set_epoch(epoch)
+        in_dtype = precision.input_dtype(cfg.dtype)
+        c0 = self.ctx[0]
+        n_batches = len(self.train_data)
+        loss_sum = mx.nd.zeros((1,), ctx=c0)
+        correct = mx.nd.zeros((1,), ctx=c0)
+        term_sums = {}
+        window = []
+        seen = 0
+        t0 = tic = time.time()
+        lr = self.schedule(self.global_step)
+        for i, batch in enumerate(self.train_data):
+            if self.global_step >= total_iters:
+                break
+            lr = self.schedule(self.global_step)
+            self.trainer.set_learning_rate(lr)
+            self.lr_trace.append(lr)
+            data, target = self._mix(epoch, batch.data, batch.label, rng)
+            n = batch.data.shape[0]
+            xs = gluon.utils.split_and_load(data, self.ctx, even_split=False)
+            ts = gluon.utils.split_and_load(target, self.ctx, even_split=False)
+            ys = gluon.utils.split_and_load(batch.label, self.ctx, even_split=False)
+            with autograd.record():
+                results = [self.task.loss(self.net, x.astype(in_dtype, copy=False), t, y)
+                           for x, t, y in zip(xs, ts, ys)]
+            autograd.backward([r[0] for r in results])
+            self.trainer.step(n)
+            step_loss = mx.nd.add_n(*[r[0].reshape((1,)).as_in_context(c0) for r in results])
+            loss_sum += step_loss
+            window.append((self.global_step, i, step_loss))
+            for (total, logits, terms), y in zip(results, ys):
+                k = y.shape[0]
+                correct += (logits.argmax(axis=1) == y.astype(logits.dtype)).sum().astype('float32').as_in_context(c0)
+                for name, value in terms.items():
+                    acc = term_sums.setdefault(name, mx.nd.zeros((1,), ctx=c0))
+                    acc += value.reshape((1,)).astype('float32').as_in_context(c0) * k
+            seen += n
+            self.global_step += 1
+            if cfg.log_interval and (i + 1) % cfg.log_interval == 0:
+                self._check_window(window, epoch)
+                window = []
+                speed = cfg.log_interval * n / max(time.time() - tic, 1e-9)
+                tic = time.time()
+                self.log.info('Epoch[%d] Batch [%d/%d]\tSpeed: %.1f samples/sec\tloss=%.4f\tacc=%.4f\tlr=%.6f',
+                              epoch + 1, i + 1, n_batches, speed, _to_float(loss_sum) / seen,
+                              _to_float(correct) / seen, lr)
+        self._check_window(window, epoch)
+        elapsed = time.time() - t0
+        seen = max(seen, 1)
+        stats = {'epoch': epoch + 1, 'lr': lr, 'train_loss': _to_float(loss_sum) / seen,
+                 'train_acc': _to_float(correct) / seen,
+                 'terms': {k: _to_float(v) / seen for k, v in sorted(term_sums.items())},
+                 'images_per_sec': seen / max(elapsed, 1e-9), 'time': elapsed, 'global_step': self.global_step}
+        return stats
+
+    def _check_window(self, window, epoch):
+        if not window:
+            return
+        values = mx.nd.concat(*[w[2] for w in window], dim=0).asnumpy()
+        bad = np.flatnonzero(~np.isfinite(values))
+        if bad.size:
+            step, it, _ = window[int(bad[0])]
+            if self.ckpt is not None and epoch > 0:
+                where = 'the checkpoint of epoch %d in %s is kept' % (epoch, self.ckpt.save_dir)
+            else:
+                where = 'no checkpoint had been written yet'
+            raise TrainingDiverged('loss became %s at epoch %d, iteration %d (global step %d); stopped, %s'
+                                   % (values[bad[0]], epoch + 1, it + 1, step + 1, where))
+
+    def evaluate(self, data):
+        """Top-1, top-5, mean per-class accuracy and mean cross-entropy on ``data``."""
+        in_dtype = precision.input_dtype(self.cfg.dtype)
+        meter = ClassificationMeter(self.num_classes)
+        loss_sum, n_total = 0.0, 0
+        data.set_epoch(0)
+        for batch in data:
+            xs = gluon.utils.split_and_load(batch.data, self.ctx, even_split=False)
+            outs = [self.task.predict(self.net, x.astype(in_dtype, copy=False)) for x in xs]
+            scores = np.concatenate([o.astype('float32').asnumpy() for o in outs], axis=0)
+            keep = scores.shape[0] - int(batch.pad)
+            labels = batch.label.asnumpy().astype(np.int64)[:keep]
+            scores = scores[:keep]
+            meter.update(labels, scores)
+            shifted = scores - scores.max(axis=1, keepdims=True)
+            logp = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+            loss_sum += float(-logp[np.arange(keep), labels].sum())
+            n_total += keep
+        res = meter.result()
+        res['loss'] = loss_sum / max(n_total, 1)
+        return res
+
+    def _end_epoch(self, epoch, stats):
+        terms = ' '.join('%s=%.4f' % kv for kv in stats['terms'].items())
+        msg = '[Epoch %d/%d] train: loss=%.4f acc=%.4f%s' % (
+            epoch + 1, self.cfg.num_epochs, stats['train_loss'], stats['train_acc'], (' (%s)' % terms) if terms else '')
+        if 'val_top1' in stats:
+            msg += ' | val: top1=%.4f top5=%.4f mean-class=%.4f loss=%.4f' % (
+                stats['val_top1'], stats['val_top5'], stats['val_mean_class_acc'], stats['val_loss'])
+        msg += ' | %.1f img/s, %.1fs, lr=%.6g' % (stats['images_per_sec'], stats['time'], stats['lr'])
+        self.log.info(msg)
+        is_best = 'val_top1' in stats and stats['val_top1'] > self.best_top1
+        if is_best:
+            self.best_top1 = stats['val_top1']
+        stats['best_top1'] = self.best_top1
+        self.history.append(stats)
+        if not self.is_writer:
+            return
+        if self.metrics_path:
+            os.makedirs(os.path.dirname(os.path.abspath(self.metrics_path)), exist_ok=True)
+            with open(self.metrics_path, 'a') as f:
+                f.write(json.dumps(stats, sort_keys=True) + '\n')
+        if self.ckpt is not None:
+            meta = dict(self.run_info, global_step=self.global_step, best_top1=self.best_top1,
+                        seed=self.cfg.seed, config=_jsonable(asdict(self.cfg)))
+            self.ckpt.save(epoch + 1, self.net, self.trainer, meta, self.task.blocks())
+            if is_best:
+                self.ckpt.save_best(epoch + 1, self.net, self.best_top1)
+
+
+def _jsonable(obj):
+    return json.loads(json.dumps(obj, default=lambda o: list(o) if isinstance(o, (tuple, set)) else str(o)))
