@@ -96,12 +96,13 @@ def load_params(net, path, ctx=None, strict=True, allow_missing=False, ignore_ex
         if key not in loaded:
             continue
         arr = loaded[key]
-        want = np.dtype(param.dtype) if param.dtype is not None else arr.dtype
-        if arr.dtype != want:
+        have = np.dtype(arr.dtype)
+        want = np.dtype(param.dtype) if param.dtype is not None else have
+        if have != want:
             if not cast_dtype:
                 raise CheckpointError('%s: parameter %r is %s in the file but %s in the model (pass cast_dtype=True)'
-                                      % (name, key, arr.dtype, want))
-            tag = '%s->%s' % (arr.dtype, want)
+                                      % (name, key, have.name, want.name))
+            tag = '%s->%s' % (have.name, want.name)
             cast[tag] = cast.get(tag, 0) + 1
         target = ctx
         if target is None:
