@@ -101,9 +101,9 @@ class Engine:
             raise ConfigError("--mode must be 'hybrid' or 'imperative', got %r" % cfg.mode)
         precision.check_precision(cfg.dtype, self.ctx)
         self.kv, self.rank, self.num_workers = self._make_kvstore(cfg.kvstore)
-        self.schedule = LRSchedule(cfg.lr_mode, cfg.lr, len(train), cfg.num_epochs, cfg.warmup_epochs,
-                                   cfg.warmup_lr, cfg.lr_decay, cfg.lr_decay_epochs, cfg.target_lr,
-                                   cfg.poly_power)
+        self.schedule = None if train is None else LRSchedule(
+            cfg.lr_mode, cfg.lr, len(train), cfg.num_epochs, cfg.warmup_epochs, cfg.warmup_lr, cfg.lr_decay,
+            cfg.lr_decay_epochs, cfg.target_lr, cfg.poly_power)
         self.global_step = 0
         self.start_epoch = 0
         self.best_top1 = -1.0
@@ -293,13 +293,15 @@ class Engine:
             raise TrainingDiverged('loss became %s at epoch %d, iteration %d (global step %d); stopped, %s'
                                    % (values[bad[0]], epoch + 1, it + 1, step + 1, where))
 
-    def evaluate(self, data):
-        """Top-1, top-5, mean per-class accuracy and mean cross-entropy on ``data``."""
+    def evaluate(self, data, progress=0):
+        """Top-1, top-5, mean per-class accuracy and mean cross-entropy on ``data``
+        (``pad`` rows of the last batch are ignored). ``progress=N`` logs every N batches."""
         in_dtype = precision.input_dtype(self.cfg.dtype)
         meter = ClassificationMeter(self.num_classes)
         loss_sum, n_total = 0.0, 0
         data.set_epoch(0)
-        for batch in data:
+        t0 = time.time()
+        for i, batch in enumerate(data):
             xs = gluon.utils.split_and_load(batch.data, self.ctx, even_split=False)
             outs = [self.task.predict(self.net, x.astype(in_dtype, copy=False)) for x in xs]
             scores = np.concatenate([o.astype('float32').asnumpy() for o in outs], axis=0)
@@ -311,6 +313,10 @@ class Engine:
             logp = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
             loss_sum += float(-logp[np.arange(keep), labels].sum())
             n_total += keep
+            if progress and (i + 1) % progress == 0:
+                r = meter.result()
+                self.log.info('[eval] batch %d/%d  top1=%.4f top5=%.4f  %.1f img/s', i + 1, len(data), r['top1'],
+                              r['top5'], n_total / max(time.time() - t0, 1e-9))
         res = meter.result()
         res['loss'] = loss_sum / max(n_total, 1)
         return res
