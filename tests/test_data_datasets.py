@@ -162,3 +162,30 @@ def test_array_iter_sharding_and_epochs(rng):
     small = ArrayIter(x[:3], y[:3], 8, last_batch='pad')  # shard smaller than a batch
     b = next(iter(small))
     assert b.data.shape[0] == 8 and b.pad == 5
+
+
+SAMPLE = os.path.join(os.path.dirname(__file__), '..', 'data', 'cifar10_sample')
+
+
+def test_shipped_demo_sample():
+    data = build_data('cifar10', data_dir=SAMPLE, batch_size=100)
+    assert data.num_train == 4000 and data.num_val == 1000 and data.num_classes == 10
+    assert data.classes[0] == 'airplane' and data.classes[9] == 'truck'
+    counts = np.bincount(data.train.info.labels.astype(int), minlength=10)
+    assert counts.tolist() == [400] * 10
+    assert np.bincount(data.val.info.labels.astype(int)).tolist() == [100] * 10
+
+
+@pytest.mark.realdata
+def test_demo_sample_bytes_match_source(cifar10_shared):
+    from gluon_transfer.data.recordio import inspect_recordio, read_record, unpack_payload
+    src = inspect_recordio(os.path.join(cifar10_shared, 'val.rec'))
+    smp = inspect_recordio(os.path.join(SAMPLE, 'val.rec'))
+    with open(src.rec, 'rb') as fs:
+        src_bodies = {}
+        for off, lab in zip(src.offsets[:2000], src.labels[:2000]):
+            src_bodies.setdefault(unpack_payload(read_record(fs, int(off)))[4], float(lab))
+    with open(smp.rec, 'rb') as f:
+        for off, lab in zip(smp.offsets[:50], smp.labels[:50]):
+            body = unpack_payload(read_record(f, int(off)))[4]
+            assert src_bodies[body] == float(lab)
