@@ -95,7 +95,9 @@ class ArrayIter:
             if pad:
                 # 'pad' repeats the first rows and reports them; 'rollover' wraps around
                 # the epoch's order, so every batch is full and pad stays 0 for training.
-                sel = np.concatenate([sel, order[:pad]])
+                # np.resize repeats the order cyclically, so a shard smaller than one
+                # batch still fills it.
+                sel = np.concatenate([sel, np.resize(order, pad)])
             imgs = self._images[sel]
             if self.augment is not None:
                 imgs = self.augment(imgs, rng)

@@ -1,0 +1,132 @@
+#!/usr/bin/env python
+"""Data-layer throughput on this machine (not a test).
+
+    python bench/bench_loader.py [--cifar DIR] [--seconds 8] [--skip-index]
+
+Measures, and prints as a Markdown table:
+* CIFAR preset training iterator (pad-4 crop + mirror + normalise, batch 128) on the shared
+  CIFAR-10 (../shared/data/cifar10) when present, else on data/cifar10_sample;
+* ImageNet preset training (random resized crop, colour jitter, PCA noise) and evaluation
+  (resize 256 + centre crop 224) iterators, batch 32, on 200 generated ~300 px JPEGs packed
+  with ``pack(..., resize=256)`` (packing time with 1 and 2 processes is reported too);
+each with ImageRecordIter ``preprocess_threads`` 1 and 2; plus the cost of the Python-side
+checks: ``inspect_recordio`` per million records (synthetic 1M-record file, warm page cache)
+and the full decode check of the CIFAR set.
+"""
+import argparse
+import os
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+
+def iter_rate(it, seconds):
+    """Images/s over whole epochs (at least one) until ``seconds`` have passed; the first
+    epoch's start-up (ImageRecordIter construction) is included, as in training."""
+    n, t0, epoch = 0, time.time(), 0
+    while True:
+        it.set_epoch(epoch)
+        for b in it:
+            n += b.data.shape[0] - b.pad
+            if time.time() - t0 > seconds:
+                return n / (time.time() - t0)
+        epoch += 1
+
+
+def make_jpegs(root, n=200, classes=4, seed=0):
+    import cv2
+    rng = np.random.RandomState(seed)
+    for i in range(n):
+        h, w = rng.randint(240, 341, size=2)
+        # smooth colour fields + noise: JPEG sizes like photos, not like pure noise
+        base = cv2.resize(rng.randint(0, 256, size=(6, 6, 3)).astype(np.uint8), (int(w), int(h)),
+                          interpolation=cv2.INTER_CUBIC)
+        img = np.clip(base.astype(np.int16) + rng.randint(-20, 21, size=base.shape), 0, 255).astype(np.uint8)
+        d = os.path.join(root, 'c%d' % (i % classes))
+        os.makedirs(d, exist_ok=True)
+        cv2.imwrite(os.path.join(d, '%04d.jpg' % i), img, [cv2.IMWRITE_JPEG_QUALITY, 90])
+
+
+def synthetic_rec(prefix, n):
+    """A structurally valid .rec/.idx with ``n`` records of 4-byte payloads, written with numpy."""
+    magic = 0xced7230a
+    rec = np.zeros((n, 9), dtype='<u4')  # magic, lrec, IRHeader(flag, label, id lo, hi, id2 lo, hi), body
+    rec[:, 0] = magic
+    rec[:, 1] = 28
+    rec[:, 3] = np.arange(n, dtype=np.float32).view('<u4') % 7
+    rec.tofile(prefix + '.rec')
+    offs = np.arange(n, dtype=np.int64) * 36
+    with open(prefix + '.idx', 'w') as f:
+        f.write(''.join('%d\t%d\n' % (i, o) for i, o in enumerate(offs.tolist())))
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument('--cifar', default=None, help='CIFAR-10 RecordIO dir')
+    p.add_argument('--seconds', type=float, default=8.0, help='time per measurement')
+    p.add_argument('--skip-index', action='store_true')
+    args = p.parse_args()
+    from gluon_transfer.data import build_data, pack
+    from gluon_transfer.data.recordio import inspect_recordio, verify_decode
+
+    rows = []
+    cifar = args.cifar
+    if cifar is None:
+        shared = os.path.join(ROOT, '..', 'shared', 'data', 'cifar10')
+        cifar = shared if os.path.isfile(os.path.join(shared, 'train.rec')) else os.path.join(ROOT, 'data', 'cifar10_sample')
+    cifar = os.path.normpath(cifar)
+    t = time.time()
+    data = build_data('cifar10', data_dir=cifar, batch_size=128, verify=False)
+    t_inspect = time.time() - t
+    t = time.time()
+    verify_decode(data.train.info)
+    t_decode = time.time() - t
+    for threads in (1, 2):
+        data = build_data('cifar10', data_dir=cifar, batch_size=128, num_workers=threads, verify=False)
+        rows.append(('cifar10 train (pad-4 crop, mirror), batch 128, %d records' % data.num_train,
+                     threads, '%.0f img/s' % iter_rate(data.train, args.seconds)))
+    rows.append(('cifar10 train: inspect_recordio + labels (%d records)' % data.num_train, '-',
+                 '%.3f s' % t_inspect))
+    rows.append(('cifar10 train: full decode check (verify=True)', '-', '%.2f s' % t_decode))
+
+    with tempfile.TemporaryDirectory() as tmp:
+        make_jpegs(os.path.join(tmp, 'imgs'))
+        for j in (1, 2):
+            rep = pack(os.path.join(tmp, 'imgs'), os.path.join(tmp, 'rec', 'train'), resize=256,
+                       quality=90, workers=j, force=True)
+            rows.append(('pack 200 JPEGs ~300 px, resize 256, q90', j,
+                         '%.0f img/s (%.2f s)' % (rep.written / rep.seconds, rep.seconds)))
+        os.symlink(os.path.join(tmp, 'rec', 'train.rec'), os.path.join(tmp, 'rec', 'val.rec'))
+        os.symlink(os.path.join(tmp, 'rec', 'train.idx'), os.path.join(tmp, 'rec', 'val.idx'))
+        for threads in (1, 2):
+            data = build_data('imagenet', data_dir=os.path.join(tmp, 'rec'), batch_size=32,
+                              num_workers=threads)
+            rows.append(('imagenet train (rand. resized crop 224, jitter, PCA), batch 32', threads,
+                         '%.0f img/s' % iter_rate(data.train, args.seconds)))
+            rows.append(('imagenet val (resize 256, centre crop 224), batch 32', threads,
+                         '%.0f img/s' % iter_rate(data.val, args.seconds)))
+
+        if not args.skip_index:
+            n = 1000000
+            synthetic_rec(os.path.join(tmp, 'big'), n)
+            inspect_recordio(os.path.join(tmp, 'big.rec'))  # warm the page cache
+            t = time.time()
+            info = inspect_recordio(os.path.join(tmp, 'big.rec'))
+            dt = time.time() - t
+            assert info.num_records == n
+            rows.append(('inspect_recordio, 1M records (idx parse + header checks + labels)', '-',
+                         '%.2f s per million records' % dt))
+
+    print('| measurement | threads/procs | result |')
+    print('|---|---|---|')
+    for r in rows:
+        print('| %s | %s | %s |' % r)
+
+
+if __name__ == '__main__':
+    main()

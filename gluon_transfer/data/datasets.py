@@ -1,0 +1,266 @@
+"""Dataset presets and :func:`build_data`, the one entry point the training scripts call.
+
+A :class:`Preset` fixes what differs between datasets: input size, RGB mean/std in 0-255
+units, the ImageRecordIter augmentation for training, the evaluation resize/crop, the
+split file names and where to look by default. Presets live in ``PRESETS`` and in
+``gluon_transfer.registry.DATASETS`` (later issues register more, e.g. per transfer set).
+
+Augmentation (what open-aff used, open-aff.md §4-5):
+
+* ``cifar10``/``cifar100`` train: zero-pad 4, random 32 x 32 crop, random mirror
+  (GluonCV ``RandomCrop(32, pad=4)`` + ``RandomFlipLeftRight``); ImageRecordIter's
+  ``fill_value`` defaults to 255, so the preset sets it to 0. Eval: none.
+  Mean/std (0.4914, 0.4822, 0.4465) / (0.2023, 0.1994, 0.2010) x 255.
+* ``imagenet`` train (``--use-rec`` path): random resized crop, area 0.08-1, aspect
+  3/4-4/3, mirror, brightness/contrast/saturation 0.4, PCA noise 0.1. Eval: shorter side
+  resized to ``ceil(input_size / crop_ratio)`` (256 for 224 / 0.875), centre crop.
+  Mean 123.68/116.779/103.939, std 58.393/57.12/57.375.
+* ``transfer`` (fine-tuning sets): ImageNet statistics and eval crop; training uses the
+  random resized crop + mirror + colour jitter 0.4 without PCA noise.
+"""
+import collections
+import math
+import os
+
+import numpy as np
+
+from ..errors import ConfigError, DataError
+from ..registry import DATASETS, unknown_name_message
+from .base import ArrayIter
+from .recordio import RecordIter, inspect_recordio, default_idx_path
+
+__all__ = ['Preset', 'PRESETS', 'get_preset', 'DataBundle', 'build_data', 'record_iter_kwargs',
+           'resolve_data_dir']
+
+CIFAR_MEAN = tuple(255.0 * m for m in (0.4914, 0.4822, 0.4465))
+CIFAR_STD = tuple(255.0 * s for s in (0.2023, 0.1994, 0.2010))
+IMAGENET_MEAN = (123.68, 116.779, 103.939)
+IMAGENET_STD = (58.393, 57.12, 57.375)
+
+
+class Preset(collections.namedtuple('Preset', [
+        'name', 'input_size', 'mean', 'std', 'train_aug', 'val_resize', 'crop_ratio',
+        'num_classes', 'train_split', 'val_splits', 'binary', 'default_dir'])):
+    """A dataset preset.
+
+    ``train_aug``: ImageRecordIter keyword arguments for training (augmentation only);
+    ``val_resize``: True to resize the shorter side to ``ceil(input_size / crop_ratio)``
+    before the centre crop at evaluation; ``num_classes``: the usual count (the data's own
+    ``classes.txt`` or labels take precedence); ``train_split`` / ``val_splits``: file
+    stems looked up in a data dir (first existing val split wins); ``binary``: name of the
+    CIFAR binary reader that can serve the set, or None; ``default_dir``: where to look
+    when no data dir is given.
+    """
+
+
+CIFAR_TRAIN_AUG = {'pad': 4, 'fill_value': 0, 'rand_crop': True, 'rand_mirror': True}
+IMAGENET_TRAIN_AUG = {'random_resized_crop': True, 'min_random_area': 0.08, 'max_random_area': 1.0,
+                      'min_aspect_ratio': 3.0 / 4.0, 'max_aspect_ratio': 4.0 / 3.0,
+                      'rand_mirror': True, 'brightness': 0.4, 'contrast': 0.4, 'saturation': 0.4,
+                      'pca_noise': 0.1}
+TRANSFER_TRAIN_AUG = dict(IMAGENET_TRAIN_AUG, pca_noise=0.0)
+
+PRESETS = collections.OrderedDict()
+
+
+def register_preset(preset):
+    PRESETS[preset.name] = preset
+    DATASETS.register(preset.name, obj=preset)
+    return preset
+
+
+register_preset(Preset('cifar10', 32, CIFAR_MEAN, CIFAR_STD, CIFAR_TRAIN_AUG, False, None, 10,
+                       'train', ('val', 'test'), 'cifar10', '~/.mxnet/datasets/cifar10'))
+register_preset(Preset('cifar100', 32, CIFAR_MEAN, CIFAR_STD, CIFAR_TRAIN_AUG, False, None, 100,
+                       'train', ('val', 'test'), 'cifar100', '~/.mxnet/datasets/cifar100'))
+register_preset(Preset('imagenet', 224, IMAGENET_MEAN, IMAGENET_STD, IMAGENET_TRAIN_AUG, True, 0.875,
+                       1000, 'train', ('val', 'test'), None, '~/.mxnet/datasets/imagenet/rec'))
+register_preset(Preset('transfer', 224, IMAGENET_MEAN, IMAGENET_STD, TRANSFER_TRAIN_AUG, True, 0.875,
+                       None, 'train', ('val', 'test'), None, None))
+
+
+def get_preset(name):
+    if isinstance(name, Preset):
+        return name
+    if name not in PRESETS:
+        raise ConfigError(unknown_name_message('dataset preset', name, PRESETS))
+    return PRESETS[name]
+
+
+def record_iter_kwargs(preset, train, input_size=None, crop_ratio=None):
+    """``(data_shape, aug kwargs)`` for ImageRecordIter from a preset: the preset's training
+    augmentation, or for evaluation ``resize = ceil(input_size / crop_ratio)`` (when the
+    preset resizes) followed by ImageRecordIter's default centre crop."""
+    preset = get_preset(preset)
+    size = int(input_size or preset.input_size)
+    if train:
+        return (3, size, size), dict(preset.train_aug)
+    aug = {}
+    if preset.val_resize:
+        ratio = float(crop_ratio or preset.crop_ratio)
+        if not 0 < ratio <= 1:
+            raise ConfigError('crop_ratio must be in (0, 1], got %r' % ratio)
+        aug['resize'] = int(math.ceil(size / ratio))
+    return (3, size, size), aug
+
+
+class DataBundle(collections.namedtuple('DataBundle', [
+        'train', 'val', 'num_classes', 'classes', 'num_train', 'num_val', 'preset', 'source'])):
+    """What :func:`build_data` returns.
+
+    ``train``/``val``: iterators (``train`` is None with ``with_train=False``; ``val`` None
+    when the data has no evaluation split); ``num_classes``; ``classes``: names or None;
+    ``num_train``/``num_val``: records in the whole split (all shards; ``it.num_samples`` is
+    this shard's); ``preset``: the :class:`Preset`; ``source``: 'recordio' or 'cifar-binary'.
+    """
+
+
+def resolve_data_dir(preset, data_dir):
+    """``('recordio', train_rec, val_rec or None)`` or ``('cifar-binary', folder, None)``
+    for a data dir, else :class:`DataError` saying which files were expected."""
+    preset = get_preset(preset)
+    data_dir = os.path.expanduser(data_dir)
+    rec_names = '%s.rec/.idx and %s' % (preset.train_split, ' or '.join(
+        '%s.rec/.idx' % s for s in preset.val_splits))
+    expected = rec_names
+    if preset.binary:
+        from .cifar import CIFAR_FILES
+        spec = CIFAR_FILES[preset.binary]
+        expected += ', or the binary %s files (%s)' % (preset.binary, ', '.join(spec['train'] + spec['test']))
+    if not os.path.isdir(data_dir):
+        raise DataError('%s: data dir not found (expected %s)' % (data_dir, expected))
+    if not os.access(data_dir, os.R_OK | os.X_OK):
+        raise DataError('%s: data dir is not readable' % data_dir)
+    train_rec = os.path.join(data_dir, preset.train_split + '.rec')
+    vals = [os.path.join(data_dir, s + '.rec') for s in preset.val_splits]
+    val_rec = next((v for v in vals if os.path.exists(v)), None)
+    if os.path.exists(train_rec) or val_rec is not None:
+        return 'recordio', train_rec, val_rec
+    if preset.binary:
+        from .cifar import find_cifar_binary
+        folder = find_cifar_binary(data_dir, preset.binary)
+        if folder is not None:
+            return 'cifar-binary', folder, None
+    raise DataError('%s: no data found (expected %s)' % (data_dir, expected))
+
+
+def _classes_for(rec):
+    path = os.path.join(os.path.dirname(os.path.abspath(rec)), 'classes.txt')
+    if os.path.isfile(path):
+        from .pack import read_classes
+        return read_classes(path)
+    return None
+
+
+def _check_labels(info, num_classes):
+    labels = info.labels
+    if labels.size == 0:
+        return
+    if not np.all(np.isfinite(labels)) or labels.min() < 0 or labels.max() >= num_classes \
+            or np.any(labels != np.round(labels)):
+        bad = int(np.nonzero(~np.isfinite(labels) | (labels < 0) | (labels >= num_classes)
+                             | (labels != np.round(labels)))[0][0])
+        raise DataError('%s: record %d has label %r, outside the %d classes [0, %d)'
+                        % (info.rec, int(info.keys[bad]), float(labels[bad]), num_classes, num_classes))
+
+
+def build_data(preset, data_dir=None, rec_train=None, rec_val=None, batch_size=128,
+               val_batch_size=None, num_workers=2, num_parts=1, part_index=0, seed=0,
+               input_size=None, crop_ratio=None, coarse_labels=False, prefetch_buffer=2,
+               verify='auto', with_train=True, train_aug=None):
+    """Training and evaluation iterators for a preset.
+
+    Data sources, in order: ``rec_train``/``rec_val`` (``.rec`` paths; the ``.idx`` beside
+    each is required); else ``data_dir`` (default: the preset's ``default_dir``) holding
+    ``train.rec/.idx`` and ``val.rec/.idx`` (``test.*`` when there is no val), or, for the
+    CIFAR presets, the original binary files (read into memory, served by
+    :class:`~gluon_transfer.data.base.ArrayIter` with :func:`~gluon_transfer.data.cifar.pad_crop_flip`).
+
+    Every ``.rec`` is structure-checked (and decode-checked when small, ``verify='auto'``)
+    before ImageRecordIter opens it. Classes: ``classes.txt`` next to the training
+    ``.rec`` when present (its length is ``num_classes``), else ``max label + 1`` over the
+    training (or, without it, evaluation) records; every label must lie below it.
+
+    Parameters: ``batch_size`` per iterator (``val_batch_size`` defaults to it);
+    ``num_workers`` ImageRecordIter ``preprocess_threads``; ``num_parts``/``part_index``
+    shard both splits (evaluation drops ``Batch.pad`` rows); ``seed`` with ``set_epoch``
+    fixes order and augmentation; ``input_size``/``crop_ratio`` override the preset;
+    ``coarse_labels``: CIFAR-100 binary only, 20 superclasses; ``train_aug``: dict merged
+    over the preset's training augmentation.
+    """
+    preset = get_preset(preset)
+    val_batch_size = int(val_batch_size or batch_size)
+    size = int(input_size or preset.input_size)
+    if coarse_labels and preset.name != 'cifar100':
+        raise ConfigError('coarse_labels applies to cifar100 only, not %r' % preset.name)
+    if rec_train or rec_val:
+        source, train_rec, val_rec = 'recordio', rec_train, rec_val
+    else:
+        data_dir = data_dir or preset.default_dir
+        if not data_dir:
+            raise ConfigError('preset %r has no default data dir: pass data_dir (--data-dir) or '
+                              'rec_train/rec_val' % preset.name)
+        source, train_rec, val_rec = resolve_data_dir(preset, data_dir)
+    if source == 'cifar-binary':
+        return _build_cifar_binary(preset, train_rec, batch_size, val_batch_size, num_parts,
+                                   part_index, seed, coarse_labels, with_train)
+    if coarse_labels:
+        raise ConfigError('coarse_labels needs the binary CIFAR-100 files (a .rec stores one label)')
+
+    train_info = val_info = None
+    if with_train:
+        if not train_rec:
+            raise ConfigError('no training data: pass rec_train or a data dir with train.rec')
+        train_info = inspect_recordio(train_rec, default_idx_path(train_rec))
+    if val_rec:
+        val_info = inspect_recordio(val_rec, default_idx_path(val_rec))
+    ref = train_info or val_info
+    if ref is None:
+        raise ConfigError('no evaluation data: pass rec_val or a data dir with val.rec or test.rec')
+    classes = _classes_for(train_rec if train_info is not None else val_rec)
+    if classes is not None:
+        num_classes = len(classes)
+    else:
+        num_classes = int(np.max(ref.labels)) + 1
+    for info in (train_info, val_info):
+        if info is not None:
+            _check_labels(info, num_classes)
+
+    common = dict(mean=preset.mean, std=preset.std, num_parts=num_parts, part_index=part_index,
+                  seed=seed, preprocess_threads=num_workers, prefetch_buffer=prefetch_buffer,
+                  verify=verify)
+    train = val = None
+    if train_info is not None:
+        shape, aug = record_iter_kwargs(preset, True, size, crop_ratio)
+        aug.update(train_aug or {})
+        train = RecordIter(train_info.rec, train_info.idx, batch_size, shape, aug=aug, train=True,
+                           info=train_info, **common)
+    if val_info is not None:
+        shape, aug = record_iter_kwargs(preset, False, size, crop_ratio)
+        val = RecordIter(val_info.rec, val_info.idx, val_batch_size, shape, aug=aug, train=False,
+                         info=val_info, **common)
+    return DataBundle(train, val, num_classes, classes,
+                      train_info.num_records if train_info is not None else 0,
+                      val_info.num_records if val_info is not None else 0, preset, 'recordio')
+
+
+def _build_cifar_binary(preset, folder, batch_size, val_batch_size, num_parts, part_index, seed,
+                        coarse, with_train):
+    from .cifar import read_cifar_binary, pad_crop_flip
+    train = None
+    num_train = 0
+    names = None
+    if with_train:
+        x, y, names = read_cifar_binary(folder, preset.binary, train=True, coarse=coarse)
+        num_train = len(y)
+        train = ArrayIter(x, y, batch_size, mean=preset.mean, std=preset.std, shuffle=True,
+                          augment=pad_crop_flip, last_batch='rollover', num_parts=num_parts,
+                          part_index=part_index, seed=seed)
+    xv, yv, vnames = read_cifar_binary(folder, preset.binary, train=False, coarse=coarse)
+    names = names or vnames
+    val = ArrayIter(xv, yv, val_batch_size, mean=preset.mean, std=preset.std, shuffle=False,
+                    last_batch='pad', num_parts=num_parts, part_index=part_index, seed=seed)
+    num_classes = 20 if coarse else preset.num_classes
+    if names is not None and len(names) != num_classes:
+        names = None
+    return DataBundle(train, val, num_classes, names, num_train, len(yv), preset, 'cifar-binary')
