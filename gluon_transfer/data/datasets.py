@@ -165,13 +165,15 @@ def _check_labels(info, num_classes):
 
 
 def build_data(preset, data_dir=None, rec_train=None, rec_val=None, batch_size=128,
-               val_batch_size=None, num_workers=2, num_parts=1, part_index=0, seed=0,
+               rec_train_idx=None, rec_val_idx=None, val_batch_size=None, num_workers=2,
+               num_parts=1, part_index=0, seed=0,
                input_size=None, crop_ratio=None, coarse_labels=False, prefetch_buffer=2,
                verify='auto', with_train=True, train_aug=None):
     """Training and evaluation iterators for a preset.
 
-    Data sources, in order: ``rec_train``/``rec_val`` (``.rec`` paths; the ``.idx`` beside
-    each is required); else ``data_dir`` (default: the preset's ``default_dir``) holding
+    Data sources, in order: ``rec_train``/``rec_val`` (``.rec`` paths; their index files are
+    ``rec_train_idx``/``rec_val_idx``, by default the ``.idx`` beside each, and required);
+    else ``data_dir`` (default: the preset's ``default_dir``) holding
     ``train.rec/.idx`` and ``val.rec/.idx`` (``test.*`` when there is no val), or, for the
     CIFAR presets, the original binary files (read into memory, served by
     :class:`~gluon_transfer.data.base.ArrayIter` with :func:`~gluon_transfer.data.cifar.pad_crop_flip`).
@@ -211,9 +213,9 @@ def build_data(preset, data_dir=None, rec_train=None, rec_val=None, batch_size=1
     if with_train:
         if not train_rec:
             raise ConfigError('no training data: pass rec_train or a data dir with train.rec')
-        train_info = inspect_recordio(train_rec, default_idx_path(train_rec))
+        train_info = inspect_recordio(train_rec, rec_train_idx or default_idx_path(train_rec))
     if val_rec:
-        val_info = inspect_recordio(val_rec, default_idx_path(val_rec))
+        val_info = inspect_recordio(val_rec, rec_val_idx or default_idx_path(val_rec))
     ref = train_info or val_info
     if ref is None:
         raise ConfigError('no evaluation data: pass rec_val or a data dir with val.rec or test.rec')
