@@ -167,8 +167,7 @@ def resolve_ctx(args):
 def setup_logging(save_dir, logging_file=None, rank=0):
     log = logging.getLogger('gluon_transfer')
     log.setLevel(logging.INFO)
-    for h in list(log.handlers):
-        log.removeHandler(h)
+    close_logging()
     fmt = logging.Formatter('%(asctime)s %(message)s', '%H:%M:%S')
     console = logging.StreamHandler(sys.stdout)
     console.setFormatter(fmt)
@@ -180,6 +179,13 @@ def setup_logging(save_dir, logging_file=None, rank=0):
     log.addHandler(fh)
     log.propagate = False
     return log
+
+
+def close_logging():
+    log = logging.getLogger('gluon_transfer')
+    for h in list(log.handlers):
+        log.removeHandler(h)
+        h.close()
 
 
 def model_kwargs(args):
@@ -231,12 +237,13 @@ def run(args, preset, make_task=None):
     from .engine.checkpoint import CheckpointManager
     from .engine.precision import setup_precision
     from .engine.tasks import Classify
-    from .engine.trainer import Engine
+    from .engine.trainer import Engine, seed_epoch
 
     rank = int(os.environ.get('DMLC_WORKER_ID', 0)) if args.kvstore.startswith('dist') else 0
     log = setup_logging(args.save_dir, args.logging_file, rank)
     ctx = resolve_ctx(args)
     setup_precision(args.dtype, ctx)
+    seed_epoch(args.seed, -1)      # network initialisation is reproducible from --seed
     fit_cfg = fit_config(args)
     num_parts, part_index = 1, 0
     kv = None
@@ -283,4 +290,6 @@ def main(preset, description, argv=None, make_task=None):
         print('interrupted; the last completed epoch is checkpointed: continue with --resume %s' % args.save_dir,
               file=sys.stderr)
         return 130
+    finally:
+        close_logging()
     return 0

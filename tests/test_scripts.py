@@ -1,0 +1,219 @@
+"""End-to-end runs of the training scripts on tiny generated RecordIO sets, and the
+one-line errors for bad input. In-process through ``cli.main`` (same code path as the
+scripts) except for one real subprocess per script."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from gluon_transfer import cli
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def write_set(prefix, n, size, classes=4, seed=0, fmt='.jpg'):
+    """``prefix.rec/.idx`` with class-dependent colour blobs (learnable) as JPEG."""
+    import mxnet as mx
+    rng = np.random.RandomState(seed)
+    rec = mx.recordio.MXIndexedRecordIO(prefix + '.idx', prefix + '.rec', 'w')
+    for i in range(n):
+        c = i % classes
+        img = rng.randint(0, 60, (size, size, 3)).astype(np.uint8)
+        img[..., c % 3] += np.uint8(120 + 40 * (c // 3))
+        ok, buf = cv2.imencode(fmt, img)
+        rec.write_idx(i, mx.recordio.pack(mx.recordio.IRHeader(0, float(c), i, 0), buf.tobytes()))
+    rec.close()
+
+
+@pytest.fixture(scope='module')
+def cifar_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp('cifar')
+    write_set(str(d / 'train'), 48, 32, seed=1)
+    write_set(str(d / 'val'), 20, 32, seed=2)
+    return str(d)
+
+
+@pytest.fixture(scope='module')
+def imagenet_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp('imagenet')
+    write_set(str(d / 'train'), 16, 48, seed=3)
+    write_set(str(d / 'val'), 8, 48, seed=4)
+    return str(d)
+
+
+def run_cli(preset, argv, capsys):
+    rc = cli.main(preset, 'test', argv)
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def cifar_args(data_dir, save_dir, *extra):
+    return ['--data-dir', data_dir, '--model', 'cifar_resnet20_v1', '--batch-size', '8', '--num-epochs', '2',
+            '--lr', '0.05', '--lr-mode', 'cosine', '--save-dir', save_dir, '--log-interval', '2', '-j', '1',
+            '--seed', '3'] + list(extra)
+
+
+def metrics(save_dir):
+    with open(os.path.join(save_dir, 'metrics.jsonl')) as f:
+        return [json.loads(line) for line in f]
+
+
+@pytest.mark.slow
+def test_train_cifar_end_to_end_and_resume(cifar_dir, tmp_path, capsys):
+    full = str(tmp_path / 'full')
+    rc, out, err = run_cli('cifar', cifar_args(cifar_dir, full), capsys)
+    assert rc == 0, err
+    assert '[Epoch 2/2]' in out and 'val: top1=' in out and 'Speed:' in out
+    m = metrics(full)
+    assert [r['epoch'] for r in m] == [1, 2]
+    for key in ('lr', 'train_loss', 'train_acc', 'val_top1', 'val_top5', 'val_mean_class_acc', 'images_per_sec',
+                'time', 'terms'):
+        assert key in m[0]
+    assert 0.0 <= m[1]['val_top1'] <= 1.0 and m[1]['val_top5'] >= m[1]['val_top1']
+    names = os.listdir(full)
+    assert 'cifar10-cifar_resnet20_v1-0002.params' in names and 'checkpoint.json' in names
+    assert any(n.endswith('-best.params') for n in names) and 'train.log' in names
+
+    part = str(tmp_path / 'part')
+    # Stop after the first epoch's 6 iterations (48 images / 8), same 2-epoch schedule.
+    rc, _, err = run_cli('cifar', cifar_args(cifar_dir, part, '--max-iter', '6'), capsys)
+    assert rc == 0, err
+    assert [r['epoch'] for r in metrics(part)] == [1]
+    # Resume with the full run's schedule: same final parameters as the uninterrupted run.
+    rc, out, err = run_cli('cifar', cifar_args(cifar_dir, part, '--resume', part), capsys)
+    assert rc == 0, err
+    assert 'resumed from' in out
+    import mxnet as mx
+    a = mx.nd.load(os.path.join(full, 'cifar10-cifar_resnet20_v1-0002.params'))
+    b = mx.nd.load(os.path.join(part, 'cifar10-cifar_resnet20_v1-0002.params'))
+    assert sorted(a) == sorted(b)
+    for k in a:
+        np.testing.assert_allclose(a[k].asnumpy(), b[k].asnumpy(), rtol=1e-4, atol=1e-5, err_msg=k)
+    assert metrics(part)[-1]['lr'] == pytest.approx(m[-1]['lr'])
+
+
+@pytest.mark.slow
+def test_train_cifar_mixup_label_smoothing_two_devices(cifar_dir, tmp_path, capsys):
+    save = str(tmp_path / 'mix')
+    rc, out, err = run_cli('cifar', cifar_args(cifar_dir, save, '--mixup', '--mixup-alpha', '0.4',
+                                               '--mixup-off-epoch', '1', '--label-smoothing', '--no-wd',
+                                               '--ctx', 'cpu:0,cpu:1', '--mode', 'hybrid', '--warmup-epochs', '1'),
+                           capsys)
+    assert rc == 0, err
+    assert 'cpu(0),cpu(1)' in out
+    m = metrics(save)
+    assert len(m) == 2 and all(np.isfinite(r['train_loss']) for r in m)
+
+
+@pytest.mark.slow
+def test_train_imagenet_end_to_end(imagenet_dir, tmp_path):
+    """A real subprocess of train_imagenet.py on a tiny RecordIO set (hybrid mode)."""
+    save = str(tmp_path / 'in')
+    cmd = [sys.executable, os.path.join(ROOT, 'train_imagenet.py'), '--rec-train', os.path.join(imagenet_dir, 'train.rec'),
+           '--rec-val', os.path.join(imagenet_dir, 'val.rec'), '--model', 'resnet18_v1b', '--input-size', '32',
+           '--batch-size', '4', '--num-epochs', '1', '--warmup-epochs', '0.5', '--lr', '0.01', '--last-gamma',
+           '--no-wd', '--label-smoothing', '--save-dir', save, '--log-interval', '2', '-j', '1']
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=str(tmp_path))
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert '[Epoch 1/1]' in res.stdout and 'top5=' in res.stdout
+    assert os.path.isfile(os.path.join(save, 'imagenet-resnet18_v1b-0001.params'))
+
+
+@pytest.mark.slow
+def test_train_cifar_script_subprocess_error_exit(tmp_path):
+    res = subprocess.run([sys.executable, os.path.join(ROOT, 'train_cifar.py'), '--data-dir', str(tmp_path / 'nope'),
+                          '--save-dir', str(tmp_path / 's')], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith('error: ') and 'nope' in lines[0], res.stderr
+
+
+def one_line_error(rc, err, *needles):
+    assert rc == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith('error: '), err
+    for n in needles:
+        assert n in lines[0], lines[0]
+
+
+def test_error_unknown_model_lists_close_matches(cifar_dir, tmp_path, capsys):
+    rc, _, err = run_cli('cifar', cifar_args(cifar_dir, str(tmp_path), '--model', 'cifar_resnet20_v11'), capsys)
+    one_line_error(rc, err, "unknown model 'cifar_resnet20_v11'", 'cifar_resnet20_v1')
+
+
+def test_error_rec_without_idx(cifar_dir, tmp_path, capsys):
+    d = tmp_path / 'noidx'
+    d.mkdir()
+    for name in ('train.rec', 'val.rec', 'val.idx'):
+        (d / name).write_bytes(Path(cifar_dir, name).read_bytes())
+    rc, _, err = run_cli('cifar', cifar_args(str(d), str(tmp_path / 's')), capsys)
+    one_line_error(rc, err, 'train.idx')
+
+
+def test_error_truncated_rec(cifar_dir, tmp_path, capsys):
+    d = tmp_path / 'trunc'
+    d.mkdir()
+    for name in ('train.idx', 'val.rec', 'val.idx'):
+        (d / name).write_bytes(Path(cifar_dir, name).read_bytes())
+    full = Path(cifar_dir, 'train.rec').read_bytes()
+    (d / 'train.rec').write_bytes(full[:len(full) // 2])
+    rc, _, err = run_cli('cifar', cifar_args(str(d), str(tmp_path / 's')), capsys)
+    one_line_error(rc, err, 'train.rec')
+
+
+def test_error_checkpoint_that_does_not_fit(cifar_dir, tmp_path, capsys):
+    import mxnet as mx
+    from gluon_transfer import get_model
+    net = get_model('cifar_resnet20_v1', classes=7)
+    net.initialize()
+    net(mx.nd.zeros((1, 3, 32, 32)))
+    f = str(tmp_path / 'seven.params')
+    net.save_parameters(f)
+    rc, _, err = run_cli('cifar', cifar_args(cifar_dir, str(tmp_path / 's'), '--params', f), capsys)
+    one_line_error(rc, err, 'seven.params', "'output.weight'", '(4, 64)', '(7, 64)')
+
+
+def test_error_float16_on_cpu_and_bad_ctx(cifar_dir, tmp_path, capsys):
+    rc, _, err = run_cli('cifar', cifar_args(cifar_dir, str(tmp_path / 's'), '--dtype', 'float16'), capsys)
+    one_line_error(rc, err, 'float16 needs GPUs')
+    rc, _, err = run_cli('cifar', cifar_args(cifar_dir, str(tmp_path / 's'), '--ctx', 'tpu:0'), capsys)
+    one_line_error(rc, err, "bad --ctx entry 'tpu:0'")
+    rc, _, err = run_cli('cifar', cifar_args(cifar_dir, str(tmp_path / 's'), '--gpus', '0'), capsys)
+    one_line_error(rc, err, 'GPU')
+
+
+def test_error_resume_from_empty_dir(cifar_dir, tmp_path, capsys):
+    empty = tmp_path / 'empty'
+    empty.mkdir()
+    rc, _, err = run_cli('cifar', cifar_args(cifar_dir, str(tmp_path / 's'), '--resume', str(empty)), capsys)
+    one_line_error(rc, err, 'checkpoint.json')
+
+
+@pytest.mark.slow
+def test_error_diverging_loss_names_iteration(cifar_dir, tmp_path, capsys):
+    rc, _, err = run_cli('cifar', cifar_args(cifar_dir, str(tmp_path / 's'), '--lr', '1e30', '--lr-mode', 'constant',
+                                             '--num-epochs', '1'), capsys)
+    one_line_error(rc, err, 'loss became', 'iteration', 'no checkpoint had been written yet')
+
+
+@pytest.mark.slow
+def test_bfloat16_amp_runs(cifar_dir, tmp_path):
+    """bfloat16 AMP patches MXNet globally (amp.init), so it runs in its own process."""
+    cmd = [sys.executable, os.path.join(ROOT, 'train_cifar.py')] + cifar_args(
+        cifar_dir, str(tmp_path / 'bf'), '--dtype', 'bfloat16', '--num-epochs', '1', '--mode', 'hybrid')
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert 'bfloat16' in res.stdout and '[Epoch 1/1]' in res.stdout
+
+
+def test_demo_defaults_apply_only_where_not_given(tmp_path):
+    parser = cli.build_parser('cifar', 'x')
+    args = cli.parse_args(parser, ['--demo', '--num-epochs', '1', '--save-dir', str(tmp_path)])
+    assert args.num_epochs == 1 and args.save_dir == str(tmp_path)
+    assert args.data_dir.endswith(os.path.join('data', 'cifar10_sample')) and args.lr_mode == 'cosine'
+    assert os.path.isfile(os.path.join(args.data_dir, 'train.rec'))
