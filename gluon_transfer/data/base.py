@@ -45,9 +45,9 @@ class ArrayIter:
     augment : callable ``(uint8 batch, np.random.RandomState) -> uint8 batch`` or None,
         applied before normalisation (e.g. pad-4 random crop + flip).
     last_batch : 'pad' (evaluation: the last batch is filled by repeating the first rows
-        and ``pad`` says how many), 'rollover' (training: full batches only; the remainder
-        starts the next epoch's order... simplified here to wrapping around the shuffled
-        order, as ImageRecordIter's round_batch does) or 'discard'.
+        and ``pad`` says how many), 'rollover' (training: the last batch is completed by
+        wrapping around the epoch's order, as ImageRecordIter's ``round_batch`` does, and
+        ``pad`` is 0) or 'discard' (drop the incomplete last batch).
     num_parts, part_index : shard for distributed training (disjoint, covering).
     seed : int; the epoch's order and augmentation come from ``(seed, epoch)``.
     """
