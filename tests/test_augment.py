@@ -189,6 +189,13 @@ def test_random_erasing_bounds_and_identity():
     hits = sum(A.random_erase(np.zeros((1, 20, 20)), np.random.RandomState(s), prob=0.5) is not None
                for s in range(1000))
     assert 430 < hits < 570
+    # NDArray batches are erased in place with the same draws as numpy ones
+    import mxnet as mx
+    base = np.random.RandomState(9).randn(6, 3, 12, 10).astype(np.float32)
+    er = A.RandomErasing(0.7)
+    want = er(base.copy(), np.random.RandomState(2))
+    got = er(mx.nd.array(base), np.random.RandomState(2)).asnumpy()
+    assert np.array_equal(want, got) and not np.array_equal(want, base)
     with pytest.raises(ConfigError, match="only 'pixel'"):
         A.RandomErasing(0.5, mode='const')
 

@@ -134,48 +134,56 @@ def posterize(img, bits):
     return img & mask
 
 
+_LEVELS = np.arange(256, dtype=np.int32)
+
+
 def solarize(img, threshold):
     """``255 - x`` where ``x >= threshold`` (256: unchanged)."""
-    return np.where(img >= threshold, 255 - img, img).astype(np.uint8)
+    lut = np.where(_LEVELS >= threshold, 255 - _LEVELS, _LEVELS).astype(np.uint8)
+    return lut[img]
 
 
 def solarize_add(img, add, threshold=128):
     """``min(255, x + add)`` where ``x < threshold``."""
-    x = img.astype(np.int16)
-    return np.where(x < threshold, np.minimum(x + int(add), 255), x).astype(np.uint8)
+    lut = np.where(_LEVELS < threshold, np.minimum(_LEVELS + int(add), 255), _LEVELS).astype(np.uint8)
+    return lut[img]
 
 
 def _blend(degenerate, img, factor):
-    out = degenerate + float(factor) * (img.astype(np.float64) - degenerate)
-    return np.floor(np.clip(out, 0, 255)).astype(np.uint8)
+    """``floor(clip(d + f (x - d), 0, 255))`` in float32; ``degenerate`` broadcasts."""
+    out = img.astype(np.float32)
+    out -= degenerate
+    out *= np.float32(factor)
+    out += degenerate
+    np.clip(out, 0, 255, out=out)
+    return out.astype(np.uint8)  # truncation = floor for values >= 0
 
 
 def gray(img):
     """Pillow's RGB -> L: ``(19595 R + 38470 G + 7471 B + 32768) >> 16`` (uint8, HxW)."""
-    x = img.astype(np.int64)
-    return ((19595 * x[..., 0] + 38470 * x[..., 1] + 7471 * x[..., 2] + 32768) >> 16).astype(np.uint8)
+    r, g, b = (img[..., i].astype(np.int32) for i in range(3))
+    return ((19595 * r + 38470 * g + 7471 * b + 32768) >> 16).astype(np.uint8)
 
 
 def color(img, factor):
-    g = gray(img).astype(np.float64)[..., None]
-    return _blend(np.repeat(g, 3, axis=2), img, factor)
+    return _blend(gray(img).astype(np.float32)[..., None], img, factor)
 
 
 def contrast(img, factor):
     mean = math.floor(float(gray(img).mean()) + 0.5)
-    return _blend(np.full(img.shape, float(mean)), img, factor)
+    return _blend(np.float32(mean), img, factor)
 
 
 def brightness(img, factor):
-    return _blend(np.zeros(img.shape), img, factor)
+    return _blend(np.float32(0), img, factor)
 
 
 def sharpness(img, factor):
     import cv2
-    kernel = np.array([[1, 1, 1], [1, 5, 1], [1, 1, 1]], np.float64) / 13.0
-    smooth = img.astype(np.float64)
+    kernel = np.array([[1, 1, 1], [1, 5, 1], [1, 1, 1]], np.float32) / 13.0
+    smooth = img.astype(np.float32)
     if img.shape[0] > 2 and img.shape[1] > 2:
-        filt = cv2.filter2D(img.astype(np.float64), -1, kernel, borderType=cv2.BORDER_REFLECT)
+        filt = cv2.filter2D(smooth, -1, kernel, borderType=cv2.BORDER_REFLECT)
         smooth[1:-1, 1:-1] = np.floor(filt[1:-1, 1:-1] + 0.5)
     return _blend(smooth, img, factor)
 
@@ -331,9 +339,19 @@ def random_erase(x, rng, prob=0.5, min_area=0.02, max_area=1.0 / 3, min_aspect=0
     """Erase one rectangle of the normalised (C, H, W) float array ``x`` in place (see the
     module docstring). Returns the box ``(top, left, h, w)`` or None when nothing was
     erased."""
+    box = _erase_box(x.shape, rng, prob, min_area, max_area, min_aspect, max_aspect)
+    if box is not None:
+        top, left, h, w, noise = box
+        x[:, top:top + h, left:left + w] = noise.astype(x.dtype)
+        return top, left, h, w
+    return None
+
+
+def _erase_box(shape, rng, prob, min_area, max_area, min_aspect, max_aspect):
+    """``(top, left, h, w, noise (C, h, w))`` or None, drawing from ``rng`` in timm's order."""
     if prob <= 0 or rng.random_sample() >= prob:
         return None
-    c, H, W = x.shape
+    c, H, W = shape
     max_aspect = max_aspect or 1.0 / min_aspect
     log_r = (math.log(min_aspect), math.log(max_aspect))
     for _ in range(10):
@@ -344,15 +362,14 @@ def random_erase(x, rng, prob=0.5, min_area=0.02, max_area=1.0 / 3, min_aspect=0
         if w < W and h < H:
             top = rng.randint(0, H - h + 1)
             left = rng.randint(0, W - w + 1)
-            x[:, top:top + h, left:left + w] = rng.standard_normal((c, h, w)).astype(x.dtype)
-            return top, left, h, w
+            return top, left, h, w, rng.standard_normal((c, h, w)).astype(np.float32)
     return None
 
 
 class RandomErasing:
     """Random erasing for a batch of normalised images (N, C, H, W): each row is treated
-    independently with :func:`random_erase`. ``__call__(batch, rng)`` changes a numpy
-    batch in place and returns it."""
+    independently as :func:`random_erase` does (same draws from ``rng``).
+    ``__call__(batch, rng)`` changes a numpy or NDArray batch in place and returns it."""
 
     def __init__(self, prob=0.5, min_area=0.02, max_area=1.0 / 3, min_aspect=0.3, max_aspect=None,
                  mode='pixel'):
@@ -367,9 +384,14 @@ class RandomErasing:
         self.mode = mode
 
     def __call__(self, batch, rng):
+        """Erase rows of ``batch`` (numpy array or NDArray, N x C x H x W) in place."""
         for i in range(batch.shape[0]):
-            random_erase(batch[i], rng, self.prob, self.min_area, self.max_area, self.min_aspect,
-                         self.max_aspect)
+            box = _erase_box(batch.shape[1:], rng, self.prob, self.min_area, self.max_area,
+                             self.min_aspect, self.max_aspect)
+            if box is not None:
+                top, left, h, w, noise = box
+                # NDArray: only the rectangle is written (no copy of the whole batch)
+                batch[i, :, top:top + h, left:left + w] = noise
         return batch
 
     def __repr__(self):
@@ -409,10 +431,7 @@ class ErasingIter:
         self.inner.set_epoch(epoch)
 
     def __iter__(self):
-        import mxnet as mx
         for b, batch in enumerate(self.inner):
             ss = np.random.SeedSequence([self.seed & 0xffffffff, self.epoch, b, 0xe5a])
             rng = np.random.RandomState(ss.generate_state(4))
-            data = self.erasing(batch.data.asnumpy(), rng)
-            yield Batch(mx.nd.array(data, ctx=batch.data.context, dtype='float32'), batch.label,
-                        batch.pad)
+            yield Batch(self.erasing(batch.data, rng), batch.label, batch.pad)
