@@ -316,3 +316,14 @@ def test_cifar_array_randaugment():
     out = aug(imgs, np.random.RandomState(0))
     from gluon_transfer.data import pad_crop_flip
     assert np.array_equal(out, 255 - pad_crop_flip(imgs, np.random.RandomState(0)))
+
+
+def test_cli_flags_reach_build_data():
+    from gluon_transfer.cli import build_parser, augment_kwargs
+    p = build_parser('imagenet', 'x')
+    kw = augment_kwargs(p.parse_args(['--randaugment', '--random-erasing', '0.5', '--train-fraction', '0.3']))
+    assert kw == dict(randaugment='rand-m9-mstd0.5', random_erasing=0.5, train_fraction=0.3,
+                      fraction_seed=0, pipeline='auto')
+    kw = augment_kwargs(p.parse_args(['--randaugment', 'rand-m7-n3', '--data-pipeline', 'python']))
+    assert kw['randaugment'] == 'rand-m7-n3' and kw['pipeline'] == 'python'
+    assert augment_kwargs(p.parse_args([]))['randaugment'] is None

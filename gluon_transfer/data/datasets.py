@@ -33,8 +33,8 @@ Options every script gets through :func:`build_data` (``gluon_transfer.cli.add_a
 * ``train_fraction=F``: train on a seeded class-balanced subset (:func:`class_balanced_subset`),
   copied once into a cache ``.rec/.idx`` (:func:`subset_recordio`), because ImageRecordIter
   needs a physical file: an ``.idx`` listing only some records of the full ``.rec`` does
-  not work (dmlc's indexed reader sizes each record by the distance to the next indexed
-  offset, so a sparse index would read the records in between as well).
+  not work (measured: with records 0, 3, 6, 9 indexed out of 12, ImageRecordIter still
+  yields all 12, in chunks running from each indexed offset to the next).
 """
 import collections
 import fractions
