@@ -121,6 +121,7 @@ def build_parser(preset, description):
                        help='short run on the bundled CIFAR-10 sample (what `make demo` runs)')
     if preset == 'imagenet':
         p.add_argument('--last-gamma', action='store_true', help='zero-init the last BN gamma of each block')
+    add_augment_args(p, preset)
     return p
 
 
@@ -255,7 +256,7 @@ def run(args, preset, make_task=None):
                       rec_train_idx=args.rec_train_idx, rec_val=args.rec_val, rec_val_idx=args.rec_val_idx,
                       batch_size=args.batch_size * len(ctx), num_workers=args.num_workers,
                       num_parts=num_parts, part_index=part_index, seed=args.seed, input_size=args.input_size,
-                      crop_ratio=args.crop_ratio, coarse_labels=args.coarse_labels)
+                      crop_ratio=args.crop_ratio, coarse_labels=args.coarse_labels, **augment_kwargs(args))
     log.info('data: %s, %d classes, %d training images (%d batches of %d), %d validation images',
              args.dataset, data.num_classes, data.num_train, len(data.train), args.batch_size * len(ctx),
              data.val.num_samples if data.val is not None else 0)
@@ -293,3 +294,29 @@ def main(preset, description, argv=None, make_task=None):
     finally:
         close_logging()
     return 0
+
+
+def add_augment_args(parser, preset=None):
+    """Data-layer augmentation and subset flags shared by every training script
+    (see :func:`gluon_transfer.data.build_data`)."""
+    g = parser.add_argument_group('augmentation and training subsets')
+    g.add_argument('--randaugment', nargs='?', const='rand-m9-mstd0.5', default=None, metavar='SPEC',
+                   help='RandAugment (timm spec; flag alone: rand-m9-mstd0.5); training images are then '
+                        'decoded in Python by -j worker processes')
+    g.add_argument('--random-erasing', type=float, default=0.0, metavar='P',
+                   help='random erasing probability (pixel mode, on normalised images; timm --reprob)')
+    g.add_argument('--train-fraction', type=float, default=None, metavar='F',
+                   help='train on a class-balanced subset (e.g. 0.15, 0.3, 0.5 as in TLlib sample rates)')
+    g.add_argument('--fraction-seed', type=int, default=0, help='seed choosing the --train-fraction subset')
+    g.add_argument('--data-pipeline', default='auto', choices=['auto', 'record', 'python'],
+                   help='auto: ImageRecordIter unless --randaugment; python: decode in Python for train and val')
+    return g
+
+
+def augment_kwargs(args):
+    """``build_data`` keyword arguments from :func:`add_augment_args`' flags."""
+    return dict(randaugment=getattr(args, 'randaugment', None),
+                random_erasing=getattr(args, 'random_erasing', 0.0),
+                train_fraction=getattr(args, 'train_fraction', None),
+                fraction_seed=getattr(args, 'fraction_seed', 0),
+                pipeline=getattr(args, 'data_pipeline', 'auto'))

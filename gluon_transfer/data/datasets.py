@@ -16,9 +16,30 @@ Augmentation (what open-aff used, open-aff.md §4-5):
   resized to ``ceil(input_size / crop_ratio)`` (256 for 224 / 0.875), centre crop.
   Mean 123.68/116.779/103.939, std 58.393/57.12/57.375.
 * ``transfer`` (fine-tuning sets): ImageNet statistics and eval crop; training uses the
-  random resized crop + mirror + colour jitter 0.4 without PCA noise.
+  random resized crop + mirror + colour jitter 0.4 without PCA noise. One preset per
+  fine-grained set derives from it (:data:`TRANSFER_DATASETS`: ``stanford_dogs``,
+  ``mit_indoor67``, ``caltech256_30``, ``caltech256_60``, ``cub200``, ``food101``,
+  ``stanford_cars``, ``fgvc_aircraft``, ``dtd``), differing only in name and class count;
+  ``tools/prepare_dataset.py`` writes their data dirs (``gluon_transfer.data.transfer_sets``).
+
+Options every script gets through :func:`build_data` (``gluon_transfer.cli.add_augment_args``):
+
+* ``randaugment='rand-m9-mstd0.5'``: training batches come from the Python decode pipeline
+  (:class:`~gluon_transfer.data.pyrecord.PyRecordIter`: random resized crop, flip,
+  RandAugment; no colour jitter, as timm) instead of ImageRecordIter; evaluation keeps
+  ImageRecordIter (same preprocessing). CIFAR presets: pad-4 crop + flip, then RandAugment.
+* ``random_erasing=p``: timm's pixel-mode random erasing on the normalised training batches
+  (:class:`~gluon_transfer.data.augment.ErasingIter`), any pipeline.
+* ``train_fraction=F``: train on a seeded class-balanced subset (:func:`class_balanced_subset`),
+  copied once into a cache ``.rec/.idx`` (:func:`subset_recordio`), because ImageRecordIter
+  needs a physical file: an ``.idx`` listing only some records of the full ``.rec`` does
+  not work (measured: with records 0, 3, 6, 9 indexed out of 12, ImageRecordIter still
+  yields all 12, in chunks running from each indexed offset to the next).
 """
 import collections
+import fractions
+import hashlib
+import json
 import math
 import os
 
@@ -30,7 +51,8 @@ from .base import ArrayIter
 from .recordio import RecordIter, inspect_recordio, default_idx_path
 
 __all__ = ['Preset', 'PRESETS', 'get_preset', 'DataBundle', 'build_data', 'record_iter_kwargs',
-           'resolve_data_dir']
+           'resolve_data_dir', 'TRANSFER_DATASETS', 'class_balanced_subset', 'subset_count',
+           'write_record_subset', 'subset_recordio']
 
 CIFAR_MEAN = tuple(255.0 * m for m in (0.4914, 0.4822, 0.4465))
 CIFAR_STD = tuple(255.0 * s for s in (0.2023, 0.1994, 0.2010))
@@ -77,6 +99,13 @@ register_preset(Preset('imagenet', 224, IMAGENET_MEAN, IMAGENET_STD, IMAGENET_TR
                        1000, 'train', ('val', 'test'), None, '~/.mxnet/datasets/imagenet/rec'))
 register_preset(Preset('transfer', 224, IMAGENET_MEAN, IMAGENET_STD, TRANSFER_TRAIN_AUG, True, 0.875,
                        None, 'train', ('val', 'test'), None, None))
+
+# name -> number of classes; data dirs written by tools/prepare_dataset.py NAME.
+TRANSFER_DATASETS = collections.OrderedDict([
+    ('stanford_dogs', 120), ('mit_indoor67', 67), ('caltech256_30', 256), ('caltech256_60', 256),
+    ('cub200', 200), ('food101', 101), ('stanford_cars', 196), ('fgvc_aircraft', 100), ('dtd', 47)])
+for _name, _k in TRANSFER_DATASETS.items():
+    register_preset(PRESETS['transfer']._replace(name=_name, num_classes=_k))
 
 
 def get_preset(name):
@@ -168,7 +197,9 @@ def build_data(preset, data_dir=None, rec_train=None, rec_val=None, batch_size=1
                rec_train_idx=None, rec_val_idx=None, val_batch_size=None, num_workers=2,
                num_parts=1, part_index=0, seed=0,
                input_size=None, crop_ratio=None, coarse_labels=False, prefetch_buffer=2,
-               verify='auto', with_train=True, train_aug=None):
+               verify='auto', with_train=True, train_aug=None, randaugment=None,
+               random_erasing=0.0, train_fraction=None, fraction_seed=0, pipeline='auto',
+               subset_dir=None):
     """Training and evaluation iterators for a preset.
 
     Data sources, in order: ``rec_train``/``rec_val`` (``.rec`` paths; their index files are
@@ -188,13 +219,34 @@ def build_data(preset, data_dir=None, rec_train=None, rec_val=None, batch_size=1
     shard both splits (evaluation drops ``Batch.pad`` rows); ``seed`` with ``set_epoch``
     fixes order and augmentation; ``input_size``/``crop_ratio`` override the preset;
     ``coarse_labels``: CIFAR-100 binary only, 20 superclasses; ``train_aug``: dict merged
-    over the preset's training augmentation.
+    over the preset's training augmentation (ImageRecordIter pipeline).
+
+    Augmentation and subset options (module docstring): ``randaugment`` (a spec such as
+    ``'rand-m9-mstd0.5'`` or a :class:`~gluon_transfer.data.augment.RandAugment`),
+    ``random_erasing`` (probability, pixel mode), ``train_fraction`` (``0 < F <= 1``,
+    class-balanced subset chosen with ``fraction_seed``, cached under ``subset_dir``,
+    default ``<train dir>/subsets``), ``pipeline``: 'auto' (Python decoding for training
+    when RandAugment is on, else ImageRecordIter), 'record' (ImageRecordIter only) or
+    'python' (Python decoding for training and evaluation; ``num_workers`` processes).
     """
     preset = get_preset(preset)
     val_batch_size = int(val_batch_size or batch_size)
     size = int(input_size or preset.input_size)
     if coarse_labels and preset.name != 'cifar100':
         raise ConfigError('coarse_labels applies to cifar100 only, not %r' % preset.name)
+    if pipeline not in ('auto', 'record', 'python'):
+        raise ConfigError("pipeline must be 'auto', 'record' or 'python', got %r" % (pipeline,))
+    ra = _make_randaugment(randaugment, preset)
+    if ra is not None and pipeline == 'record':
+        raise ConfigError('RandAugment runs in Python: it needs pipeline auto or python, not record')
+    erasing = None
+    if random_erasing:
+        from .augment import RandomErasing
+        erasing = RandomErasing(float(random_erasing))
+    if train_fraction is not None:
+        train_fraction = float(train_fraction)
+        if not 0 < train_fraction <= 1:
+            raise ConfigError('train_fraction must be in (0, 1], got %r' % train_fraction)
     if rec_train or rec_val:
         source, train_rec, val_rec = 'recordio', rec_train, rec_val
     else:
@@ -204,8 +256,17 @@ def build_data(preset, data_dir=None, rec_train=None, rec_val=None, batch_size=1
                               'rec_train/rec_val' % preset.name)
         source, train_rec, val_rec = resolve_data_dir(preset, data_dir)
     if source == 'cifar-binary':
-        return _build_cifar_binary(preset, train_rec, batch_size, val_batch_size, num_parts,
-                                   part_index, seed, coarse_labels, with_train)
+        if train_fraction not in (None, 1.0):
+            raise ConfigError('train_fraction needs RecordIO data (pack the CIFAR set with tools/pack.py)')
+        if pipeline == 'python':
+            raise ConfigError("pipeline 'python' reads RecordIO; the binary CIFAR files are "
+                              "served from memory (RandAugment works there too)")
+        bundle = _build_cifar_binary(preset, train_rec, batch_size, val_batch_size, num_parts,
+                                     part_index, seed, coarse_labels, with_train, ra)
+        if erasing is not None and bundle.train is not None:
+            from .augment import ErasingIter
+            bundle = bundle._replace(train=ErasingIter(bundle.train, erasing, seed))
+        return bundle
     if coarse_labels:
         raise ConfigError('coarse_labels needs the binary CIFAR-100 files (a .rec stores one label)')
 
@@ -214,6 +275,8 @@ def build_data(preset, data_dir=None, rec_train=None, rec_val=None, batch_size=1
         if not train_rec:
             raise ConfigError('no training data: pass rec_train or a data dir with train.rec')
         train_info = inspect_recordio(train_rec, rec_train_idx or default_idx_path(train_rec))
+        if train_fraction not in (None, 1.0):
+            train_info = subset_recordio(train_info, train_fraction, fraction_seed, subset_dir)
     if val_rec:
         val_info = inspect_recordio(val_rec, rec_val_idx or default_idx_path(val_rec))
     ref = train_info or val_info
@@ -232,22 +295,32 @@ def build_data(preset, data_dir=None, rec_train=None, rec_val=None, batch_size=1
                   seed=seed, preprocess_threads=num_workers, prefetch_buffer=prefetch_buffer,
                   verify=verify)
     train = val = None
+    py_train = pipeline == 'python' or ra is not None
     if train_info is not None:
         shape, aug = record_iter_kwargs(preset, True, size, crop_ratio)
         aug.update(train_aug or {})
-        train = RecordIter(train_info.rec, train_info.idx, batch_size, shape, aug=aug, train=True,
-                           info=train_info, **common)
+        if py_train:
+            train = _py_iter(train_info, batch_size, shape, preset, aug, True, ra, common)
+        else:
+            train = RecordIter(train_info.rec, train_info.idx, batch_size, shape, aug=aug, train=True,
+                               info=train_info, **common)
+        if erasing is not None:
+            from .augment import ErasingIter
+            train = ErasingIter(train, erasing, seed)
     if val_info is not None:
         shape, aug = record_iter_kwargs(preset, False, size, crop_ratio)
-        val = RecordIter(val_info.rec, val_info.idx, val_batch_size, shape, aug=aug, train=False,
-                         info=val_info, **common)
+        if pipeline == 'python':
+            val = _py_iter(val_info, val_batch_size, shape, preset, aug, False, None, common)
+        else:
+            val = RecordIter(val_info.rec, val_info.idx, val_batch_size, shape, aug=aug, train=False,
+                             info=val_info, **common)
     return DataBundle(train, val, num_classes, classes,
                       train_info.num_records if train_info is not None else 0,
                       val_info.num_records if val_info is not None else 0, preset, 'recordio')
 
 
 def _build_cifar_binary(preset, folder, batch_size, val_batch_size, num_parts, part_index, seed,
-                        coarse, with_train):
+                        coarse, with_train, randaugment=None):
     from .cifar import read_cifar_binary, pad_crop_flip
     train = None
     num_train = 0
@@ -255,8 +328,9 @@ def _build_cifar_binary(preset, folder, batch_size, val_batch_size, num_parts, p
     if with_train:
         x, y, names = read_cifar_binary(folder, preset.binary, train=True, coarse=coarse)
         num_train = len(y)
+        augment = pad_crop_flip if randaugment is None else _CifarRandAugment(randaugment)
         train = ArrayIter(x, y, batch_size, mean=preset.mean, std=preset.std, shuffle=True,
-                          augment=pad_crop_flip, last_batch='rollover', num_parts=num_parts,
+                          augment=augment, last_batch='rollover', num_parts=num_parts,
                           part_index=part_index, seed=seed)
     xv, yv, vnames = read_cifar_binary(folder, preset.binary, train=False, coarse=coarse)
     names = names or vnames
@@ -266,3 +340,155 @@ def _build_cifar_binary(preset, folder, batch_size, val_batch_size, num_parts, p
     if names is not None and len(names) != num_classes:
         names = None
     return DataBundle(train, val, num_classes, names, num_train, len(yv), preset, 'cifar-binary')
+
+
+class _CifarRandAugment:
+    """ArrayIter augment: pad-4 crop + flip, then RandAugment on each image (NCHW uint8)."""
+
+    def __init__(self, randaugment):
+        self.randaugment = randaugment
+
+    def __call__(self, imgs, rng):
+        from .cifar import pad_crop_flip
+        imgs = pad_crop_flip(imgs, rng)
+        out = np.empty_like(imgs)
+        for i in range(len(imgs)):
+            hwc = np.ascontiguousarray(imgs[i].transpose(1, 2, 0))
+            out[i] = self.randaugment(hwc, rng).transpose(2, 0, 1)
+        return out
+
+
+def _make_randaugment(spec, preset):
+    if spec is None or spec is False or spec == '':
+        return None
+    from .augment import RandAugment
+    if isinstance(spec, RandAugment):
+        return spec
+    return RandAugment(str(spec), fill=preset.mean)
+
+
+def _py_iter(info, batch_size, shape, preset, aug, train, randaugment, common):
+    """A :class:`~gluon_transfer.data.pyrecord.PyRecordIter` with the preset's geometry:
+    random resized crop (area/aspect from the preset) or, for pad/crop presets (CIFAR),
+    ImageRecordIter-style pad + random crop, for training; resize + centre crop for eval."""
+    from .pyrecord import PyRecordIter
+    kw = dict(mean=preset.mean, std=preset.std, num_parts=common['num_parts'],
+              part_index=common['part_index'], seed=common['seed'],
+              num_workers=common['preprocess_threads'], info=info)
+    if train:
+        if aug.get('random_resized_crop'):
+            kw.update(rrc_scale=(aug.get('min_random_area', 0.08), aug.get('max_random_area', 1.0)),
+                      rrc_ratio=(aug.get('min_aspect_ratio', 3.0 / 4.0), aug.get('max_aspect_ratio', 4.0 / 3.0)))
+        elif aug.get('pad'):
+            kw.update(pad=int(aug['pad']), fill_value=int(aug.get('fill_value', 0)))
+        else:
+            raise ConfigError('the Python pipeline implements random-resized-crop or pad/crop '
+                              'training augmentation; preset %r has neither' % preset.name)
+    return PyRecordIter(info.rec, info.idx, batch_size, shape, train=train, randaugment=randaugment,
+                        resize=aug.get('resize'), **kw)
+
+
+def subset_count(n, fraction):
+    """Records kept from a class of ``n``: ``min(n, max(1, floor(F * n + 1/2)))`` (round half
+    up, at least one per class), with ``F`` taken exactly as the decimal it prints as
+    (0.15 is 3/20), so e.g. 15 % of 30 is 5 and 15 % of 10 is 2."""
+    f = fractions.Fraction(repr(float(fraction)))
+    return int(min(n, max(1, math.floor(f * n + fractions.Fraction(1, 2)))))
+
+
+def class_balanced_subset(labels, keys, fraction, seed=0):
+    """Positions (ascending) of a class-balanced subset: for each class ``c`` with members
+    sorted by key, a permutation drawn from ``SeedSequence([seed, c])`` and its first
+    :func:`subset_count` entries. The same permutation serves every fraction, so for one
+    seed a smaller fraction's subset lies inside a larger one's (15 % in 30 % in 50 %)."""
+    labels = np.asarray(labels)
+    keys = np.asarray(keys)
+    if labels.ndim != 1 or len(labels) != len(keys):
+        raise ValueError('labels and keys must be 1-D arrays of the same length')
+    if not 0 < float(fraction) <= 1:
+        raise ConfigError('fraction must be in (0, 1], got %r' % (fraction,))
+    lab = np.round(labels).astype(np.int64)
+    chosen = []
+    for c in np.unique(lab):
+        members = np.nonzero(lab == c)[0]
+        members = members[np.argsort(keys[members], kind='stable')]
+        ss = np.random.SeedSequence([int(seed) & 0xffffffff, int(c) & 0xffffffff])
+        perm = np.random.RandomState(ss.generate_state(4)).permutation(len(members))
+        chosen.append(members[perm[:subset_count(len(members), fraction)]])
+    return np.sort(np.concatenate(chosen)) if chosen else np.zeros(0, np.int64)
+
+
+def write_record_subset(info, positions, prefix):
+    """Copy the records at ``positions`` (into ``info``'s file-ordered arrays) verbatim into
+    ``prefix.rec/.idx`` (keys kept), writing to ``*.part`` files renamed at the end."""
+    import mxnet as mx
+    from .recordio import read_record
+    out_dir = os.path.dirname(os.path.abspath(prefix))
+    os.makedirs(out_dir, exist_ok=True)
+    tmp_rec, tmp_idx = prefix + '.rec.part', prefix + '.idx.part'
+    writer = mx.recordio.MXIndexedRecordIO(tmp_idx, tmp_rec, 'w')
+    try:
+        with open(info.rec, 'rb') as f:
+            for p in positions:
+                try:
+                    payload = read_record(f, int(info.offsets[p]))
+                except ValueError as e:
+                    raise DataError('%s: record %d cannot be read (%s)' % (info.rec, int(info.keys[p]), e)) from None
+                writer.write_idx(int(info.keys[p]), payload)
+    except BaseException:
+        writer.close()
+        for t in (tmp_rec, tmp_idx):
+            if os.path.exists(t):
+                os.remove(t)
+        raise
+    writer.close()
+    os.replace(tmp_rec, prefix + '.rec')
+    os.replace(tmp_idx, prefix + '.idx')
+    return prefix + '.rec', prefix + '.idx'
+
+
+def _writable_dir(path):
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError:
+        return False
+    return os.access(path, os.W_OK | os.X_OK)
+
+
+def subset_recordio(info, fraction, seed=0, cache_dir=None):
+    """:class:`RecordInfo` of the class-balanced ``fraction`` subset of ``info`` (see
+    :func:`class_balanced_subset`), materialised once as
+    ``<cache_dir>/<stem>_f<F>_s<seed>.rec/.idx`` with a ``.json`` naming its source (path,
+    size, mtime, fraction, seed); a later call with the same source reuses it. Default
+    ``cache_dir``: ``subsets/`` beside the source ``.rec``, or
+    ``~/.cache/gluon_transfer/subsets/<hash of the source path>`` when that is read-only."""
+    src = os.path.abspath(info.rec)
+    st = os.stat(src)
+    ident = {'source': src, 'bytes': st.st_size, 'mtime_ns': st.st_mtime_ns,
+             'idx_bytes': os.path.getsize(info.idx), 'fraction': float(fraction), 'seed': int(seed)}
+    if cache_dir is None:
+        cache_dir = os.path.join(os.path.dirname(src), 'subsets')
+        if not _writable_dir(cache_dir):
+            tag = hashlib.sha1(src.encode('utf-8', 'surrogateescape')).hexdigest()[:12]
+            cache_dir = os.path.join(os.path.expanduser('~'), '.cache', 'gluon_transfer', 'subsets', tag)
+    if not _writable_dir(cache_dir):
+        raise DataError('%s: cannot create the subset cache dir (pass subset_dir)' % cache_dir)
+    stem = os.path.splitext(os.path.basename(src))[0]
+    prefix = os.path.join(cache_dir, '%s_f%s_s%d' % (stem, ('%g' % float(fraction)), int(seed)))
+    meta = prefix + '.json'
+    try:
+        with open(meta) as f:
+            cached = json.load(f)
+    except (OSError, ValueError):
+        cached = None
+    if cached is not None and cached.get('ident') == ident and all(
+            os.path.isfile(prefix + e) for e in ('.rec', '.idx')):
+        sub = inspect_recordio(prefix + '.rec', prefix + '.idx')
+        if sub.num_records == cached.get('records'):
+            return sub
+    positions = class_balanced_subset(info.labels, info.keys, fraction, seed)
+    write_record_subset(info, positions, prefix)
+    with open(meta + '.part', 'w') as f:
+        json.dump({'ident': ident, 'records': int(len(positions))}, f, indent=1)
+    os.replace(meta + '.part', meta)
+    return inspect_recordio(prefix + '.rec', prefix + '.idx')
