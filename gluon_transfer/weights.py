@@ -101,8 +101,8 @@ def load_params(net, path, ctx=None, strict=True, allow_missing=False, ignore_ex
         if arr.dtype != want:
             if not cast_dtype:
                 raise CheckpointError('%s: parameter %r is %s in the file but %s in the model (pass cast_dtype=True)'
-                                      % (name, key, arr.dtype, want))
-            tag = '%s->%s' % (arr.dtype, want)
+                                      % (name, key, np.dtype(arr.dtype).name, want.name))
+            tag = '%s->%s' % (np.dtype(arr.dtype).name, want.name)
             cast[tag] = cast.get(tag, 0) + 1
         target = ctx
         if target is None:
