@@ -12,7 +12,8 @@ import mxnet as mx
 
 from .errors import CheckpointError
 
-__all__ = ['load_params', 'read_params', 'net_param_shapes']
+__all__ = ['load_params', 'read_params', 'net_param_shapes', 'describe_load', 'resolve_pretrained',
+           'published_params', 'params_roots']
 
 
 def read_params(path):
@@ -127,3 +128,84 @@ def describe_load(result):
     for tag, n in sorted(result['cast'].items()):
         parts.append('cast %d arrays %s' % (n, tag))
     return ', '.join(parts)
+
+
+# ---------------------------------------------------------------------------------------
+# Published params (params/manifest.json): where a pretrained=True file is looked up.
+
+MANIFEST_PATH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'params', 'manifest.json')
+PARAMS_ENV = 'GLUON_TRANSFER_PARAMS'
+
+
+def params_roots():
+    """Directories searched for published files, in order: each entry of
+    ``$GLUON_TRANSFER_PARAMS`` (``os.pathsep``-separated), then ``~/.mxnet/gluon_transfer/params``."""
+    roots = [p for p in os.environ.get(PARAMS_ENV, '').split(os.pathsep) if p]
+    roots.append(os.path.join(os.path.expanduser('~'), '.mxnet', 'gluon_transfer', 'params'))
+    return roots
+
+
+def published_params(manifest=None):
+    """The manifest's entries (list of dicts: file, model, kwargs, fusion, dataset, labels, dtype,
+    size_bytes, size_mb, reported, ...)."""
+    import json
+    path = manifest or MANIFEST_PATH
+    try:
+        with open(path) as f:
+            return json.load(f)['files']
+    except (OSError, ValueError, KeyError) as err:
+        raise CheckpointError('cannot read the published-params manifest %s: %s' % (path, err)) from None
+
+
+def resolve_pretrained(name, kwargs, manifest=None):
+    """Path of the local copy of the published params for model ``name`` (never downloads).
+
+    ``kwargs`` are the options the model will be built with. A ``labels`` key ('fine' or
+    'coarse', for the CIFAR-100 files) selects between files and is *removed* from ``kwargs``
+    because it is not a model option; without it the fine-label file is used, and a model
+    whose only file is coarse-label needs ``labels='coarse'`` explicitly (those files were
+    trained on the 20 superclasses with a 100-way head, open-aff issue #14). Options the file
+    fixes (``classes``, ``start_layer``) must not contradict it.
+
+    The file is looked up as ``<root>/<file>`` (the open-aff ``params/`` sub-path, e.g.
+    ``imagenet/AFF-ResNet-50/0.2028-...params``) or ``<root>/<basename>`` for every root of
+    :func:`params_roots`.
+
+    Raises ConfigError (no published file for this name/labels/options) or CheckpointError
+    (file absent -- the message says which file to put where -- or shorter than published).
+    """
+    from .errors import ConfigError
+    entries = [e for e in published_params(manifest) if e['model'] == name]
+    if not entries:
+        known = sorted({e['model'] for e in published_params(manifest)})
+        raise ConfigError('no published params for %r; published: %s (or pass params=FILE)' % (name, ', '.join(known)))
+    labels = kwargs.pop('labels', None)
+    if labels is not None:
+        chosen = [e for e in entries if e['labels'] == labels]
+        if not chosen:
+            raise ConfigError('%r has no published params with labels=%r; available: %s'
+                              % (name, labels, ', '.join(sorted(e['labels'] for e in entries))))
+    else:
+        chosen = [e for e in entries if e['labels'] in ('fine', 'imagenet1k')]
+        if not chosen:
+            raise ConfigError('%r has only %s-label params published (trained on the 20 CIFAR-100 superclasses); '
+                              'pass labels=%r to use them' % (name, entries[0]['labels'], entries[0]['labels']))
+    entry = chosen[0]
+    for key, value in entry['kwargs'].items():
+        if key in kwargs and kwargs[key] != value:
+            raise ConfigError('published params %s need %s=%r; got %s=%r'
+                              % (os.path.basename(entry['file']), key, value, key, kwargs[key]))
+    tried = []
+    for root in params_roots():
+        for cand in (os.path.join(root, *entry['file'].split('/')), os.path.join(root, os.path.basename(entry['file']))):
+            tried.append(cand)
+            if os.path.isfile(cand):
+                size = os.path.getsize(cand)
+                if size < entry['size_bytes']:
+                    raise CheckpointError('%s has %d bytes but the published file has %d: incomplete copy?'
+                                          % (cand, size, entry['size_bytes']))
+                return cand
+    raise CheckpointError('pretrained %r needs %s (%.1f MB, open-aff params/%s); nothing is downloaded: put it at %s '
+                          '(or set $%s to a folder mirroring open-aff params/), or pass params=FILE'
+                          % (name, os.path.basename(entry['file']), entry['size_mb'], entry['file'], tried[0],
+                             PARAMS_ENV))

@@ -1,0 +1,201 @@
+"""Deployment export: hybridized symbol + params (checked by re-import) and optional ONNX.
+
+``export_symbol`` writes ``<prefix>-symbol.json`` and ``<prefix>-0000.params`` for the
+*student alone*: a network built with feature taps is first rebuilt with ``features=()``
+(parameters copied), so the exported graph has one output, the logits. The files are then
+re-imported with ``mx.gluon.SymbolBlock.imports`` and the re-imported outputs are compared
+with the Gluon network's on a fixed random input (inference mode, running BN statistics).
+
+``export_onnx`` converts such a pair with ``mx.onnx.export_model`` (needs ``onnx<1.19``; see
+requirements-onnx.txt), runs ``onnx.checker`` and, when ``onnxruntime`` is installed, compares
+its outputs with MXNet's.
+"""
+import os
+import warnings
+
+import numpy as np
+import mxnet as mx
+
+from .errors import CheckpointError, ConfigError
+from .models.common import rebuild_without_taps
+
+__all__ = ['export_symbol', 'export_onnx', 'parse_shape']
+
+
+def parse_shape(text):
+    """``'1,3,32,32'`` -> ``(1, 3, 32, 32)``; ConfigError on anything else."""
+    try:
+        shape = tuple(int(v) for v in str(text).replace('x', ',').split(','))
+    except ValueError:
+        shape = ()
+    if len(shape) != 4 or min(shape) < 1:
+        raise ConfigError('input shape must be N,C,H,W with positive integers; got %r' % (text,))
+    return shape
+
+
+def _probe(input_shape, dtype, ctx, seed):
+    rng = np.random.RandomState(seed)
+    return mx.nd.array(rng.uniform(-1, 1, size=input_shape), ctx=ctx, dtype=dtype)
+
+
+def _compare(what, ref, out, rtol, atol):
+    ref, out = ref.asnumpy().astype(np.float64), out.asnumpy().astype(np.float64)
+    if ref.shape != out.shape:
+        raise CheckpointError('%s output has shape %s but the network gives %s' % (what, out.shape, ref.shape))
+    diff = float(np.abs(ref - out).max())
+    if not np.allclose(out, ref, rtol=rtol, atol=atol):
+        raise CheckpointError('%s output differs from the network by up to %.3g (rtol=%g, atol=%g)'
+                              % (what, diff, rtol, atol))
+    return diff
+
+
+def export_symbol(net, prefix, input_shape, ctx=None, epoch=0, dtype='float32', check=True, optimize=False,
+                  rtol=1e-4, atol=1e-5, seed=0, log=None):
+    """Export ``net`` (initialised, any mode) for deployment.
+
+    Parameters
+    ----------
+    net : HybridBlock
+        Our networks (feature taps are dropped) or any HybridBlock with one input.
+    prefix : str
+        Output prefix; the folder is created.
+    input_shape : tuple (N, C, H, W)
+        Shape used to trace the graph and for the equality check.
+    optimize : bool
+        Partition the graph for the oneDNN (``MKLDNN``) backend (``optimize_for``) before
+        export -- a CPU inference fast path (conv+BN+ReLU+add fusion). It is kept only if its
+        outputs match the plain graph within ``rtol/atol``; otherwise the plain graph is
+        exported and the report says why. Exported optimized symbols need an MKLDNN-enabled
+        MXNet and cannot be converted to ONNX.
+    check : bool
+        Re-import the files with ``SymbolBlock.imports`` and compare outputs.
+
+    Returns
+    -------
+    dict: ``symbol``, ``params`` (paths), ``input_shape``, ``optimized`` (bool),
+    ``optimize_note``, ``max_abs_diff`` (re-import vs network; None without ``check``),
+    ``taps_dropped`` (bool).
+    """
+    say = log or (lambda msg: None)
+    ctx = ctx or mx.cpu()
+    student = rebuild_without_taps(net)
+    dropped = student is not net
+    if dropped:
+        say('rebuilt %s without feature taps %s for export' % (type(net).__name__, list(net.features_requested)))
+    x = _probe(input_shape, dtype, ctx, seed)
+    student.hybridize(static_alloc=True, static_shape=True)
+    ref = student(x)
+    if isinstance(ref, (list, tuple)):
+        raise ConfigError('export needs a single-output network; %s returns %d outputs' % (type(net).__name__, len(ref)))
+    optimized, note = False, ''
+    if optimize:
+        if not mx.runtime.Features().is_enabled('MKLDNN'):
+            note = 'this MXNet build has no MKLDNN; exported the plain graph'
+        else:
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter('ignore')
+                    student.optimize_for(x, backend='MKLDNN', static_alloc=True, static_shape=True)
+                diff = _compare('MKLDNN-optimized graph', ref, student(x), rtol, atol)
+                optimized, note = True, 'MKLDNN graph kept (max |diff| %.3g vs plain graph)' % diff
+            except (CheckpointError, mx.base.MXNetError) as err:
+                note = 'MKLDNN graph not used: %s' % str(err).splitlines()[0]
+                student.hybridize(active=False)
+                student.hybridize(static_alloc=True, static_shape=True)
+                student(x)
+        say(note)
+    folder = os.path.dirname(os.path.abspath(prefix))
+    os.makedirs(folder, exist_ok=True)
+    student.export(prefix, epoch=epoch)
+    sym_file, params_file = '%s-symbol.json' % prefix, '%s-%04d.params' % (prefix, epoch)
+    say('wrote %s and %s' % (sym_file, params_file))
+    diff = None
+    if check:
+        with warnings.catch_warnings():
+            warnings.simplefilter('ignore')
+            imported = mx.gluon.SymbolBlock.imports(sym_file, ['data'], params_file, ctx=ctx)
+        if dtype != 'float32':
+            imported.cast(dtype)
+        diff = _compare('re-imported symbol', ref, imported(x), rtol, atol)
+        say('re-imported with SymbolBlock.imports: outputs match (max |diff| %.3g)' % diff)
+    return {'symbol': sym_file, 'params': params_file, 'input_shape': tuple(input_shape), 'optimized': optimized,
+            'optimize_note': note, 'max_abs_diff': diff, 'taps_dropped': dropped}
+
+
+def _require_onnx():
+    try:
+        import onnx  # noqa: F401
+    except ImportError:
+        raise ConfigError('ONNX export needs the onnx package (onnx>=1.15,<1.19): '
+                          'pip install -r requirements-onnx.txt') from None
+    if not hasattr(mx, 'onnx') or not hasattr(mx.onnx, 'export_model'):
+        raise ConfigError('this MXNet build has no mx.onnx.export_model')
+
+
+def _symbol_for_onnx(symbol_file, params_file):
+    """Load a checkpoint for the ONNX exporter. MXNet's BatchNorm with ``fix_gamma=True``
+    (Gluon ``scale=False``, e.g. the CIFAR AFF-ResNet input BN) computes with gamma = 1 whatever
+    the stored array holds, but the exporter copies the stored gamma; so those gammas are set
+    to ones here. Returns ``(symbol, {name: NDArray}, number of gammas fixed)``."""
+    import json
+    sym = mx.sym.load(symbol_file)
+    params = {}
+    for key, value in mx.nd.load(params_file).items():
+        params[key.split(':', 1)[1] if key.startswith(('arg:', 'aux:')) else key] = value
+    graph = json.loads(sym.tojson())
+    nodes = graph['nodes']
+    fixed = 0
+    for node in nodes:
+        attrs = node.get('attrs', node.get('param', {})) or {}
+        if node['op'] == 'BatchNorm' and str(attrs.get('fix_gamma', 'True')).lower() in ('true', '1'):
+            gamma = nodes[node['inputs'][1][0]]['name']
+            if gamma in params:
+                params[gamma] = mx.nd.ones_like(params[gamma])
+                fixed += 1
+    return sym, params, fixed
+
+
+def export_onnx(symbol_file, params_file, input_shape, onnx_file, check=True, rtol=1e-4, atol=1e-5, seed=0,
+                log=None):
+    """Convert an exported symbol/params pair to ONNX (opset chosen by MXNet's exporter).
+
+    Runs ``onnx.checker.check_model``; with ``check`` and ``onnxruntime`` installed, compares
+    onnxruntime's output with ``SymbolBlock.imports``' on a fixed random input.
+    Returns a dict: ``onnx`` (path), ``checked_with_onnxruntime`` (bool), ``max_abs_diff``.
+    """
+    say = log or (lambda msg: None)
+    _require_onnx()
+    import onnx
+    os.makedirs(os.path.dirname(os.path.abspath(onnx_file)), exist_ok=True)
+    sym, params, fixed = _symbol_for_onnx(symbol_file, params_file)
+    if fixed:
+        say('set gamma = 1 in %d fix_gamma BatchNorm(s) for ONNX (MXNet ignores their stored gamma)' % fixed)
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        try:
+            mx.onnx.export_model(sym, params, in_shapes=[tuple(input_shape)], in_types=[np.float32],
+                                 onnx_file_path=onnx_file)
+        except Exception as err:  # the exporter raises bare exceptions for unsupported ops
+            raise ConfigError('ONNX export of %s failed: %s' % (symbol_file, str(err).splitlines()[0])) from None
+    onnx.checker.check_model(onnx.load(onnx_file))
+    say('wrote %s (onnx.checker passed)' % onnx_file)
+    result = {'onnx': onnx_file, 'checked_with_onnxruntime': False, 'max_abs_diff': None}
+    if not check:
+        return result
+    try:
+        import onnxruntime
+    except ImportError:
+        say('onnxruntime not installed: outputs not compared')
+        return result
+    x = _probe(input_shape, 'float32', mx.cpu(), seed)
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        ref = mx.gluon.SymbolBlock.imports(symbol_file, ['data'], params_file)(x)
+    opts = onnxruntime.SessionOptions()
+    opts.log_severity_level = 3  # MXNet's exporter lists initializers as inputs: one warning per array
+    sess = onnxruntime.InferenceSession(onnx_file, sess_options=opts, providers=['CPUExecutionProvider'])
+    out = sess.run(None, {sess.get_inputs()[0].name: x.asnumpy()})[0]
+    result['max_abs_diff'] = _compare('onnxruntime', ref, mx.nd.array(out), rtol, atol)
+    result['checked_with_onnxruntime'] = True
+    say('onnxruntime output matches MXNet (max |diff| %.3g)' % result['max_abs_diff'])
+    return result

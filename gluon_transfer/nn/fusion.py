@@ -1,0 +1,205 @@
+"""Attentional feature fusion blocks (Dai et al., "Attentional Feature Fusion", WACV 2021).
+
+Every block fuses two maps of the same shape ``(N, C, H, W)``: ``x``, the residual-branch
+output, and ``y``, the identity or projected shortcut. The layouts, attribute names and
+formulas follow the reference MXNet code (YimianDai/open-aff ``model/fusion.py`` at commit
+0bcfd8a), so ``save_parameters`` keys equal the published checkpoints' keys
+(``attention.local_att.0.weight`` ...).
+
+MS-CAM, the multi-scale channel attention ``M(z)`` (``Ci = int(C // r)``)::
+
+    L(z) = BN(Conv1x1_{Ci->C}(ReLU(BN(Conv1x1_{C->Ci}(z)))))            (N, C, H, W)
+    G(z) = BN(Conv1x1_{Ci->C}(ReLU(BN(Conv1x1_{C->Ci}(GAP(z))))))       (N, C, 1, 1)
+    M(z) = sigmoid(L(z) + G(z))        (G broadcast over H x W)
+
+All four 1x1 convolutions have a bias; BN uses Gluon defaults (eps 1e-5, momentum 0.9).
+
+Child layout (index = position in the HybridSequential, hence the checkpoint key)::
+
+    local_att  = [0 Conv, 1 BN, 2 ReLU, 3 Conv, 4 BN]
+    global_att = [0 GAP, 1 Conv, 2 BN, 3 ReLU, 4 Conv, 5 BN]
+
+Speed: the sigmoid is ``F.Activation(act_type='sigmoid')`` (``F.sigmoid`` measured about 6x
+slower on CPU), the global logits are broadcast with ``broadcast_like`` (see ``_ms_cam``), and
+the fusions are rewritten to need as few elementwise passes over the full map as the algebra
+allows (AFF: ``2 * (y + w * (x - y))``; iAFF reuses ``x - y`` in both steps).
+"""
+from mxnet.gluon import nn
+from mxnet.gluon.block import HybridBlock
+
+from ..errors import ConfigError
+from ..registry import FUSIONS, unknown_name_message
+
+__all__ = ['DirectAdd', 'MSCAM', 'AFF', 'iAFF', 'create_fusion', 'FUSION_ALIASES', 'canonical_fusion']
+
+# Reference (open-aff ``askc_type``) names -> our names.
+FUSION_ALIASES = {'DirectAdd': 'add', 'ASKCFuse': 'aff', 'ResGlobLocaforGlobLocaCha': 'iaff'}
+
+
+def _inter_channels(channels, r):
+    if int(channels) <= 0 or r is None or r <= 0:
+        raise ConfigError('fusion needs channels > 0 and r > 0; got channels=%r, r=%r' % (channels, r))
+    inter = int(channels // r)
+    if inter < 1:
+        raise ConfigError('fusion reduction r=%r leaves no channels for C=%d (int(C // r) = 0)' % (r, channels))
+    return inter
+
+
+def _local_branch(channels, inter, prefix):
+    seq = nn.HybridSequential(prefix=prefix)
+    with seq.name_scope():
+        seq.add(nn.Conv2D(inter, 1, in_channels=channels, use_bias=True))
+        seq.add(nn.BatchNorm(in_channels=inter))
+        seq.add(nn.Activation('relu'))
+        seq.add(nn.Conv2D(channels, 1, in_channels=inter, use_bias=True))
+        seq.add(nn.BatchNorm(in_channels=channels))
+    return seq
+
+
+def _global_branch(channels, inter, prefix):
+    seq = nn.HybridSequential(prefix=prefix)
+    with seq.name_scope():
+        seq.add(nn.GlobalAvgPool2D())
+        seq.add(nn.Conv2D(inter, 1, in_channels=channels, use_bias=True))
+        seq.add(nn.BatchNorm(in_channels=inter))
+        seq.add(nn.Activation('relu'))
+        seq.add(nn.Conv2D(channels, 1, in_channels=inter, use_bias=True))
+        seq.add(nn.BatchNorm(in_channels=channels))
+    return seq
+
+
+def _ms_cam(F, local_att, global_att, z):
+    """``sigmoid(L(z) + G(z))`` with G broadcast over H x W.
+
+    ``broadcast_like`` + ``elemwise_add`` instead of ``broadcast_add``: same result, but its
+    backward (the H x W reduction for G's gradient) measured 35 ms vs 51-89 ms for
+    ``broadcast_add`` on a (64, 64, 32, 32) map on CPU (forward: 6.6 vs 6.1 ms)."""
+    local = local_att(z)
+    return F.Activation(F.elemwise_add(local, F.broadcast_like(global_att(z), local)), act_type='sigmoid')
+
+
+class DirectAdd(HybridBlock):
+    """Plain residual addition ``out = x + y`` (reference ``DirectAddFuse``); no parameters.
+
+    ``channels`` and ``r`` are accepted (and ignored) so every fusion has one constructor.
+    """
+
+    def __init__(self, channels=None, r=None, **kwargs):
+        super().__init__(**kwargs)
+        self.channels = channels
+
+    def hybrid_forward(self, F, x, y):
+        return F.elemwise_add(x, y)
+
+
+class MSCAM(HybridBlock):
+    """Multi-scale channel attention: ``w = M(z) = sigmoid(L(z) + G(z))`` in (0, 1).
+
+    Input ``z`` (N, C, H, W); output ``w`` of the same shape. The reference MXNet code has no
+    standalone class (the attention lives inside ``ASKCFuse``); the PyTorch port's
+    ``MS_CAM(x)`` returns ``x * M(x)`` instead -- this block returns the weights ``M(z)``.
+    """
+
+    def __init__(self, channels, r=4, **kwargs):
+        super().__init__(**kwargs)
+        inter = _inter_channels(channels, r)
+        self.channels, self.r = channels, r
+        with self.name_scope():
+            self.local_att = _local_branch(channels, inter, 'local_')
+            self.global_att = _global_branch(channels, inter, 'global_')
+
+    def hybrid_forward(self, F, z):
+        return _ms_cam(F, self.local_att, self.global_att, z)
+
+
+class AFF(HybridBlock):
+    """Attentional feature fusion (reference ``ASKCFuse``)::
+
+        w   = M(x + y)
+        out = 2 * x * w + 2 * y * (1 - w)  =  2 * (y + w * (x - y))
+
+    The factor 2 is in the reference code (it keeps the weights summing to 2, like x + y);
+    the paper's Eq. writes ``M(x+y) * x + (1 - M(x+y)) * y`` without it. We follow the code,
+    whose published parameters were trained with it. Keys: ``local_att.{0,3}.{weight,bias}``,
+    ``local_att.{1,4}.*``, ``global_att.{1,4}.{weight,bias}``, ``global_att.{2,5}.*``.
+    """
+
+    def __init__(self, channels, r=4, **kwargs):
+        super().__init__(**kwargs)
+        inter = _inter_channels(channels, r)
+        self.channels, self.r = channels, r
+        with self.name_scope():
+            self.local_att = _local_branch(channels, inter, 'local_')
+            self.global_att = _global_branch(channels, inter, 'global_')
+
+    def attention_weights(self, x, y):
+        """``[w]``, the MS-CAM weights this block would use (imperative; for inspection)."""
+        import mxnet as mx
+        return [_ms_cam(mx.nd, self.local_att, self.global_att, x + y)]
+
+    def hybrid_forward(self, F, x, y):
+        w = _ms_cam(F, self.local_att, self.global_att, F.elemwise_add(x, y))
+        return F.elemwise_add(y, F.elemwise_mul(w, F.elemwise_sub(x, y))) * 2
+
+
+class iAFF(HybridBlock):  # noqa: N801  (the paper's name)
+    """Iterative attentional feature fusion (reference ``ResGlobLocaforGlobLocaChaFuse``)::
+
+        w1  = M1(x + y)                      (local_att,  global_att)
+        xi  = x * w1 + y * (1 - w1)          = y + w1 * (x - y)
+        w2  = M2(xi)                         (local_att2, global_att2)
+        out = x * w2 + y * (1 - w2)          = y + w2 * (x - y)
+
+    There is **no factor 2** in either step, unlike :class:`AFF`: the reference code does
+    this and its author confirmed the inconsistency (open-aff issue #13) but kept it because
+    the published parameters depend on it; we follow the code. ``M2`` has its own global
+    branch ``global_att2`` (the PyTorch port's iAFF reuses ``global_att``, a bug; the MXNet
+    reference does not). Keys: those of :class:`AFF` plus ``local_att2``/``global_att2``
+    with the same indices.
+    """
+
+    def __init__(self, channels, r=4, **kwargs):
+        super().__init__(**kwargs)
+        inter = _inter_channels(channels, r)
+        self.channels, self.r = channels, r
+        with self.name_scope():
+            self.local_att = _local_branch(channels, inter, 'local_')
+            self.global_att = _global_branch(channels, inter, 'global_')
+            self.local_att2 = _local_branch(channels, inter, 'local2_')
+            self.global_att2 = _global_branch(channels, inter, 'global2_')
+
+    def attention_weights(self, x, y):
+        """``[w1, w2]`` (imperative; for inspection)."""
+        import mxnet as mx
+        w1 = _ms_cam(mx.nd, self.local_att, self.global_att, x + y)
+        xi = y + w1 * (x - y)
+        return [w1, _ms_cam(mx.nd, self.local_att2, self.global_att2, xi)]
+
+    def hybrid_forward(self, F, x, y):
+        d = F.elemwise_sub(x, y)  # reused by both steps
+        w1 = _ms_cam(F, self.local_att, self.global_att, F.elemwise_add(x, y))
+        xi = F.elemwise_add(y, F.elemwise_mul(w1, d))
+        w2 = _ms_cam(F, self.local_att2, self.global_att2, xi)
+        return F.elemwise_add(y, F.elemwise_mul(w2, d))
+
+
+for _name, _cls in (('add', DirectAdd), ('aff', AFF), ('iaff', iAFF)):
+    FUSIONS.register(_name, obj=_cls)
+for _alias, _name in FUSION_ALIASES.items():
+    FUSIONS.register(_alias, obj=FUSIONS.get(_name))
+
+
+def canonical_fusion(name):
+    """``'ASKCFuse'`` -> ``'aff'`` etc.; unknown names raise ConfigError listing valid ones."""
+    if name in FUSION_ALIASES:
+        return FUSION_ALIASES[name]
+    if name not in FUSIONS:
+        raise ConfigError(unknown_name_message('fusion', name, FUSIONS.names()))
+    return name
+
+
+def create_fusion(name, channels, r=4, **kwargs):
+    """Build a fusion block by name: ``add``, ``aff``, ``iaff`` or the reference names
+    ``DirectAdd``, ``ASKCFuse``, ``ResGlobLocaforGlobLocaCha``. The block is called as
+    ``block(x, y)`` with ``x`` the residual branch and ``y`` the shortcut."""
+    return FUSIONS.get(canonical_fusion(name))(channels, r, **kwargs)

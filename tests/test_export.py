@@ -1,0 +1,136 @@
+"""Deployment export (symbol + params re-import, MKLDNN option, ONNX) and the two tools."""
+import importlib.util
+import json
+import os
+import warnings
+
+import numpy as np
+import pytest
+import mxnet as mx
+
+import gluon_transfer as gt
+from gluon_transfer.errors import ConfigError
+from gluon_transfer.export import export_onnx, export_symbol, parse_shape
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def load_tool(name):
+    spec = importlib.util.spec_from_file_location('tool_' + name, os.path.join(ROOT, 'tools', name + '.py'))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def small_net(fusion='iaff', features=('stage2', 'stage1')):
+    net = gt.get_model('cifar_aff_resnet', blocks=1, channel_times=1, fusion=fusion, classes=10, features=features)
+    mx.random.seed(0)
+    net.initialize(mx.init.Xavier())
+    for key, p in net._collect_params_with_prefix().items():  # non-trivial BN statistics
+        if key.endswith('running_var'):
+            p.set_data(mx.nd.random.uniform(0.5, 1.5, shape=p.shape))
+        elif key.endswith(('running_mean', 'beta')):
+            p.set_data(mx.nd.random.normal(0, 0.2, shape=p.shape))
+    return net
+
+
+def test_export_drops_taps_and_round_trips(tmp_path):
+    net = small_net()
+    prefix = str(tmp_path / 'out' / 'aff')
+    res = export_symbol(net, prefix, (2, 3, 32, 32))
+    assert os.path.isfile(prefix + '-symbol.json') and os.path.isfile(prefix + '-0000.params')
+    assert res['taps_dropped'] and res['max_abs_diff'] is not None and res['max_abs_diff'] < 1e-5
+    # one output (the logits), equal to the tapped network's logits on a fresh input
+    with open(prefix + '-symbol.json') as f:
+        graph = json.load(f)
+    assert len(graph['heads']) == 1
+    x = mx.nd.array(np.random.RandomState(7).uniform(size=(2, 3, 32, 32)))
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore', UserWarning)  # "cannot decide type for data": float32 is meant
+        imported = mx.gluon.SymbolBlock.imports(prefix + '-symbol.json', ['data'], prefix + '-0000.params')
+    np.testing.assert_allclose(imported(x).asnumpy(), net(x)[0].asnumpy(), rtol=1e-5, atol=1e-6)
+    # the exported params are the network's arrays (arg:/aux: keys)
+    saved = mx.nd.load(prefix + '-0000.params')
+    assert len(saved) == len(net._collect_params_with_prefix())
+
+
+def test_export_mkldnn_option(tmp_path):
+    net = small_net(fusion='aff', features=())
+    res = export_symbol(net, str(tmp_path / 'opt'), (1, 3, 32, 32), optimize=True)
+    if mx.runtime.Features().is_enabled('MKLDNN'):
+        assert res['optimized'] and 'kept' in res['optimize_note']
+    else:
+        assert not res['optimized']
+    assert res['max_abs_diff'] < 1e-4
+
+
+def test_parse_shape():
+    assert parse_shape('1,3,32,32') == (1, 3, 32, 32)
+    with pytest.raises(ConfigError, match='N,C,H,W'):
+        parse_shape('3,32,32')
+
+
+def test_onnx_export_matches(tmp_path):
+    pytest.importorskip('onnx')
+    net = small_net()
+    res = export_symbol(net, str(tmp_path / 'm'), (1, 3, 32, 32))
+    out = export_onnx(res['symbol'], res['params'], (1, 3, 32, 32), str(tmp_path / 'm.onnx'))
+    assert os.path.isfile(out['onnx'])
+    if importlib.util.find_spec('onnxruntime') is None:
+        pytest.skip('onnxruntime not installed: conversion checked, outputs not compared')
+    # includes the input BatchNorm(scale=False): fix_gamma must survive the conversion
+    assert out['checked_with_onnxruntime'] and out['max_abs_diff'] < 1e-4
+
+
+def test_onnx_missing_is_clear(monkeypatch):
+    import builtins
+    real_import = builtins.__import__
+
+    def no_onnx(name, *args, **kwargs):
+        if name == 'onnx':
+            raise ImportError('no onnx')
+        return real_import(name, *args, **kwargs)
+    monkeypatch.setattr(builtins, '__import__', no_onnx)
+    with pytest.raises(ConfigError, match='onnx>=1.15,<1.19'):
+        export_onnx('a-symbol.json', 'a-0000.params', (1, 3, 32, 32), 'a.onnx')
+
+
+def test_export_tool(tmp_path, capsys):
+    tool = load_tool('export')
+    net = small_net(fusion='aff', features=())
+    params = str(tmp_path / 'w.params')
+    net.save_parameters(params)
+    prefix = str(tmp_path / 'exp' / 'net')
+    rc = tool.main(['--model', 'cifar_aff_resnet', '--blocks', '1', '--channel-times', '1', '--fusion', 'ASKCFuse',
+                    '--classes', '10', '--params', params, '--input-shape', '1,3,32,32', '--out', prefix])
+    out = capsys.readouterr().out
+    assert rc == 0 and 'loaded' in out and 'outputs match' in out
+    assert os.path.isfile(prefix + '-symbol.json')
+    # a checkpoint of another model: one-line error naming the key
+    rc = tool.main(['--model', 'cifar_aff_resnet', '--blocks', '1', '--channel-times', '1', '--fusion', 'iaff',
+                    '--classes', '10', '--params', params, '--input-shape', '1,3,32,32', '--out', prefix])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.startswith('error: ') and 'local_att2' in err and err.count('\n') == 1
+    rc = tool.main(['--model', 'cifar_aff_resnet', '--out', prefix])
+    assert rc == 2 and '--params' in capsys.readouterr().err
+
+
+def test_visualize_tool_writes_png(tmp_path, capsys):
+    tool = load_tool('visualize_fusion')
+    out = str(tmp_path / 'vis' / 'f.png')
+    rc = tool.main(['--model', 'cifar_aff_resnet', '--blocks', '1', '--channel-times', '1', '--fusion', 'iaff',
+                    '--num-images', '2', '--out', out])
+    assert rc == 0 and os.path.getsize(out) > 1000
+    with open(out, 'rb') as f:
+        assert f.read(8) == b'\x89PNG\r\n\x1a\n'
+    assert '4 attention maps' in capsys.readouterr().out  # iAFF: w1, w2 for the first and last block
+    assert tool.main(['--model', 'cifar_aff_resnet', '--fusion', 'add', '--blocks', '1', '--out', out]) == 2
+    assert 'no AFF/iAFF block' in capsys.readouterr().err
+
+
+def test_visualize_tool_reads_recordio(tmp_path, cifar10_shared):
+    tool = load_tool('visualize_fusion')
+    out = str(tmp_path / 'rec.png')
+    rc = tool.main(['--model', 'cifar_aff_resnet', '--blocks', '1', '--channel-times', '1',
+                    '--rec', os.path.join(cifar10_shared, 'val.rec'), '--num-images', '2', '--out', out])
+    assert rc == 0 and os.path.isfile(out)

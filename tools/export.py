@@ -1,0 +1,93 @@
+#!/usr/bin/env python
+"""Export a network for deployment: hybridized symbol + params, re-import check, optional ONNX.
+
+    python tools/export.py --model cifar_aff_resnet32 --params best.params \
+        --input-shape 1,3,32,32 --out exported/aff32 [--onnx] [--optimize]
+
+Writes ``<out>-symbol.json`` and ``<out>-0000.params`` (and ``<out>.onnx`` with --onnx), and
+prints what it did. Errors are one line (``error: ...``, exit status 2).
+"""
+import argparse
+import ast
+import os
+import sys
+import warnings
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def model_kwargs(args):
+    """Model options from the named flags plus repeated ``--kw key=value`` (Python literals)."""
+    from gluon_transfer.errors import ConfigError
+    kwargs = {}
+    for flag in ('fusion', 'blocks', 'channel_times', 'start_layer', 'classes', 'num_layers'):
+        value = getattr(args, flag)
+        if value is not None:
+            kwargs[flag] = value
+    for item in args.kw or []:
+        if '=' not in item:
+            raise ConfigError('--kw takes key=value; got %r' % item)
+        key, text = item.split('=', 1)
+        try:
+            kwargs[key] = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            kwargs[key] = text
+    return kwargs
+
+
+def build_parser():
+    p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    p.add_argument('--model', required=True, help='a name from gluon_transfer.list_models()')
+    p.add_argument('--params', help='a save_parameters file to load (key/shape checked)')
+    p.add_argument('--random-init', action='store_true', help='export random weights (no --params; for testing)')
+    p.add_argument('--input-shape', default='1,3,224,224', help='N,C,H,W used to trace and check (default %(default)s)')
+    p.add_argument('--out', required=True, help='output prefix')
+    p.add_argument('--onnx', action='store_true', help='also write <out>.onnx (needs onnx<1.19)')
+    p.add_argument('--optimize', action='store_true',
+                   help='partition for the oneDNN/MKLDNN CPU backend before export, if outputs stay equal')
+    p.add_argument('--no-check', action='store_true', help='skip the re-import comparisons')
+    g = p.add_argument_group('model options')
+    g.add_argument('--fusion', help='add, aff, iaff (or DirectAdd, ASKCFuse, ResGlobLocaforGlobLocaCha)')
+    g.add_argument('--blocks', type=int)
+    g.add_argument('--channel-times', type=int)
+    g.add_argument('--start-layer', type=int)
+    g.add_argument('--classes', type=int)
+    g.add_argument('--num-layers', type=int)
+    g.add_argument('--kw', action='append', metavar='KEY=VALUE', help='any other model option (repeatable)')
+    return p
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore', DeprecationWarning)
+        import mxnet as mx
+        import gluon_transfer as gt
+        from gluon_transfer.errors import ConfigError, GluonTransferError
+        from gluon_transfer.export import export_onnx, export_symbol, parse_shape
+        from gluon_transfer.weights import describe_load, load_params
+    try:
+        shape = parse_shape(args.input_shape)
+        if not args.params and not args.random_init:
+            raise ConfigError('pass --params FILE (or --random-init to export untrained weights)')
+        kwargs = model_kwargs(args)
+        net = gt.get_model(args.model, **kwargs)
+        net.initialize(mx.init.Xavier(), ctx=mx.cpu())
+        print('built %s(%s)' % (args.model, ', '.join('%s=%r' % kv for kv in sorted(kwargs.items()))))
+        if args.params:
+            print('%s: %s' % (args.params, describe_load(load_params(net, args.params, ctx=mx.cpu()))))
+        else:
+            print('no --params: exporting randomly initialised weights')
+        res = export_symbol(net, args.out, shape, check=not args.no_check, optimize=args.optimize, log=print)
+        if args.onnx:
+            if res['optimized']:
+                raise ConfigError('an --optimize (MKLDNN) graph cannot be converted to ONNX; drop --optimize')
+            export_onnx(res['symbol'], res['params'], shape, args.out + '.onnx', check=not args.no_check, log=print)
+    except GluonTransferError as err:
+        print('error: %s' % err, file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
