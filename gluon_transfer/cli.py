@@ -34,10 +34,33 @@ DEMO_DEFAULTS = dict(data_dir=os.path.join(REPO_ROOT, 'data', 'cifar10_sample'),
 # Model options forwarded to get_model() when given (None = the model's own default).
 MODEL_OPTIONS = []
 
+# open-aff's script names (``--model resnet|resnext``) for our registered AFF networks.
+MODEL_ALIASES = {
+    'cifar': {'resnet': 'cifar_aff_resnet', 'resnext': 'cifar_aff_resnext'},
+    'imagenet': {'resnet': 'aff_resnet', 'resnext': 'aff_resnext'},
+}
 
-def add_model_option(flag, kwarg, help, type=str, choices=None):
-    """Register a model constructor option (``--flag`` -> ``get_model(**{kwarg: value})``)."""
-    MODEL_OPTIONS.append((flag, kwarg, help, type, choices))
+
+def add_model_option(flags, kwarg, help, type=str, choices=None):
+    """Register a model constructor option (``--flag`` -> ``get_model(**{kwarg: value})``);
+    ``flags`` is one flag or a tuple of aliases."""
+    MODEL_OPTIONS.append((flags if isinstance(flags, tuple) else (flags,), kwarg, help, type, choices))
+
+
+add_model_option(('--fusion', '--askc-type'), 'fusion',
+                 'AFF networks: add, aff or iaff (open-aff names DirectAdd, ASKCFuse, ResGlobLocaforGlobLocaCha)')
+add_model_option('--blocks', 'blocks', 'CIFAR AFF networks: blocks per stage (ResNet depth 6b+2, ResNeXt 9b+2)',
+                 type=int)
+add_model_option('--channel-times', 'channel_times', 'CIFAR AFF ResNet: width multiplier of 16/16/32/64', type=int)
+add_model_option('--start-layer', 'start_layer', 'AFF networks: first stage (1-based) that fuses with attention',
+                 type=int)
+add_model_option(('--num-layers', '--num-layer'), 'num_layers', 'AFF ImageNet networks: 50, 101 or 152', type=int)
+
+
+def add_model_options(group):
+    """Add every registered model option to an argparse group (scripts and tools share them)."""
+    for flags, kwarg, help_, type_, choices in MODEL_OPTIONS:
+        group.add_argument(*flags, dest='model_' + kwarg, default=None, type=type_, choices=choices, help=help_)
 
 
 def _int_list(text):
@@ -51,12 +74,13 @@ def build_parser(preset, description):
     d = PRESET_DEFAULTS[preset]
     p = argparse.ArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     g = p.add_argument_group('model')
-    g.add_argument('--model', default=d['model'], help='registered or GluonCV model name')
+    aliases = MODEL_ALIASES.get(preset, {})
+    g.add_argument('--model', default=d['model'], help='registered or GluonCV model name%s' % (
+        ' (open-aff aliases: %s)' % ', '.join('%s = %s' % kv for kv in sorted(aliases.items())) if aliases else ''))
     g.add_argument('--params', default=None, help='initialise the network from this .params file (checked)')
     g.add_argument('--init', default=d['init'], choices=['xavier', 'msra'],
                    help='initializer for parameters not loaded from a file')
-    for flag, kwarg, help_, type_, choices in MODEL_OPTIONS:
-        g.add_argument(flag, dest='model_' + kwarg, default=None, type=type_, choices=choices, help=help_)
+    add_model_options(g)
 
     g = p.add_argument_group('data')
     g.add_argument('--dataset', default=d['dataset'], help='dataset preset')
@@ -240,6 +264,7 @@ def run(args, preset, make_task=None):
     from .engine.tasks import Classify
     from .engine.trainer import Engine, seed_epoch
 
+    args.model = MODEL_ALIASES.get(preset, {}).get(args.model, args.model)
     rank = int(os.environ.get('DMLC_WORKER_ID', 0)) if args.kvstore.startswith('dist') else 0
     log = setup_logging(args.save_dir, args.logging_file, rank)
     ctx = resolve_ctx(args)

@@ -217,3 +217,27 @@ def test_demo_defaults_apply_only_where_not_given(tmp_path):
     assert args.num_epochs == 1 and args.save_dir == str(tmp_path)
     assert args.data_dir.endswith(os.path.join('data', 'cifar10_sample')) and args.lr_mode == 'cosine'
     assert os.path.isfile(os.path.join(args.data_dir, 'train.rec'))
+
+
+@pytest.mark.slow
+def test_train_cifar_aff_model_with_open_aff_flags(cifar_dir, tmp_path, capsys):
+    """open-aff's command line: --model resnet --askc-type ASKCFuse --blocks --channel-times --start-layer."""
+    save = str(tmp_path / 'aff')
+    argv = cifar_args(cifar_dir, save, '--model', 'resnet', '--askc-type', 'ASKCFuse', '--blocks', '1',
+                      '--channel-times', '1', '--start-layer', '2', '--num-epochs', '1')
+    rc, out, err = run_cli('cifar', argv, capsys)
+    assert rc == 0, err
+    assert 'model cifar_aff_resnet' in out
+    import mxnet as mx
+    keys = set(mx.nd.load(os.path.join(save, 'cifar10-cifar_aff_resnet-0001.params')))
+    # start layer 2: stage 1 adds plainly, stages 2-3 carry AFF attention weights.
+    assert not any(k.startswith('features.2.') and 'attention' in k for k in keys)
+    assert 'features.3.0.attention.local_att.0.weight' in keys
+
+
+def test_model_option_errors(cifar_dir, tmp_path, capsys):
+    rc, _, err = run_cli('cifar', cifar_args(cifar_dir, str(tmp_path), '--model', 'cifar_aff_resnet', '--fusion',
+                                             'aft', '--blocks', '1', '--channel-times', '1'), capsys)
+    one_line_error(rc, err, "unknown fusion 'aft'", 'aff')
+    rc, _, err = run_cli('cifar', cifar_args(cifar_dir, str(tmp_path), '--fusion', 'aff'), capsys)
+    one_line_error(rc, err, 'cifar_resnet20_v1', 'fusion')

@@ -43,9 +43,7 @@ def build_parser():
     p.add_argument('--dtype', default='float32', choices=['float32', 'float16', 'bfloat16'])
     p.add_argument('--log-interval', type=int, default=20, help='batches between progress lines')
     p.add_argument('--json', default=None, help='also write the results to this JSON file')
-    g = p.add_argument_group('model options')
-    for flag, kwarg, help_, type_, choices in cli.MODEL_OPTIONS:
-        g.add_argument(flag, dest='model_' + kwarg, default=None, type=type_, choices=choices, help=help_)
+    cli.add_model_options(p.add_argument_group('model options'))
     return p
 
 

@@ -18,12 +18,11 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 def model_kwargs(args):
     """Model options from the named flags plus repeated ``--kw key=value`` (Python literals)."""
+    from gluon_transfer import cli
     from gluon_transfer.errors import ConfigError
-    kwargs = {}
-    for flag in ('fusion', 'blocks', 'channel_times', 'start_layer', 'classes', 'num_layers'):
-        value = getattr(args, flag)
-        if value is not None:
-            kwargs[flag] = value
+    kwargs = cli.model_kwargs(args)
+    if args.classes is not None:
+        kwargs['classes'] = args.classes
     for item in args.kw or []:
         if '=' not in item:
             raise ConfigError('--kw takes key=value; got %r' % item)
@@ -46,13 +45,10 @@ def build_parser():
     p.add_argument('--optimize', action='store_true',
                    help='partition for the oneDNN/MKLDNN CPU backend before export, if outputs stay equal')
     p.add_argument('--no-check', action='store_true', help='skip the re-import comparisons')
+    from gluon_transfer import cli
     g = p.add_argument_group('model options')
-    g.add_argument('--fusion', help='add, aff, iaff (or DirectAdd, ASKCFuse, ResGlobLocaforGlobLocaCha)')
-    g.add_argument('--blocks', type=int)
-    g.add_argument('--channel-times', type=int)
-    g.add_argument('--start-layer', type=int)
+    cli.add_model_options(g)
     g.add_argument('--classes', type=int)
-    g.add_argument('--num-layers', type=int)
     g.add_argument('--kw', action='append', metavar='KEY=VALUE', help='any other model option (repeatable)')
     return p
 
