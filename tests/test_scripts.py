@@ -241,3 +241,19 @@ def test_model_option_errors(cifar_dir, tmp_path, capsys):
     one_line_error(rc, err, "unknown fusion 'aft'", 'aff')
     rc, _, err = run_cli('cifar', cifar_args(cifar_dir, str(tmp_path), '--fusion', 'aff'), capsys)
     one_line_error(rc, err, 'cifar_resnet20_v1', 'fusion')
+
+
+@pytest.mark.slow
+def test_train_imagenet_iaff_resnet50_open_aff_flags(imagenet_dir, tmp_path, capsys):
+    save = str(tmp_path / 'iaff')
+    argv = ['--rec-train', os.path.join(imagenet_dir, 'train.rec'), '--rec-val', os.path.join(imagenet_dir, 'val.rec'),
+            '--use-rec', '--model', 'resnet', '--askc-type', 'ResGlobLocaforGlobLocaCha', '--start-layer', '3',
+            '--num-layer', '50', '--last-gamma', '--input-size', '32', '--batch-size', '4', '--num-epochs', '1',
+            '--max-iter', '2', '--save-dir', save, '--log-interval', '1', '-j', '1', '--warmup-epochs', '0']
+    rc, out, err = run_cli('imagenet', argv, capsys)
+    assert rc == 0, err
+    assert 'model aff_resnet' in out
+    import mxnet as mx
+    keys = set(mx.nd.load(os.path.join(save, 'imagenet-aff_resnet-0001.params')))
+    assert 'layer3.0.attention.global_att2.1.weight' in keys and not any(
+        k.startswith('layer2.') and 'attention' in k for k in keys)
