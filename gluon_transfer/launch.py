@@ -44,10 +44,6 @@ __all__ = ['Host', 'ProcSpec', 'LaunchError', 'parse_hosts', 'parse_args', 'ssh_
 Host = namedtuple('Host', ['address', 'user', 'ssh_port'])
 ProcSpec = namedtuple('ProcSpec', ['role', 'index', 'argv', 'env', 'host'])
 
-# Environment variables forwarded to remote processes besides DMLC_* (local ones inherit all).
-FORWARD_ENV = ('PYTHONUNBUFFERED',)
-
-
 class LaunchError(Exception):
     """A bad launcher argument or hosts file (printed as one ``error:`` line)."""
 
@@ -240,11 +236,17 @@ class Launcher:
                 self.out.flush()
         stream.close()
 
+    def _log_path(self, spec):
+        fname = 'scheduler.log' if spec.role == 'scheduler' else '%s%d.log' % (spec.role, spec.index)
+        return os.path.join(self.log_dir, fname)
+
+    def _log_hint(self, spec):
+        return ' (its output: %s)' % self._log_path(spec) if self.log_dir else ''
+
     def _start(self, spec):
         if self.log_dir:
             os.makedirs(self.log_dir, exist_ok=True)
-            fname = 'scheduler.log' if spec.role == 'scheduler' else '%s%d.log' % (spec.role, spec.index)
-            f = open(os.path.join(self.log_dir, fname), 'ab')
+            f = open(self._log_path(spec), 'ab')
             self._files.append(f)
             stdout = f
         else:
@@ -321,8 +323,8 @@ class Launcher:
             for spec, p in workers:
                 rc = p.poll()
                 if rc:
-                    self._say('error: %s (pid %d) exited with %s; stopping the job'
-                              % (_name(spec), p.pid, _describe_status(rc)))
+                    self._say('error: %s (pid %d) exited with %s; stopping the job%s'
+                              % (_name(spec), p.pid, _describe_status(rc), self._log_hint(spec)))
                     return rc if rc > 0 else 128 - rc
             workers_done = all(p.poll() is not None for _, p in workers)
             for spec, p in others:
@@ -330,8 +332,8 @@ class Launcher:
                 # finalised, which can be before the worker processes have exited.
                 rc = p.poll()
                 if rc:
-                    self._say('error: %s (pid %d) exited with %s; stopping the job'
-                              % (_name(spec), p.pid, _describe_status(rc)))
+                    self._say('error: %s (pid %d) exited with %s; stopping the job%s'
+                              % (_name(spec), p.pid, _describe_status(rc), self._log_hint(spec)))
                     return 1
             if workers_done:
                 # Scheduler and servers leave by themselves once the workers finalised.

@@ -34,13 +34,16 @@ FIT = dict(optimizer='sgd', lr=0.2, momentum=0.9, wd=1e-3, lr_mode='step', lr_de
            lr_decay_epochs=(1,), mode='hybrid', log_interval=0, seed=5)
 
 
-def make_net(seed):
+def make_net(seed, deferred=False):
+    """Initialised by a forward pass of zeros, or left with deferred shapes (``deferred``:
+    the Engine's first training forward initialises it)."""
     net = gluon.nn.HybridSequential()
     net.add(gluon.nn.Conv2D(4, 3, padding=1, activation='relu'), gluon.nn.GlobalAvgPool2D(),
             gluon.nn.Dense(CLASSES))
     mx.random.seed(seed)
     net.initialize(mx.init.Xavier())
-    net(mx.nd.zeros((1, 3, 8, 8)))
+    if not deferred:
+        net(mx.nd.zeros((1, 3, 8, 8)))
     return net
 
 
@@ -60,12 +63,15 @@ def params_of(net):
 
 
 class SlowClassify(Classify):
-    """Classify that sleeps per step (keeps the job running for the kill test)."""
+    """Classify that sleeps per step and prints ``step K`` (keeps the job running for the kill test)."""
     def __init__(self, delay):
         self.delay = delay
+        self.calls = 0
 
     def loss(self, net, data, target, label):
         time.sleep(self.delay)
+        self.calls += 1
+        print('step %d' % self.calls, flush=True)
         return super().loss(net, data, target, label)
 
 
@@ -78,12 +84,14 @@ def main():
     p.add_argument('--save-dir', default=None)
     p.add_argument('--resume', default=None)
     p.add_argument('--sleep', type=float, default=0.0)
+    p.add_argument('--deferred', action='store_true', help='deferred parameter shapes (no init files)')
     a = p.parse_args()
     kv, rank, nw = create_kvstore(a.kvstore)
     train = make_shard(nw, rank)
-    net = make_net(seed=100 + rank)
+    net = make_net(seed=100 + rank, deferred=a.deferred)
     os.makedirs(a.out, exist_ok=True)
-    np.savez(os.path.join(a.out, 'init_rank%d.npz' % rank), **params_of(net))
+    if not a.deferred:
+        np.savez(os.path.join(a.out, 'init_rank%d.npz' % rank), **params_of(net))
     cfg = FitConfig(num_epochs=a.epochs, max_iters=a.max_iters, kvstore=kv, **FIT)
     ckpt = CheckpointManager(a.save_dir, 'tiny') if a.save_dir else None
     metrics = os.path.join(a.save_dir, 'metrics.jsonl') if a.save_dir else None

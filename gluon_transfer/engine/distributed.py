@@ -30,7 +30,7 @@ from ..errors import ConfigError
 from ..registry import unknown_name_message
 
 __all__ = ['KVSTORES', 'is_distributed', 'create_kvstore', 'global_batch_size', 'allgather',
-           'agree_epoch_length', 'dmlc_env', 'find_free_port', 'DMLC_VARS']
+           'agree_epoch_length', 'broadcast_initial_params', 'dmlc_env', 'find_free_port', 'DMLC_VARS']
 
 # kvstore names the engine accepts ('none' = no kvstore: the trainer updates locally).
 KVSTORES = ('none', 'local', 'device', 'nccl', 'dist_sync', 'dist_device_sync', 'dist_async',
@@ -141,6 +141,36 @@ def agree_epoch_length(kv, num_batches, batch_size):
         raise ConfigError('workers disagree on the batch size (%s); every worker needs the same --batch-size '
                           'and number of devices' % ', '.join(map(str, sizes)))
     return int(table[:, 0].min())
+
+
+def broadcast_initial_params(trainer):
+    """Create the trainer's kvstore keys, broadcast rank 0's weights to every worker and
+    wait until they arrived. Call it once every parameter is initialised (no deferred
+    shapes left), before the first ``trainer.step``; best before the first forward pass.
+
+    ``gluon.Trainer`` does this lazily inside the first ``step()``. Its broadcast (init +
+    pull of the weights) and the push-pull of the first gradients then use the same keys
+    with no dependency between them, and in MXNet 1.9.1 with ``update_on_kvstore=False``
+    the server sometimes answers the weight pull with the summed gradients (2 runs in 6 in
+    a loopback test), silently corrupting the weights. Waiting for the broadcast removes
+    the race; doing it before the first forward also makes the first gradients come from
+    rank 0's weights on every worker, as in a single-process run.
+
+    Any forward pass before it must run in training mode (inside ``autograd.record()`` or
+    ``autograd.train_mode()``): an inference-mode forward of a hybridized conv net lets
+    oneDNN reorder the weights in place into its blocked layout, and pushing those fails
+    ("can't generate TBlob for MKLDNN data") or, after re-assigning copies, made the
+    servers see pulls before inits ("init K first") in loopback tests. The engine's
+    first forward is a training one. (Uses Trainer internals of MXNet 1.9.1.)"""
+    if any(p._deferred_init for p in trainer._params):
+        raise ValueError('broadcast_initial_params: run a forward pass first (deferred parameter shapes)')
+    if not trainer._kv_initialized:
+        trainer._init_kvstore()
+    if trainer._params_to_init:
+        trainer._init_params()
+    for p in trainer._params:
+        for d in p.list_data():
+            d.wait_to_read()
 
 
 def dmlc_env(role, root_uri, root_port, num_workers, num_servers, node_host=None, interface=None):

@@ -248,11 +248,13 @@ class Engine:
             ts = gluon.utils.split_and_load(target, self.ctx, even_split=False)
             ys = gluon.utils.split_and_load(batch.label, self.ctx, even_split=False)
             if self._dist_init_pending:
-                self._init_dist_params(xs[0].astype(in_dtype, copy=False), ts[0], ys[0])
+                self._broadcast_initial_params()
             with autograd.record():
                 results = [self.task.loss(self.net, x.astype(in_dtype, copy=False), t, y)
                            for x, t, y in zip(xs, ts, ys)]
             autograd.backward([r[0] for r in results])
+            if self._dist_init_pending:
+                self._broadcast_initial_params()
             # dist_sync sums the gradients of all workers: normalise by the global batch.
             self.trainer.step(distributed.global_batch_size(n, self.num_workers))
             step_loss = mx.nd.add_n(*[r[0].reshape((1,)).as_in_context(c0) for r in results])
@@ -283,28 +285,16 @@ class Engine:
                  'images_per_sec': seen / max(elapsed, 1e-9), 'time': elapsed, 'global_step': self.global_step}
         return stats
 
-    def _init_dist_params(self, x, target, label):
-        """dist kvstores: create the kvstore keys and broadcast rank 0's weights before the
-        first forward pass, and wait until they arrived.
-
-        ``gluon.Trainer`` does this lazily inside the first ``step()``, after the first
-        backward. Its broadcast (init + pull of the weights) and the push-pull of the first
-        gradients then use the same keys with no dependency between them, and in MXNet
-        1.9.1 with ``update_on_kvstore=False`` the server sometimes answers the weight pull
-        with the summed gradients (2 runs in 6 in a loopback test), silently corrupting
-        the weights. Broadcasting first also makes the first gradients come from rank 0's
-        weights on every worker, as in a single-process run."""
+    def _broadcast_initial_params(self):
+        """dist kvstores: rank 0's weights to every worker, waited for (see
+        ``distributed.broadcast_initial_params`` for why gluon's lazy broadcast is not used).
+        Done before the first forward pass; when parameter shapes are still deferred, right
+        after it instead (the workers' deferred initialisations draw the same weights
+        anyway: ``seed_epoch`` seeds every worker alike before the first batch)."""
+        if any(p._deferred_init for p in self.trainer._params):
+            return
         self._dist_init_pending = False
-        tr = self.trainer
-        if any(p._deferred_init for p in tr._params):
-            self.task.loss(self.net, x, target, label)   # shape inference for deferred parameters
-        if not tr._kv_initialized:
-            tr._init_kvstore()
-        if tr._params_to_init:
-            tr._init_params()
-        for p in tr._params:
-            for d in p.list_data():
-                d.wait_to_read()
+        distributed.broadcast_initial_params(self.trainer)
 
     def _check_window(self, window, epoch):
         if not window:
