@@ -260,27 +260,28 @@ def run(args, preset, make_task=None):
         import mxnet as mx  # noqa: F401
         from .data import build_data
     from .engine.checkpoint import CheckpointManager
+    from .engine.distributed import create_kvstore
     from .engine.precision import setup_precision
     from .engine.tasks import Classify
     from .engine.trainer import Engine, seed_epoch
 
     args.model = MODEL_ALIASES.get(preset, {}).get(args.model, args.model)
-    rank = int(os.environ.get('DMLC_WORKER_ID', 0)) if args.kvstore.startswith('dist') else 0
-    log = setup_logging(args.save_dir, args.logging_file, rank)
+    # The ps-lite scheduler assigns ranks when the workers connect, so the kvstore comes
+    # first: the rank names this worker's log file and picks its data shard.
+    kv, part_index, num_parts = create_kvstore(args.kvstore)
+    log = setup_logging(args.save_dir, args.logging_file if part_index == 0 else None, part_index)
+    if num_parts > 1:
+        log.info('kvstore %s: worker rank %d of %d (pid %d); --lr is for the global batch of all workers',
+                 args.kvstore, part_index, num_parts, os.getpid())
     ctx = resolve_ctx(args)
     setup_precision(args.dtype, ctx)
     seed_epoch(args.seed, -1)      # network initialisation is reproducible from --seed
     fit_cfg = fit_config(args)
-    num_parts, part_index = 1, 0
-    kv = None
-    if args.kvstore.startswith('dist'):
-        kv = mx.kv.create(args.kvstore)
-        num_parts, part_index = kv.num_workers, kv.rank
-        fit_cfg.kvstore = kv
+    fit_cfg.kvstore = kv
     data = build_data(args.dataset, data_dir=args.data_dir, rec_train=args.rec_train,
                       rec_train_idx=args.rec_train_idx, rec_val=args.rec_val, rec_val_idx=args.rec_val_idx,
                       batch_size=args.batch_size * len(ctx), num_workers=args.num_workers,
-                      num_parts=num_parts, part_index=part_index, seed=args.seed, input_size=args.input_size,
+                      num_parts=num_parts, part_index=part_index, shard_val=False, seed=args.seed, input_size=args.input_size,
                       crop_ratio=args.crop_ratio, coarse_labels=args.coarse_labels, **augment_kwargs(args))
     log.info('data: %s, %d classes, %d training images (%d batches of %d), %d validation images',
              args.dataset, data.num_classes, data.num_train, len(data.train), args.batch_size * len(ctx),

@@ -195,7 +195,7 @@ def _check_labels(info, num_classes):
 
 def build_data(preset, data_dir=None, rec_train=None, rec_val=None, batch_size=128,
                rec_train_idx=None, rec_val_idx=None, val_batch_size=None, num_workers=2,
-               num_parts=1, part_index=0, seed=0,
+               num_parts=1, part_index=0, seed=0, shard_val=True,
                input_size=None, crop_ratio=None, coarse_labels=False, prefetch_buffer=2,
                verify='auto', with_train=True, train_aug=None, randaugment=None,
                random_erasing=0.0, train_fraction=None, fraction_seed=0, pipeline='auto',
@@ -216,7 +216,8 @@ def build_data(preset, data_dir=None, rec_train=None, rec_val=None, batch_size=1
 
     Parameters: ``batch_size`` per iterator (``val_batch_size`` defaults to it);
     ``num_workers`` ImageRecordIter ``preprocess_threads``; ``num_parts``/``part_index``
-    shard both splits (evaluation drops ``Batch.pad`` rows); ``seed`` with ``set_epoch``
+    shard the training split, and the evaluation split too unless ``shard_val=False`` (then
+    every worker evaluates all of it; evaluation drops ``Batch.pad`` rows); ``seed`` with ``set_epoch``
     fixes order and augmentation; ``input_size``/``crop_ratio`` override the preset;
     ``coarse_labels``: CIFAR-100 binary only, 20 superclasses; ``train_aug``: dict merged
     over the preset's training augmentation (ImageRecordIter pipeline).
@@ -262,7 +263,7 @@ def build_data(preset, data_dir=None, rec_train=None, rec_val=None, batch_size=1
             raise ConfigError("pipeline 'python' reads RecordIO; the binary CIFAR files are "
                               "served from memory (RandAugment works there too)")
         bundle = _build_cifar_binary(preset, train_rec, batch_size, val_batch_size, num_parts,
-                                     part_index, seed, coarse_labels, with_train, ra)
+                                     part_index, seed, coarse_labels, with_train, ra, shard_val)
         if erasing is not None and bundle.train is not None:
             from .augment import ErasingIter
             bundle = bundle._replace(train=ErasingIter(bundle.train, erasing, seed))
@@ -309,18 +310,19 @@ def build_data(preset, data_dir=None, rec_train=None, rec_val=None, batch_size=1
             train = ErasingIter(train, erasing, seed)
     if val_info is not None:
         shape, aug = record_iter_kwargs(preset, False, size, crop_ratio)
+        vcommon = common if shard_val else dict(common, num_parts=1, part_index=0)
         if pipeline == 'python':
-            val = _py_iter(val_info, val_batch_size, shape, preset, aug, False, None, common)
+            val = _py_iter(val_info, val_batch_size, shape, preset, aug, False, None, vcommon)
         else:
             val = RecordIter(val_info.rec, val_info.idx, val_batch_size, shape, aug=aug, train=False,
-                             info=val_info, **common)
+                             info=val_info, **vcommon)
     return DataBundle(train, val, num_classes, classes,
                       train_info.num_records if train_info is not None else 0,
                       val_info.num_records if val_info is not None else 0, preset, 'recordio')
 
 
 def _build_cifar_binary(preset, folder, batch_size, val_batch_size, num_parts, part_index, seed,
-                        coarse, with_train, randaugment=None):
+                        coarse, with_train, randaugment=None, shard_val=True):
     from .cifar import read_cifar_binary, pad_crop_flip
     train = None
     num_train = 0
@@ -335,7 +337,8 @@ def _build_cifar_binary(preset, folder, batch_size, val_batch_size, num_parts, p
     xv, yv, vnames = read_cifar_binary(folder, preset.binary, train=False, coarse=coarse)
     names = names or vnames
     val = ArrayIter(xv, yv, val_batch_size, mean=preset.mean, std=preset.std, shuffle=False,
-                    last_batch='pad', num_parts=num_parts, part_index=part_index, seed=seed)
+                    last_batch='pad', num_parts=num_parts if shard_val else 1,
+                    part_index=part_index if shard_val else 0, seed=seed)
     num_classes = 20 if coarse else preset.num_classes
     if names is not None and len(names) != num_classes:
         names = None

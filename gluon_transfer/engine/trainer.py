@@ -8,8 +8,10 @@ evaluates (top-1, top-5, mean per-class accuracy), appends a JSON line to the me
 log, and writes an atomic checkpoint. Scripts differ only in presets and tasks.
 
 Multi-device is a context list (gradients are summed over devices by the kvstore and
-divided by the global batch); distributed is a kvstore name (``dist_sync``...; only rank 0
-writes checkpoints and the metrics log); precision is ``cfg.dtype``.
+divided by the global batch); distributed is a kvstore name or a ``dist_sync`` kvstore
+(gradients are summed over workers too, so the step divides by ``batch * num_workers``;
+all workers run the same number of iterations per epoch; only rank 0 writes checkpoints
+and the metrics log; see ``engine/distributed.py``); precision is ``cfg.dtype``.
 
 The loss is checked without a per-iteration device sync: each iteration's loss stays
 on the device and the window of ``log_interval`` losses is read at once. A NaN/inf stops
@@ -21,7 +23,7 @@ import logging
 import os
 import random
 import time
-from dataclasses import dataclass, field, asdict
+from dataclasses import dataclass, field, fields
 
 import numpy as np
 import mxnet as mx
@@ -30,7 +32,7 @@ from mxnet import autograd, gluon
 from ..errors import ConfigError, CheckpointError, TrainingDiverged
 from ..metrics import ClassificationMeter
 from ..weights import load_params
-from . import precision
+from . import distributed, precision
 from .checkpoint import load_blocks, resolve_resume
 from .schedule import LRSchedule
 
@@ -101,15 +103,20 @@ class Engine:
             raise ConfigError("--mode must be 'hybrid' or 'imperative', got %r" % cfg.mode)
         precision.check_precision(cfg.dtype, self.ctx)
         self.kv, self.rank, self.num_workers = self._make_kvstore(cfg.kvstore)
+        # Iterations per epoch: this worker's shard, equal on all workers of a dist job.
+        self.iters_per_epoch = len(train) if train is not None else 0
+        if train is not None and distributed.is_distributed(self.kv):
+            self.iters_per_epoch = distributed.agree_epoch_length(self.kv, len(train), train.batch_size)
         self.schedule = None if train is None else LRSchedule(
-            cfg.lr_mode, cfg.lr, len(train), cfg.num_epochs, cfg.warmup_epochs, cfg.warmup_lr, cfg.lr_decay,
-            cfg.lr_decay_epochs, cfg.target_lr, cfg.poly_power)
+            cfg.lr_mode, cfg.lr, self.iters_per_epoch, cfg.num_epochs, cfg.warmup_epochs, cfg.warmup_lr,
+            cfg.lr_decay, cfg.lr_decay_epochs, cfg.target_lr, cfg.poly_power)
         self.global_step = 0
         self.start_epoch = 0
         self.best_top1 = -1.0
         self.history = []
         self.lr_trace = []          # the LR of every iteration run by this engine
         self.trainer = None
+        self._dist_init_pending = distributed.is_distributed(self.kv)
         self._mixup = None
         if cfg.mixup_alpha > 0:
             from ..data.mixup import MixupSchedule
@@ -119,13 +126,7 @@ class Engine:
     @staticmethod
     def _make_kvstore(kv):
         """A kvstore name or an existing ``mx.kv.KVStore`` -> (kvstore, rank, num_workers)."""
-        if kv is None or kv in ('none', 'None', ''):
-            return None, 0, 1
-        if isinstance(kv, str):
-            if not kv.startswith('dist'):
-                return kv, 0, 1
-            kv = mx.kv.create(kv)
-        return kv, kv.rank, kv.num_workers
+        return distributed.create_kvstore(kv)
 
     @property
     def is_writer(self):
@@ -152,9 +153,9 @@ class Engine:
         if cfg.dtype == 'float16':
             opt['multi_precision'] = True
         # Updates run on the workers (update_on_kvstore=False) so the per-iteration LR
-        # schedule applies everywhere; asynchronous kvstores require server-side updates.
-        on_kv = 'async' in str(getattr(self.kv, 'type', self.kv))
-        self.trainer = gluon.Trainer(params, cfg.optimizer, opt, kvstore=self.kv, update_on_kvstore=on_kv)
+        # schedule applies everywhere; with dist_sync the kvstore then only sums gradients.
+        # (Asynchronous kvstores need server-side updates and are refused by create_kvstore.)
+        self.trainer = gluon.Trainer(params, cfg.optimizer, opt, kvstore=self.kv, update_on_kvstore=False)
         precision.prepare_trainer(self.trainer, cfg.dtype)
 
     # ------------------------------------------------------------------ resume
@@ -186,7 +187,7 @@ class Engine:
                 raise CheckpointError('trainer states file not found: %s' % states)
             self.trainer.load_states(states)
         self.start_epoch = int(epoch)
-        self.global_step = self.start_epoch * len(self.train_data)
+        self.global_step = self.start_epoch * self.iters_per_epoch
 
     # ------------------------------------------------------------------ loop
     def fit(self, resume=None, resume_params=None, resume_states=None, resume_epoch=0):
@@ -197,7 +198,7 @@ class Engine:
         elif resume_params or resume_states or resume_epoch:
             self.resume_files(resume_params, resume_states, resume_epoch)
         cfg = self.cfg
-        total_iters = cfg.max_iters or cfg.num_epochs * len(self.train_data)
+        total_iters = cfg.max_iters or cfg.num_epochs * self.iters_per_epoch
         for epoch in range(self.start_epoch, cfg.num_epochs):
             if self.global_step >= total_iters:
                 break
@@ -227,7 +228,7 @@ class Engine:
         self.train_data.set_epoch(epoch)
         in_dtype = precision.input_dtype(cfg.dtype)
         c0 = self.ctx[0]
-        n_batches = len(self.train_data)
+        n_batches = self.iters_per_epoch
         loss_sum = mx.nd.zeros((1,), ctx=c0)
         correct = mx.nd.zeros((1,), ctx=c0)
         term_sums = {}
@@ -236,7 +237,7 @@ class Engine:
         t0 = tic = time.time()
         lr = self.schedule(self.global_step)
         for i, batch in enumerate(self.train_data):
-            if self.global_step >= total_iters:
+            if self.global_step >= total_iters or i >= n_batches:
                 break
             lr = self.schedule(self.global_step)
             self.trainer.set_learning_rate(lr)
@@ -246,11 +247,16 @@ class Engine:
             xs = gluon.utils.split_and_load(data, self.ctx, even_split=False)
             ts = gluon.utils.split_and_load(target, self.ctx, even_split=False)
             ys = gluon.utils.split_and_load(batch.label, self.ctx, even_split=False)
+            if self._dist_init_pending:
+                self._broadcast_initial_params()
             with autograd.record():
                 results = [self.task.loss(self.net, x.astype(in_dtype, copy=False), t, y)
                            for x, t, y in zip(xs, ts, ys)]
             autograd.backward([r[0] for r in results])
-            self.trainer.step(n)
+            if self._dist_init_pending:
+                self._broadcast_initial_params()
+            # dist_sync sums the gradients of all workers: normalise by the global batch.
+            self.trainer.step(distributed.global_batch_size(n, self.num_workers))
             step_loss = mx.nd.add_n(*[r[0].reshape((1,)).as_in_context(c0) for r in results])
             loss_sum += step_loss
             window.append((self.global_step, i, step_loss))
@@ -278,6 +284,17 @@ class Engine:
                  'terms': {k: _to_float(v) / seen for k, v in sorted(term_sums.items())},
                  'images_per_sec': seen / max(elapsed, 1e-9), 'time': elapsed, 'global_step': self.global_step}
         return stats
+
+    def _broadcast_initial_params(self):
+        """dist kvstores: rank 0's weights to every worker, waited for (see
+        ``distributed.broadcast_initial_params`` for why gluon's lazy broadcast is not used).
+        Done before the first forward pass; when parameter shapes are still deferred, right
+        after it instead (the workers' deferred initialisations draw the same weights
+        anyway: ``seed_epoch`` seeds every worker alike before the first batch)."""
+        if any(p._deferred_init for p in self.trainer._params):
+            return
+        self._dist_init_pending = False
+        distributed.broadcast_initial_params(self.trainer)
 
     def _check_window(self, window, epoch):
         if not window:
@@ -343,10 +360,19 @@ class Engine:
                 f.write(json.dumps(stats, sort_keys=True) + '\n')
         if self.ckpt is not None:
             meta = dict(self.run_info, global_step=self.global_step, best_top1=self.best_top1,
-                        seed=self.cfg.seed, config=_jsonable(asdict(self.cfg)))
+                        seed=self.cfg.seed, config=_config_dict(self.cfg))
             self.ckpt.save(epoch + 1, self.net, self.trainer, meta, self.task.blocks())
             if is_best:
                 self.ckpt.save_best(epoch + 1, self.net, self.best_top1)
+
+
+def _config_dict(cfg):
+    """``cfg`` as JSON-able dict. Not ``asdict``: it deep-copies fields, and a kvstore
+    object (what cli.run passes for dist_sync) cannot be copied; it is stored by type."""
+    d = {f.name: getattr(cfg, f.name) for f in fields(cfg)}
+    if d['kvstore'] is not None and not isinstance(d['kvstore'], str):
+        d['kvstore'] = d['kvstore'].type
+    return _jsonable(d)
 
 
 def _jsonable(obj):
