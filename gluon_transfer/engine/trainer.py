@@ -3,7 +3,8 @@
 ``Engine(net, task, ctx, cfg, train, val, num_classes, ...).fit()`` does, per iteration:
 set the scheduled learning rate, optionally mix the batch (mixup / label smoothing),
 ``split_and_load`` it over the context list, run ``task.loss`` on every slice inside
-``autograd.record()``, back-propagate and ``trainer.step(global_batch)``. Per epoch it
+``autograd.record()``, back-propagate, call ``task.after_backward(net)`` (a hook for tasks that
+add gradients of their own) and ``trainer.step(global_batch)``. Per epoch it
 evaluates (top-1, top-5, mean per-class accuracy), appends a JSON line to the metrics
 log, and writes an atomic checkpoint. Scripts differ only in presets and tasks.
 
@@ -250,6 +251,7 @@ class Engine:
                 results = [self.task.loss(self.net, x.astype(in_dtype, copy=False), t, y)
                            for x, t, y in zip(xs, ts, ys)]
             autograd.backward([r[0] for r in results])
+            self.task.after_backward(self.net)
             self.trainer.step(n)
             step_loss = mx.nd.add_n(*[r[0].reshape((1,)).as_in_context(c0) for r in results])
             loss_sum += step_loss
