@@ -70,7 +70,9 @@ class Classify(Task):
 
 
 # ------------------------------------------------------------------ distillation
-from mxnet import autograd  # noqa: E402  (used by Distill only)
+import warnings  # noqa: E402  (the imports below are used by Distill only)
+
+from mxnet import autograd  # noqa: E402
 
 
 class Distill(Task):
@@ -113,7 +115,7 @@ class Distill(Task):
     name = 'distill'
 
     def __init__(self, teacher, student_taps=(), teacher_taps=None, beta=0.0, alpha=0.0, temperature=4.0,
-                 at_mode='code', at_p=2, at_ngpu_scaling=False, grad_at_beta=0.0, grad_at_step=1e-2,
+                 at_mode='code', at_p=2, at_ngpu_scaling=False, grad_at_beta=0.0, grad_at_step=1e-3,
                  input_shape=None):
         from ..errors import ConfigError
         from ..losses.at import AT_MODES
@@ -268,16 +270,22 @@ def _logits_view(net):
     out = net(data)
     if isinstance(out, (list, tuple)):
         out = out[0]
-    return gluon.SymbolBlock(out, data, params=net.collect_params())
+    with warnings.catch_warnings():
+        warnings.filterwarnings('ignore', 'Cannot decide type')   # the input dtype comes with the first call
+        return gluon.SymbolBlock(out, data, params=net.collect_params())
 
 
 def _snapshot(params, ctx):
+    # A hybridized (static_alloc) network writes BN running statistics in its backward
+    # without a dependency the copy below would wait for: synchronise first.
+    mx.nd.waitall()
     return [(p.data(ctx), p.data(ctx).copy()) for p in params]
 
 
 def _restore(saved):
     for arr, value in saved:
         value.copyto(arr)
+    mx.nd.waitall()
 
 
 def build_teacher(name, params, classes, ctx, features=(), allow_random=False, logger=None):

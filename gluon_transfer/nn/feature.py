@@ -126,7 +126,10 @@ class FeatureTaps(gluon.SymbolBlock):
         for n in names:
             if isinstance(captured[n], (list, tuple)) or len(captured[n].list_outputs()) != 1:
                 raise ConfigError('feature tap %r of %s has several outputs; tap one of its children' % (n, type(net).__name__))
-        super().__init__([out] + [captured[n] for n in names], data, params=net.collect_params())
+        with warnings.catch_warnings():
+            # the input's dtype is only known at the first call; mxnet warns about it
+            warnings.filterwarnings('ignore', 'Cannot decide type')
+            super().__init__([out] + [captured[n] for n in names], data, params=net.collect_params())
         self.feature_names = names
         self.tapped_net_type = type(net).__name__
 
