@@ -275,3 +275,39 @@ def test_after_backward_hook_runs_between_backward_and_step():
     p[np.arange(6), labels] -= 1
     np.testing.assert_allclose(net.bias.data().asnumpy(), b0 - lr * (p.sum(0) + task.c) / 6, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(net.weight.data().asnumpy(), w0 - lr * (p.T @ x) / 6, rtol=1e-5, atol=1e-6)
+
+
+# ----------------------------------------------------------------- CLI wiring
+def test_cli_flags_reference_cifar_recipe():
+    import logging
+    from gluon_transfer import cli
+    p = cli.build_parser('cifar', 'x')
+    args = cli.parse_args(p, ['--model', 'wrn16_1', '--teacher-model', 'wrn16_2', '--teacher-random', '--beta', '1e3',
+                              '--alpha', '0.9', '--temperature', '4', '--at-mode', 'paper', '--at-p', '2',
+                              '--optimizer', 'sgd', '--momentum', '0.9', '--wd', '5e-4', '--lr', '0.1',
+                              '--batch-size', '128', '--num-epochs', '200', '--lr-mode', 'step',
+                              '--lr-decay-epoch', '60,120,160', '--lr-decay', '0.2', '--input-size', '8'])
+    cfg = cli.fit_config(args)
+    assert (cfg.optimizer, cfg.momentum, cfg.wd, cfg.lr, cfg.num_epochs, cfg.lr_decay_epochs, cfg.lr_decay) == \
+        ('sgd', 0.9, 5e-4, 0.1, 200, (60, 120, 160), 0.2)
+    factory = cli.distill_task_factory(args)
+    assert factory is cli.make_distill_task
+
+    class Data:
+        num_classes = 10
+    student = gt.get_model('wrn16_1')
+    student.initialize()
+    task = factory(args, student, Data(), [mx.cpu()], logging.getLogger('test'))
+    assert isinstance(task, Distill)
+    assert (task.beta, task.alpha, task.temperature, task.at_mode) == (1e3, 0.9, 4.0, 'paper')
+    assert task.student_taps == TAPS and task.teacher.feature_names == TAPS
+    task.setup(student, [mx.cpu()])                    # the input-size check passes at 8x8
+
+    imagenet = cli.parse_args(cli.build_parser('imagenet', 'x'), ['--teacher', 'resnet34_v1b', '--beta', '1e3'])
+    assert imagenet.teacher_model == 'resnet34_v1b' and cli._taps(imagenet.at_taps) == (
+        'stage1', 'stage2', 'stage3', 'stage4')
+    with pytest.raises(ConfigError, match='--teacher-params'):
+        cli.make_distill_task(imagenet, student, Data(), [mx.cpu()], logging.getLogger('test'))
+    with pytest.raises(ConfigError, match='--beta given without --teacher-model'):
+        cli.distill_task_factory(cli.parse_args(p, ['--beta', '1e3']))
+    assert cli.distill_task_factory(cli.parse_args(p, [])) is None
