@@ -321,7 +321,8 @@ def add_distill_args(parser, preset):
     g.add_argument('--at-ngpu-scaling', action='store_true',
                    help="multiply the AT loss by the device count, as the reference's multi-GPU code does")
     g.add_argument('--grad-at-beta', type=float, default=0.0,
-                   help='gradient-based AT weight: beta/2 * ||dL_S/dx - dL_T/dx||^2 (about 3-4x the step time)')
+                   help='gradient-based AT weight: beta/2 * ||dL_S/dx - dL_T/dx||^2 '
+                        '(about 5x the step time, see bench/README.md)')
     g.add_argument('--grad-at-step', type=float, default=1e-3,
                    help='gradient-based AT: finite-difference step (RMS of the input perturbation)')
     return g

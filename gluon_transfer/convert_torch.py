@@ -54,7 +54,7 @@ import numpy as np
 
 from .errors import CheckpointError
 
-__all__ = ['read_pth', 'flatten_state', 'convert_state_dict', 'detect_arch', 'ARCHS', 'LEGACY_MAGIC']
+__all__ = ['read_pth', 'flatten_state', 'convert_state_dict', 'convert_file', 'detect_arch', 'ARCHS', 'LEGACY_MAGIC']
 
 LEGACY_MAGIC = 0x1950a86a20f9469cfc6c
 

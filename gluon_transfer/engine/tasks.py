@@ -109,8 +109,9 @@ class Distill(Task):
     grad_at_param_grads`, step ``grad_at_step`` in input RMS units), added to the parameters'
     gradients in :meth:`after_backward`. Cost per step on top of distillation: one
     forward+backward of the teacher and three of the student (J_S and the two differences),
-    i.e. roughly 3-4x the time of a plain step. BN running statistics touched by these
-    extra passes are restored, so only the main forward updates them.
+    about 5x the time of a distillation step on CPU (bench/README.md). BN running
+    statistics touched by these extra passes are restored, so only the main pass updates
+    them; the extra passes synchronise the device (``waitall``) around that.
     """
     name = 'distill'
 
@@ -169,6 +170,8 @@ class Distill(Task):
             self.check_shapes(ctx[0])
         if self.grad_at_beta > 0:
             self._grad_views = (_logits_view(net), _logits_view(self.teacher))
+            for view in self._grad_views:
+                view.hybridize(static_alloc=True)
             self._trainable = [p for p in net.collect_params().values() if p.grad_req != 'null']
             self._frozen = [p for p in net.collect_params().values() if p.grad_req == 'null']
 

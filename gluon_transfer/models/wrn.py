@@ -89,7 +89,8 @@ class WideResNet(nn.HybridBlock):
             features = (features,)
         for name in features:
             if name not in valid:
-                raise ConfigError('unknown feature tap %r for WRN-%d-%g; valid: %s' % (name, depth, width, ', '.join(valid)))
+                raise ConfigError('unknown feature tap %r for WRN-%d-%g; valid: %s'
+                                  % (name, depth, width, ', '.join(valid)))
         self.feature_names = tuple(features)
         winit = _kaiming() if reference_init else None
         with self.name_scope():

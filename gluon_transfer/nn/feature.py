@@ -122,10 +122,12 @@ class FeatureTaps(gluon.SymbolBlock):
             out = out[0]
         missing = [n for n in names if n not in captured]
         if missing:
-            raise ConfigError('feature tap %r of %s is never called in its forward pass' % (missing[0], type(net).__name__))
+            raise ConfigError('feature tap %r of %s is never called in its forward pass'
+                              % (missing[0], type(net).__name__))
         for n in names:
             if isinstance(captured[n], (list, tuple)) or len(captured[n].list_outputs()) != 1:
-                raise ConfigError('feature tap %r of %s has several outputs; tap one of its children' % (n, type(net).__name__))
+                raise ConfigError('feature tap %r of %s has several outputs; tap one of its children'
+                                  % (n, type(net).__name__))
         with warnings.catch_warnings():
             # the input's dtype is only known at the first call; mxnet warns about it
             warnings.filterwarnings('ignore', 'Cannot decide type')
