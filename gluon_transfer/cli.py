@@ -146,6 +146,7 @@ def build_parser(preset, description):
     if preset == 'imagenet':
         p.add_argument('--last-gamma', action='store_true', help='zero-init the last BN gamma of each block')
     add_augment_args(p, preset)
+    add_distill_args(p, preset)
     return p
 
 
@@ -278,6 +279,7 @@ def run(args, preset, make_task=None):
     seed_epoch(args.seed, -1)      # network initialisation is reproducible from --seed
     fit_cfg = fit_config(args)
     fit_cfg.kvstore = kv
+    make_task = make_task or distill_task_factory(args)
     data = build_data(args.dataset, data_dir=args.data_dir, rec_train=args.rec_train,
                       rec_train_idx=args.rec_train_idx, rec_val=args.rec_val, rec_val_idx=args.rec_val_idx,
                       batch_size=args.batch_size * len(ctx), num_workers=args.num_workers,
@@ -346,3 +348,76 @@ def augment_kwargs(args):
                 train_fraction=getattr(args, 'train_fraction', None),
                 fraction_seed=getattr(args, 'fraction_seed', 0),
                 pipeline=getattr(args, 'data_pipeline', 'auto'))
+
+
+# ------------------------------------------------------------------ distillation (AT / KD)
+DISTILL_TAPS = {'cifar': 'stage1,stage2,stage3', 'imagenet': 'stage1,stage2,stage3,stage4'}
+
+
+def add_distill_args(parser, preset):
+    """Knowledge distillation / attention transfer from a frozen teacher (the Distill task).
+
+    The reference CIFAR recipe (attention-transfer ``cifar.py``) as flags::
+
+        --model wrn16_1 --teacher-model wrn16_2 --teacher-params T.params --beta 1e3 \\
+        --optimizer sgd --momentum 0.9 --wd 5e-4 --lr 0.1 --batch-size 128 --num-epochs 200 \\
+        --lr-mode step --lr-decay-epoch 60,120,160 --lr-decay 0.2
+    """
+    g = parser.add_argument_group('distillation (attention transfer / knowledge distillation)')
+    g.add_argument('--teacher-model', '--teacher', dest='teacher_model', default=None,
+                   help='frozen teacher network (registered or GluonCV name); enables the Distill task')
+    g.add_argument('--teacher-params', default=None, help='the teacher\'s .params file (required with a teacher)')
+    g.add_argument('--teacher-random', action='store_true',
+                   help='allow a randomly initialised teacher (testing only)')
+    g.add_argument('--beta', type=float, default=0.0,
+                   help='attention-transfer weight (reference: 1e3; 0 = off): beta * sum over groups')
+    g.add_argument('--alpha', type=float, default=0.0,
+                   help='KD weight: alpha * T^2 * KL + (1 - alpha) * CE (reference KD run: 0.9; 0 = off)')
+    g.add_argument('--temperature', type=float, default=4.0, help='KD temperature T')
+    g.add_argument('--at-mode', default='code', choices=['code', 'paper'],
+                   help="code: mean of squared map differences (reference code); paper: un-squared L2 norm / 2")
+    g.add_argument('--at-p', type=float, default=2.0, help='attention map = channel mean of |x|^p')
+    g.add_argument('--at-taps', default=DISTILL_TAPS[preset],
+                   help='student feature taps paired by position with --teacher-taps (stage names or block paths)')
+    g.add_argument('--teacher-taps', default=None, help='teacher feature taps (default: --at-taps)')
+    g.add_argument('--at-ngpu-scaling', action='store_true',
+                   help="multiply the AT loss by the device count, as the reference's multi-GPU code does")
+    g.add_argument('--grad-at-beta', type=float, default=0.0,
+                   help='gradient-based AT weight: beta/2 * ||dL_S/dx - dL_T/dx||^2 '
+                        '(about 5x the step time, see bench/README.md)')
+    g.add_argument('--grad-at-step', type=float, default=1e-3,
+                   help='gradient-based AT: finite-difference step (RMS of the input perturbation)')
+    return g
+
+
+def _taps(text):
+    return tuple(t.strip() for t in str(text or '').split(',') if t.strip())
+
+
+def distill_task_factory(args):
+    """``make_distill_task`` when a teacher is given, else None; transfer flags without a
+    teacher are an error rather than silently ignored."""
+    if getattr(args, 'teacher_model', None):
+        return make_distill_task
+    used = [f for f, v in (('--beta', getattr(args, 'beta', 0)), ('--alpha', getattr(args, 'alpha', 0)),
+                           ('--grad-at-beta', getattr(args, 'grad_at_beta', 0))) if v]
+    if used or getattr(args, 'teacher_params', None):
+        raise ConfigError('%s given without --teacher-model' % (', '.join(used) or '--teacher-params'))
+    return None
+
+
+def make_distill_task(args, net, data, ctx, log):
+    """The Distill task for ``run()``: builds and loads the teacher on every device."""
+    from .engine.tasks import Distill, build_teacher
+    student_taps = _taps(args.at_taps) if args.beta > 0 else ()
+    teacher_taps = _taps(args.teacher_taps) if (args.beta > 0 and args.teacher_taps) else student_taps
+    teacher = build_teacher(args.teacher_model, args.teacher_params, data.num_classes, ctx, features=teacher_taps,
+                            allow_random=args.teacher_random, logger=log)
+    task = Distill(teacher, student_taps, teacher_taps, beta=args.beta, alpha=args.alpha,
+                   temperature=args.temperature, at_mode=args.at_mode, at_p=args.at_p,
+                   at_ngpu_scaling=args.at_ngpu_scaling, grad_at_beta=args.grad_at_beta,
+                   grad_at_step=args.grad_at_step, input_shape=(1, 3, args.input_size, args.input_size))
+    log.info('distillation from %s: beta %g (%s, p=%g, taps %s / %s), alpha %g, T %g, grad-AT beta %g',
+             args.teacher_model, args.beta, args.at_mode, args.at_p, ','.join(student_taps) or '-',
+             ','.join(teacher_taps) or '-', args.alpha, args.temperature, args.grad_at_beta)
+    return task

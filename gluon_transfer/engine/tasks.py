@@ -41,6 +41,12 @@ class Task:
     def predict(self, net, data):
         return logits_of(net(data))
 
+    def after_backward(self, net):
+        """Called by the engine after ``autograd.backward`` of every slice's ``total`` and
+        before ``trainer.step``, outside ``autograd.record()``. A task may add gradients it
+        computes itself to the parameters' ``.grad`` buffers here (gradient-based attention
+        transfer adds a finite-difference second-order term); the default does nothing."""
+
 
 def cross_entropy(logits, target):
     """Per-sample softmax cross-entropy, in float32 whatever the network's dtype:
@@ -61,3 +67,252 @@ class Classify(Task):
         logits = logits_of(net(data))
         ce = cross_entropy(logits, target)
         return ce.sum(), logits, {'ce': ce.mean()}
+
+
+# ------------------------------------------------------------------ distillation
+import warnings  # noqa: E402  (the imports below are used by Distill only)
+
+from mxnet import autograd  # noqa: E402
+
+
+class Distill(Task):
+    """Knowledge distillation and attention transfer from a frozen teacher
+    (``szagoruyko/attention-transfer`` ``cifar.py``/``imagenet.py``; math in
+    :mod:`gluon_transfer.losses.kd` and :mod:`gluon_transfer.losses.at`).
+
+    Per slice of ``n`` samples (the engine divides by the global batch)::
+
+        total = sum_i [ alpha T^2 KL_i + (1 - alpha) CE_i ]                  (alpha = 0: sum_i CE_i)
+              + n * beta * s * sum_g at_loss(student_g, teacher_g)             (beta = 0: no AT)
+              + sum_i grad_at_beta / 2 * ||J_S[i] - J_T[i]||^2                 (gradient-based AT)
+
+    ``s`` is 1, or the number of devices with ``at_ngpu_scaling=True`` -- the reference's
+    multi-GPU behaviour (it sums per-GPU shard means, so its effective beta grows with the
+    GPU count); by default the objective does not depend on how the batch is split.
+
+    Logged terms (per-sample means, weighted): ``ce`` ((1 - alpha) CE), ``kd``,
+    ``at_g0``, ``at_g1``... (``beta * s * at_loss`` of group g), ``grad_at``.
+
+    The teacher runs in inference mode (BN running statistics) under ``autograd.pause()``
+    on every device; its parameters get ``grad_req='null'`` and are never given to the
+    trainer (:meth:`blocks` is empty). Student taps come from the network's own feature API
+    when it was built with exactly ``student_taps``, otherwise from a
+    :class:`~gluon_transfer.nn.feature.FeatureTaps` view sharing its parameters; the same for
+    the teacher. With ``input_shape`` (e.g. ``(1, 3, 32, 32)``), :meth:`setup` runs one
+    inference forward of both and raises a one-line ConfigError if a group's spatial sizes
+    (or the class counts, with KD) differ.
+
+    Gradient-based AT (``grad_at_beta > 0``): ``J = d(sum_i CE_i)/dx`` of the student (train
+    mode, as its loss) and of the teacher (inference mode). The penalty's parameter gradient
+    ``grad_at_beta * d/dtheta [J_S . v]``, ``v = stop_grad(J_S - J_T)``, is a central
+    difference of first-order gradients along ``v`` (:func:`~gluon_transfer.losses.at.
+    grad_at_param_grads`, step ``grad_at_step`` in input RMS units), added to the parameters'
+    gradients in :meth:`after_backward`. Cost per step on top of distillation: one
+    forward+backward of the teacher and three of the student (J_S and the two differences),
+    about 5x the time of a distillation step on CPU (bench/README.md). BN running
+    statistics touched by these extra passes are restored, so only the main pass updates
+    them; the extra passes synchronise the device (``waitall``) around that.
+    """
+    name = 'distill'
+
+    def __init__(self, teacher, student_taps=(), teacher_taps=None, beta=0.0, alpha=0.0, temperature=4.0,
+                 at_mode='code', at_p=2, at_ngpu_scaling=False, grad_at_beta=0.0, grad_at_step=1e-3,
+                 input_shape=None):
+        from ..errors import ConfigError
+        from ..losses.at import AT_MODES
+        if at_mode not in AT_MODES:
+            raise ConfigError('unknown --at-mode %r; valid: %s' % (at_mode, ', '.join(AT_MODES)))
+        if not 0.0 <= alpha <= 1.0:
+            raise ConfigError('--alpha must be in [0, 1], got %g' % alpha)
+        if temperature <= 0:
+            raise ConfigError('--temperature must be positive, got %g' % temperature)
+        if beta < 0 or grad_at_beta < 0:
+            raise ConfigError('--beta and --grad-at-beta must be >= 0')
+        if beta == 0 and alpha == 0 and grad_at_beta == 0:
+            raise ConfigError('a teacher is given but --beta, --alpha and --grad-at-beta are all 0: '
+                              'nothing would be transferred')
+        student_taps = tuple(student_taps or ())
+        teacher_taps = tuple(teacher_taps) if teacher_taps is not None else student_taps
+        if beta > 0 and not student_taps:
+            raise ConfigError('attention transfer (--beta > 0) needs student taps (e.g. stage1,stage2,stage3)')
+        if len(student_taps) != len(teacher_taps):
+            raise ConfigError('%d student taps (%s) but %d teacher taps (%s): attention transfer pairs them by '
+                              'position' % (len(student_taps), ','.join(student_taps), len(teacher_taps),
+                                            ','.join(teacher_taps)))
+        self.teacher = teacher
+        self.student_taps = student_taps if beta > 0 else ()
+        self.teacher_taps = teacher_taps if beta > 0 else ()
+        self.beta, self.alpha, self.temperature = float(beta), float(alpha), float(temperature)
+        self.at_mode, self.at_p = at_mode, at_p
+        self.at_ngpu_scaling = bool(at_ngpu_scaling)
+        self.grad_at_beta, self.grad_at_step = float(grad_at_beta), float(grad_at_step)
+        self.input_shape = tuple(input_shape) if input_shape else None
+        self.at_scale = 1.0
+        self._student = self._teacher = None
+        self._grad_views = None
+        self._pending = []
+
+    # ---------------------------------------------------------------- set-up
+    def setup(self, net, ctx):
+        from ..nn.feature import tapped
+        ctx = list(ctx)
+        tparams = self.teacher.collect_params()
+        tparams.setattr('grad_req', 'null')
+        tparams.reset_ctx(ctx)
+        self.at_scale = float(len(ctx)) if self.at_ngpu_scaling else 1.0
+        self._student = tapped(net, self.student_taps) if self.student_taps else net
+        self._teacher = tapped(self.teacher, self.teacher_taps) if self.teacher_taps else self.teacher
+        self._teacher.hybridize(static_alloc=True)
+        if self._student is not net:
+            self._student.hybridize(static_alloc=True)
+        self._tdtype = next(iter(tparams.values())).dtype
+        if self.input_shape:
+            self.check_shapes(ctx[0])
+        if self.grad_at_beta > 0:
+            self._grad_views = (_logits_view(net), _logits_view(self.teacher))
+            for view in self._grad_views:
+                view.hybridize(static_alloc=True)
+            self._trainable = [p for p in net.collect_params().values() if p.grad_req != 'null']
+            self._frozen = [p for p in net.collect_params().values() if p.grad_req == 'null']
+
+    def check_shapes(self, ctx):
+        """One inference forward of student and teacher at ``input_shape``: the tap counts,
+        each group's spatial size and (for KD / gradient AT) the class counts must agree."""
+        from ..errors import ConfigError
+        x = mx.nd.zeros(self.input_shape, ctx=ctx)
+        with autograd.pause(train_mode=False):
+            s_logits, s_maps = self._forward(self._student, x, bool(self.student_taps))
+            t_logits, t_maps = self._forward(self._teacher, x.astype(self._tdtype), bool(self.teacher_taps))
+        for g, (s, t) in enumerate(zip(s_maps, t_maps)):
+            if s.shape[2:] != t.shape[2:]:
+                raise ConfigError('attention-transfer group g%d (student %r, teacher %r): student map %s vs teacher '
+                                  'map %s at input %s: spatial sizes differ' % (
+                                      g, self.student_taps[g], self.teacher_taps[g], tuple(s.shape), tuple(t.shape),
+                                      self.input_shape))
+        if (self.alpha > 0 or self.grad_at_beta > 0) and s_logits.shape[1] != t_logits.shape[1]:
+            raise ConfigError('knowledge distillation needs the same classes: the student has %d outputs, the '
+                              'teacher %d' % (s_logits.shape[1], t_logits.shape[1]))
+
+    @staticmethod
+    def _forward(block, x, with_maps):
+        out = block(x)
+        if with_maps:
+            return out[0], list(out[1])
+        return logits_of(out), []
+
+    # ---------------------------------------------------------------- loss
+    def loss(self, net, data, target, label):
+        from ..losses.at import at_loss
+        from ..losses.kd import kd_per_sample
+        n = data.shape[0]
+        logits, s_maps = self._forward(self._student, data, bool(self.student_taps))
+        with autograd.pause(train_mode=False):
+            t_logits, t_maps = self._forward(self._teacher, data.astype(self._tdtype, copy=False),
+                                             bool(self.teacher_taps))
+        terms = {}
+        if self.alpha > 0:
+            kd, ce = kd_per_sample(logits, t_logits, target, self.temperature, self.alpha)
+            total = (kd + ce).sum()
+            terms['kd'] = kd.mean()
+        else:
+            ce = cross_entropy(logits, target)
+            total = ce.sum()
+        terms['ce'] = ce.mean()
+        for g, (s, t) in enumerate(zip(s_maps, t_maps)):
+            a = at_loss(s, t, self.at_p, self.at_mode, group='g%d' % g) * (self.beta * self.at_scale)
+            total = total + a * n
+            terms['at_g%d' % g] = a
+        if self.grad_at_beta > 0:
+            pen = self._grad_at_prepare(data, target)
+            total = total + pen.sum()
+            terms['grad_at'] = pen.mean()
+        return total, logits, terms
+
+    # ---------------------------------------------------------------- gradient-based AT
+    def _grad_at_prepare(self, data, target):
+        """J_S, J_T and the per-sample penalty ``beta/2 ||J_S[i] - J_T[i]||^2`` (a constant);
+        stashes ``(x, target, v)`` for :meth:`after_backward`."""
+        from ..losses.at import input_gradient
+        s_view, t_view = self._grad_views
+        with autograd.pause():
+            x = data.astype('float32', copy=False).detach()
+            saved = _snapshot(self._frozen, x.context)
+            j_s = input_gradient(lambda xv: cross_entropy(s_view(xv), target), x, train_mode=True)
+            _restore(saved)
+            j_t = input_gradient(lambda xv: cross_entropy(t_view(xv.astype(self._tdtype)), target), x,
+                                 train_mode=False)
+            v = j_s - j_t.astype('float32')
+            pen = mx.nd.square(v).reshape((0, -1)).sum(axis=1) * (0.5 * self.grad_at_beta)
+        self._pending.append((x, target, v))
+        return pen
+
+    def after_backward(self, net):
+        """Adds ``grad_at_beta * d/dtheta [J_S . v]`` (central difference) to the student's
+        gradients, slice by slice, on each slice's device."""
+        if not self._pending:
+            return
+        from ..losses.at import grad_at_param_grads
+        s_view = self._grad_views[0]
+        for x, target, v in self._pending:
+            ctx = x.context
+            saved = _snapshot(self._frozen, ctx)
+            arrays = [p.data(ctx) for p in self._trainable]
+            grads, _ = grad_at_param_grads(lambda xv: cross_entropy(s_view(xv), target), x, v, arrays,
+                                           step=self.grad_at_step, train_mode=True)
+            _restore(saved)
+            for p, g in zip(self._trainable, grads):
+                p.grad(ctx)[:] += g * self.grad_at_beta
+        self._pending = []
+
+
+def _logits_view(net):
+    """A SymbolBlock computing ``net``'s logits with ``net``'s own parameters: a separate
+    cached graph, so the extra passes of gradient AT never reuse the buffers the engine's
+    forward keeps for its backward."""
+    data = mx.sym.var('data')
+    out = net(data)
+    if isinstance(out, (list, tuple)):
+        out = out[0]
+    with warnings.catch_warnings():
+        warnings.filterwarnings('ignore', 'Cannot decide type')   # the input dtype comes with the first call
+        return gluon.SymbolBlock(out, data, params=net.collect_params())
+
+
+def _snapshot(params, ctx):
+    # A hybridized (static_alloc) network writes BN running statistics in its backward
+    # without a dependency the copy below would wait for: synchronise first.
+    mx.nd.waitall()
+    return [(p.data(ctx), p.data(ctx).copy()) for p in params]
+
+
+def _restore(saved):
+    for arr, value in saved:
+        value.copyto(arr)
+    mx.nd.waitall()
+
+
+def build_teacher(name, params, classes, ctx, features=(), allow_random=False, logger=None):
+    """The teacher network for :class:`Distill`: ``get_model(name, classes=classes)`` (our
+    registered networks are built with ``features=features``), initialised on ``ctx`` and
+    loaded from ``params`` with key/shape checks. A random teacher is a ConfigError unless
+    ``allow_random`` (for tests)."""
+    from ..errors import ConfigError
+    from ..registry import MODELS
+    from ..weights import load_params, describe_load
+    from ..zoo import get_model, _register_builtin
+    _register_builtin()
+    if not params and not allow_random:
+        raise ConfigError('teacher %r needs --teacher-params FILE (a random teacher transfers nothing; pass '
+                          '--teacher-random to allow it for testing)' % name)
+    kwargs = {'classes': classes}
+    if name in MODELS and features:
+        kwargs['features'] = tuple(features)
+    teacher = get_model(name, **kwargs)
+    teacher.initialize(mx.init.Xavier(), ctx=list(ctx))
+    if params:
+        report = load_params(teacher, params, ctx=list(ctx))
+        if logger is not None:
+            logger.info('teacher %s from %s: %s', name, params, describe_load(report))
+    elif logger is not None:
+        logger.warning('teacher %s is RANDOM (--teacher-random)', name)
+    return teacher

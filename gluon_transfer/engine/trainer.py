@@ -3,7 +3,8 @@
 ``Engine(net, task, ctx, cfg, train, val, num_classes, ...).fit()`` does, per iteration:
 set the scheduled learning rate, optionally mix the batch (mixup / label smoothing),
 ``split_and_load`` it over the context list, run ``task.loss`` on every slice inside
-``autograd.record()``, back-propagate and ``trainer.step(global_batch)``. Per epoch it
+``autograd.record()``, back-propagate, call ``task.after_backward(net)`` (a hook for tasks that
+add gradients of their own) and ``trainer.step(global_batch)``. Per epoch it
 evaluates (top-1, top-5, mean per-class accuracy), appends a JSON line to the metrics
 log, and writes an atomic checkpoint. Scripts differ only in presets and tasks.
 
@@ -253,6 +254,7 @@ class Engine:
                 results = [self.task.loss(self.net, x.astype(in_dtype, copy=False), t, y)
                            for x, t, y in zip(xs, ts, ys)]
             autograd.backward([r[0] for r in results])
+            self.task.after_backward(self.net)
             if self._dist_init_pending:
                 self._broadcast_initial_params()
             # dist_sync sums the gradients of all workers: normalise by the global batch.
