@@ -28,7 +28,7 @@ PRESET_DEFAULTS = {
 
 # `make demo`: a short real run on the CIFAR-10 sample committed in data/cifar10_sample.
 DEMO_DEFAULTS = dict(data_dir=os.path.join(REPO_ROOT, 'data', 'cifar10_sample'), model='cifar_resnet20_v1',
-                     dataset='cifar10', batch_size=64, num_epochs=6, lr=0.2, lr_mode='cosine',
+                     dataset='cifar10', batch_size=64, num_epochs=8, lr=0.2, lr_mode='cosine',
                      warmup_epochs=1, wd=5e-4, log_interval=20, save_dir=os.path.join('runs', 'demo'))
 
 # Model options forwarded to get_model() when given (None = the model's own default).
