@@ -119,6 +119,7 @@ class Transfer(Task):
                     r.set_channels(self._target.channels)
         for r in self.regs:
             r.setup(net, ctx, self.source_weights)
+        self.source_weights = None       # the regularizers keep their own copies (w0)
 
     def loss(self, net, data, target, label):
         feats_t = feats_s = None
@@ -163,8 +164,9 @@ def ten_crops(data, crop):
 
 
 def logits_of_ten_crop(net, data, crop):
-    """Mean of the logits over the ten crops (AFA's ``improved`` evaluation averages the
-    network outputs of the crops)."""
+    """Mean of the logits over the ten crops. (AFA's ``improved`` evaluation uses
+    torchvision's TenCrop; how it combines the crops' outputs is not recorded in
+    transfer-methods.md -- averaging the outputs is the usual TenCrop recipe.)"""
     crops = ten_crops(data, crop)
     n = data.shape[0]
     z = logits_of(net(mx.nd.concat(*crops, dim=0)))

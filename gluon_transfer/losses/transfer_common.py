@@ -146,7 +146,8 @@ def bottleneck_taps(net, names=None, with_logits=True):
 def param_penalty(items):
     """``sum_p rate_p * 0.5 * ||w_p - a_p||^2`` over ``items`` = ``[(w, a or None, rate)]``
     (``a`` None: toward zero). The common core of L2-SP and the classifier term
-    ``beta * 0.5 * ||fc||^2``; computed in float32. Returns a (1,) NDArray."""
+    ``beta * 0.5 * ||fc||^2``; computed in float32. Returns a (1,) NDArray. (Not
+    ``norm(d)**2``: its gradient is NaN at ``d = 0``, i.e. at the first step of L2-SP.)"""
     parts = []
     for w, a, rate in items:
         w = w.astype('float32', copy=False)
@@ -154,7 +155,7 @@ def param_penalty(items):
         parts.append(mx.nd.sum(mx.nd.square(d)) * (0.5 * float(rate)))
     if not parts:
         raise ConfigError('parameter penalty over an empty set of parameters')
-    return mx.nd.add_n(*parts) if len(parts) > 1 else parts[0]
+    return (mx.nd.add_n(*parts) if len(parts) > 1 else parts[0]).reshape((1,))
 
 
 class Regularizer:
