@@ -18,8 +18,8 @@ Augmentation (what open-aff used, open-aff.md §4-5):
 * ``transfer`` (fine-tuning sets): ImageNet statistics and eval crop; training follows
   the DELTA/AFA ``default`` augmentation (transfer-methods.md §4.2, §5.2): resize to 256
   (the eval resize, ``ceil(input_size / crop_ratio)``), random ``input_size`` crop, mirror.
-  ImageRecordIter resizes the shorter side (aspect kept) where the references squash to
-  256 x 256; pack with ``resize`` to store squashed images if that matters.
+  ImageRecordIter resizes the shorter side (aspect kept) where the references squash the
+  image to 256 x 256 (ImageRecordIter has no fixed-size resize).
 """
 import collections
 import math
