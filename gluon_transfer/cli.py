@@ -24,6 +24,12 @@ PRESET_DEFAULTS = {
     'imagenet': dict(model='resnet50_v1b', dataset='imagenet', batch_size=32, num_epochs=120, lr=0.1,
                      wd=1e-4, optimizer='nag', lr_mode='cosine', lr_decay_epoch='40,60', warmup_epochs=5,
                      mode='hybrid', init='msra', save_frequency=10, log_interval=50, input_size=224),
+    # Fine-grained transfer (DELTA / AFA / L2-SP references, transfer-methods.md §4-6): batch 64,
+    # SGD momentum 0.9, lr 0.01, 4500 iterations (--max-iter; num_epochs 0 = derived from it),
+    # step decay x0.1 at 2/3 of training (lr_decay_epoch '' = derived), weight decay by --reg.
+    'transfer': dict(model='resnet101_v1b', dataset='transfer', batch_size=64, num_epochs=0, lr=0.01,
+                     wd=None, optimizer='sgd', lr_mode='step', lr_decay_epoch='', warmup_epochs=0,
+                     mode='hybrid', init='xavier', save_frequency=0, log_interval=20, input_size=224),
 }
 
 # `make demo`: a short real run on the CIFAR-10 sample committed in data/cifar10_sample.
@@ -104,7 +110,8 @@ def build_parser(preset, description):
     g.add_argument('--optimizer', default=d['optimizer'], choices=['sgd', 'nag', 'adam'])
     g.add_argument('--lr', type=float, default=d['lr'], help='base learning rate (for the global batch)')
     g.add_argument('--momentum', type=float, default=0.9)
-    g.add_argument('--wd', type=float, default=d['wd'])
+    g.add_argument('--wd', type=float, default=d['wd'],
+                   help='weight decay' + (' (default: 1e-4 for --reg l2, 0 for the penalties)' if d['wd'] is None else ''))
     g.add_argument('--no-wd', action='store_true', help='no weight decay on BN gamma/beta and biases')
     g.add_argument('--lr-mode', default=d['lr_mode'], choices=['step', 'cosine', 'poly', 'constant'])
     g.add_argument('--lr-decay', type=float, default=0.1, help='step mode: factor at each decay epoch')
@@ -116,7 +123,7 @@ def build_parser(preset, description):
     g.add_argument('--label-smoothing', type=float, nargs='?', const=0.1, default=0.0,
                    help='label smoothing eta (flag alone: 0.1)')
     g.add_argument('--mixup', action='store_true', help='mixup training')
-    g.add_argument('--mixup-alpha', type=float, default=0.2 if preset == 'imagenet' else 1.0)
+    g.add_argument('--mixup-alpha', type=float, default=0.2 if preset in ('imagenet', 'transfer') else 1.0)
     g.add_argument('--mixup-off-epoch', type=int, default=0, help='no mixup in the last N epochs')
 
     g = p.add_argument_group('runtime')
@@ -146,7 +153,10 @@ def build_parser(preset, description):
     if preset == 'imagenet':
         p.add_argument('--last-gamma', action='store_true', help='zero-init the last BN gamma of each block')
     add_augment_args(p, preset)
-    add_distill_args(p, preset)
+    if preset in DISTILL_TAPS:
+        add_distill_args(p, preset)
+    if preset == 'transfer':
+        add_transfer_args(p, preset)
     return p
 
 
@@ -254,8 +264,13 @@ def build_network(args, num_classes, ctx, log):
     return net
 
 
-def run(args, preset, make_task=None):
-    """Build data, network and task from ``args`` and train. Returns the engine."""
+def run(args, preset, make_task=None, build_net=None, build_val=None):
+    """Build data, network and task from ``args`` and train. Returns the engine.
+
+    Hooks (train_transfer.py uses them): ``build_net(args, data, ctx, log) -> net`` replaces
+    :func:`build_network`; ``make_task(args, net, data, ctx, log) -> Task``;
+    ``build_val(args, batch_size, num_parts, part_index) -> iterator or None`` replaces the
+    evaluation iterator (None keeps it)."""
     with warnings.catch_warnings():
         warnings.simplefilter('ignore', DeprecationWarning)
         import mxnet as mx  # noqa: F401
@@ -288,11 +303,14 @@ def run(args, preset, make_task=None):
     log.info('data: %s, %d classes, %d training images (%d batches of %d), %d validation images',
              args.dataset, data.num_classes, data.num_train, len(data.train), args.batch_size * len(ctx),
              data.val.num_samples if data.val is not None else 0)
-    net = build_network(args, data.num_classes, ctx, log)
+    net = build_net(args, data, ctx, log) if build_net else build_network(args, data.num_classes, ctx, log)
     task = make_task(args, net, data, ctx, log) if make_task else Classify()
+    val = build_val(args, args.batch_size * len(ctx), num_parts, part_index) if build_val else None
+    if val is None:
+        val = data.val
     prefix = '%s-%s' % (args.dataset, args.model)
     ckpt = CheckpointManager(args.save_dir, prefix, args.save_frequency, log)
-    engine = Engine(net, task, ctx, fit_cfg, data.train, data.val, data.num_classes, checkpoint=ckpt,
+    engine = Engine(net, task, ctx, fit_cfg, data.train, val, data.num_classes, checkpoint=ckpt,
                     logger=log, metrics_path=os.path.join(args.save_dir, 'metrics.jsonl'),
                     run_info={'model': args.model, 'dataset': args.dataset, 'model_kwargs': model_kwargs(args)})
     log.info('model %s on %s, %s, %s mode, %d epochs, lr %g (%s)', args.model, ','.join(map(str, ctx)),
@@ -306,12 +324,18 @@ def run(args, preset, make_task=None):
     return engine
 
 
-def main(preset, description, argv=None, make_task=None):
-    """Entry point of a training script: one-line errors and a non-zero exit on bad input."""
+def main(preset, description, argv=None, make_task=None, prepare=None, **hooks):
+    """Entry point of a training script: one-line errors and a non-zero exit on bad input.
+    ``prepare(args)`` runs first (inside the error handling) and may return an exit status
+    to stop there (a dry run); ``hooks`` go to :func:`run`."""
     parser = build_parser(preset, description)
     args = parse_args(parser, argv)
     try:
-        run(args, preset, make_task)
+        if prepare is not None:
+            status = prepare(args)
+            if status is not None:
+                return status
+        run(args, preset, make_task, **hooks)
     except GluonTransferError as err:
         print('error: %s' % err, file=sys.stderr)
         return 2
@@ -421,3 +445,62 @@ def make_distill_task(args, net, data, ctx, log):
              args.teacher_model, args.beta, args.at_mode, args.at_p, ','.join(student_taps) or '-',
              ','.join(teacher_taps) or '-', args.alpha, args.temperature, args.grad_at_beta)
     return task
+def _float_list(text):
+    try:
+        return tuple(float(t) for t in str(text).split(',') if t.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError('expected comma-separated numbers, got %r' % text) from None
+
+
+def _name_list(text):
+    return tuple(t.strip() for t in str(text).split(',') if t.strip())
+
+
+def add_transfer_args(parser, preset):
+    """Options of train_transfer.py (fine-tuning from a source network with DELTA, L2-SP,
+    feature-map distance or plain L2, and non-binary layer-wise settings)."""
+    parser.set_defaults(max_iter=None)
+    for action in parser._actions:
+        if action.dest == 'max_iter':
+            action.help = 'iterations to train (default 4500 unless --num-epochs is given)'
+        elif action.dest == 'num_epochs':
+            action.help = 'epochs to train (0: enough epochs for --max-iter)'
+        elif action.dest == 'lr_decay_epoch':
+            action.help = 'step mode: absolute epochs of the x--lr-decay steps (default: one step at 2/3 of training)'
+    g = parser.add_argument_group('transfer')
+    g.add_argument('--source-params', default=None,
+                   help='source (e.g. ImageNet) weights of --model, save_parameters layout; loaded with key '
+                        'checks, the classifier is replaced')
+    g.add_argument('--source-pretrained', action='store_true',
+                   help="use GluonCV's pretrained file for --model already in $MXNET_HOME/models (never downloads)")
+    g.add_argument('--reg', default='l2',
+                   help='regularizer: l2 (weight decay only), l2sp, delta, fea_map (gluon_transfer.registry.REGULARIZERS)')
+    g.add_argument('--alpha', type=float, default=None,
+                   help='feature / L2-SP weight (default: delta 0.01 (0.1 for Stanford Dogs), fea_map 0.01, '
+                        'l2sp official 0.1, all 0.01, nonbinary 0.004)')
+    g.add_argument('--beta', type=float, default=None,
+                   help='weight of 0.5*||new params||^2 (default 0.01; l2sp nonbinary 0.0005)')
+    g.add_argument('--l2sp-variant', default='official', choices=['official', 'all', 'nonbinary', 'groups'],
+                   help='official: kernel weights (holyseven); all: every parameter (DELTA/AFA port); nonbinary: '
+                        "Plested et al.'s code; groups: per-group rates (--l2sp-rates)")
+    g.add_argument('--l2sp-rates', type=_float_list, default=None,
+                   help='--l2sp-variant groups: rates head,upper,lower (head toward 0, the others toward the source)')
+    g.add_argument('--taps', type=_name_list, default=None,
+                   help='feature taps (Conv2D paths, e.g. layer1.2.conv3,...); default: the last conv of the '
+                        'last block of each stage')
+    g.add_argument('--channel-weights', default=None,
+                   help='delta: importances JSON (default DATA_DIR/delta_channel_weights.MODEL.json, from '
+                        'tools/delta_channel_weights.py; the reference list-of-lists format is accepted) or "uniform"')
+    g.add_argument('--lrs', type=_float_list, default=None,
+                   help='non-binary: learning rates head,upper,lower (replaces --lr); needs --num-low-lr-layers')
+    g.add_argument('--num-low-lr-layers', type=int, default=None,
+                   help='non-binary: the k layer groups nearest the input get the "lower" rate (as the '
+                        "reference code does; its help text says the opposite)")
+    g.add_argument('--new-layers', type=int, default=1,
+                   help='non-binary: layer groups re-initialised, counting the classifier (1 = classifier only, '
+                        '2 = also the top backbone group, ...)')
+    g.add_argument('--print-param-groups', action='store_true',
+                   help='print every parameter with its group, lr/wd multipliers and L2-SP rate, then exit')
+    g.add_argument('--eval-ten-crop', action='store_true',
+                   help="evaluate on ten crops (corners + centre, and mirrored) of the image resized to "
+                        "input-size/crop-ratio (AFA's 'improved' evaluation)")

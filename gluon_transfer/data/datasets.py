@@ -15,8 +15,11 @@ Augmentation (what open-aff used, open-aff.md §4-5):
   3/4-4/3, mirror, brightness/contrast/saturation 0.4, PCA noise 0.1. Eval: shorter side
   resized to ``ceil(input_size / crop_ratio)`` (256 for 224 / 0.875), centre crop.
   Mean 123.68/116.779/103.939, std 58.393/57.12/57.375.
-* ``transfer`` (fine-tuning sets): ImageNet statistics and eval crop; training uses the
-  random resized crop + mirror + colour jitter 0.4 without PCA noise. One preset per
+* ``transfer`` (fine-tuning sets): ImageNet statistics and eval crop; training follows
+  the DELTA/AFA ``default`` augmentation (transfer-methods.md §4.2, §5.2): resize to 256
+  (the eval resize, ``ceil(input_size / crop_ratio)``), random ``input_size`` crop, mirror.
+  ImageRecordIter resizes the shorter side (aspect kept) where the references squash the
+  image to 256 x 256 (ImageRecordIter has no fixed-size resize). One preset per
   fine-grained set derives from it (:data:`TRANSFER_DATASETS`: ``stanford_dogs``,
   ``mit_indoor67``, ``caltech256_30``, ``caltech256_60``, ``cub200``, ``food101``,
   ``stanford_cars``, ``fgvc_aircraft``, ``dtd``), differing only in name and class count;
@@ -80,7 +83,8 @@ IMAGENET_TRAIN_AUG = {'random_resized_crop': True, 'min_random_area': 0.08, 'max
                       'min_aspect_ratio': 3.0 / 4.0, 'max_aspect_ratio': 4.0 / 3.0,
                       'rand_mirror': True, 'brightness': 0.4, 'contrast': 0.4, 'saturation': 0.4,
                       'pca_noise': 0.1}
-TRANSFER_TRAIN_AUG = dict(IMAGENET_TRAIN_AUG, pca_noise=0.0)
+# 'resize': 'eval' = the evaluation resize for this input size (see record_iter_kwargs).
+TRANSFER_TRAIN_AUG = {'resize': 'eval', 'rand_crop': True, 'rand_mirror': True}
 
 PRESETS = collections.OrderedDict()
 
@@ -122,14 +126,20 @@ def record_iter_kwargs(preset, train, input_size=None, crop_ratio=None):
     preset resizes) followed by ImageRecordIter's default centre crop."""
     preset = get_preset(preset)
     size = int(input_size or preset.input_size)
-    if train:
-        return (3, size, size), dict(preset.train_aug)
-    aug = {}
-    if preset.val_resize:
+
+    def eval_resize():
         ratio = float(crop_ratio or preset.crop_ratio)
         if not 0 < ratio <= 1:
             raise ConfigError('crop_ratio must be in (0, 1], got %r' % ratio)
-        aug['resize'] = int(math.ceil(size / ratio))
+        return int(math.ceil(size / ratio))
+    if train:
+        aug = dict(preset.train_aug)
+        if aug.get('resize') == 'eval':   # resize as for evaluation, then the random crop
+            aug['resize'] = eval_resize()
+        return (3, size, size), aug
+    aug = {}
+    if preset.val_resize:
+        aug['resize'] = eval_resize()
     return (3, size, size), aug
 
 
@@ -384,8 +394,10 @@ def _py_iter(info, batch_size, shape, preset, aug, train, randaugment, common):
                       rrc_ratio=(aug.get('min_aspect_ratio', 3.0 / 4.0), aug.get('max_aspect_ratio', 4.0 / 3.0)))
         elif aug.get('pad'):
             kw.update(pad=int(aug['pad']), fill_value=int(aug.get('fill_value', 0)))
+        elif aug.get('rand_crop') and aug.get('resize'):
+            kw.update(rrc_scale=None)       # shorter side to `resize`, then a random crop
         else:
-            raise ConfigError('the Python pipeline implements random-resized-crop or pad/crop '
+            raise ConfigError('the Python pipeline implements random-resized-crop, resize + random crop or pad/crop '
                               'training augmentation; preset %r has neither' % preset.name)
     return PyRecordIter(info.rec, info.idx, batch_size, shape, train=train, randaugment=randaugment,
                         resize=aug.get('resize'), **kw)

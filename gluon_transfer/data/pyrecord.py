@@ -130,7 +130,9 @@ class RecordDataset(mx.gluon.data.Dataset):
         self.offsets, self.labels, self.keys = offsets, labels, keys
         self.size, self.train, self.seed = int(size), bool(train), int(seed)
         self.randaugment, self.resize = randaugment, resize
-        self.rrc_scale, self.rrc_ratio = tuple(rrc_scale), tuple(rrc_ratio)
+        # rrc_scale None: resize the shorter side to ``resize``, then a random crop (transfer preset)
+        self.rrc_scale = None if rrc_scale is None else tuple(rrc_scale)
+        self.rrc_ratio = tuple(rrc_ratio)
         self._fh, self._pid = None, None
 
     def __getstate__(self):
@@ -181,6 +183,8 @@ class RecordDataset(mx.gluon.data.Dataset):
             rng = np.random.RandomState(ss.generate_state(4))
             if self.pad:
                 img = pad_random_crop(img, self.size, self.pad, self.fill_value, rng)
+            elif self.rrc_scale is None:
+                img = pad_random_crop(resize_short(img, int(self.resize)), self.size, 0, 0, rng)
             else:
                 img = random_resized_crop(img, self.size, rng, self.rrc_scale, self.rrc_ratio)
             if rng.random_sample() < 0.5:

@@ -1,0 +1,58 @@
+#!/usr/bin/env python
+"""Compute DELTA's channel importances for a model and a prepared dataset, and cache them.
+
+    python tools/delta_channel_weights.py --model resnet101_v1b --source-params R101.params \\
+        --data-dir ~/data/dogs --batch-size 32            # -> ~/data/dogs/delta_channel_weights.resnet101_v1b.json
+
+Procedure (lixingjian/DELTA channel_eval.py; gluon_transfer.finetune.channel_importance):
+train only the new classifier for --head-epochs epochs, then zero each filter of the tapped
+convolutions in turn over the first --num-batches training batches and record the mean
+increase of the cross-entropy. The JSON holds the raw importances (one list per tap);
+train_transfer.py --reg delta turns them into softmax(zscore(r)/5) weights. An existing file
+is reused unless --force. Cost: (sum of tapped channels) x --num-batches forward passes.
+"""
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from gluon_transfer import cli  # noqa: E402
+from gluon_transfer.errors import GluonTransferError  # noqa: E402
+
+
+def main(argv=None):
+    parser = cli.build_parser('transfer', 'DELTA channel importances')
+    parser.set_defaults(batch_size=32, num_epochs=0)
+    g = parser.add_argument_group('channel importance')
+    g.add_argument('--head-epochs', type=int, default=10, help='epochs of classifier-only training')
+    g.add_argument('--num-batches', type=int, default=4, help='training batches the importances average over')
+    g.add_argument('--out', default=None, help='JSON path (default DATA_DIR/delta_channel_weights.MODEL.json)')
+    g.add_argument('--force', action='store_true', help='recompute even if the JSON exists')
+    args = cli.parse_args(parser, argv)
+    try:
+        from gluon_transfer.finetune import channel_importance, _preset_for
+        from gluon_transfer.losses.delta import (default_channel_weights_path, save_channel_weights,
+                                                 load_channel_weights)
+        dataset_name = args.dataset
+        args.dataset = _preset_for(args.dataset)
+        if not (args.source_params or args.source_pretrained):
+            raise cli.ConfigError('pass --source-params FILE or --source-pretrained')
+        if args.out is None and not args.data_dir:
+            raise cli.ConfigError('pass --out PATH (no --data-dir to store the JSON in)')
+        out = args.out or default_channel_weights_path(args.data_dir, args.model)
+        log = cli.setup_logging(args.save_dir, args.logging_file)
+        if os.path.isfile(out) and not args.force:
+            raw = load_channel_weights(out)
+            log.info('%s exists (%d layers); reusing it (--force recomputes)', out, len(raw))
+            return 0
+        taps, raw, procedure = channel_importance(args, args.head_epochs, args.num_batches, log)
+        save_channel_weights(out, raw, taps, args.model, dataset_name, procedure)
+        log.info('wrote %s: %s', out, ', '.join('%s (%d)' % (t, len(r)) for t, r in zip(taps, raw)))
+    except GluonTransferError as err:
+        print('error: %s' % err, file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

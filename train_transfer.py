@@ -1,0 +1,15 @@
+#!/usr/bin/env python
+"""Fine-tune a GluonCV or registered network from source weights (DELTA, L2-SP, feature maps, L2).
+
+    python train_transfer.py --model resnet101_v1b --source-params resnet101_v1b-imagenet.params \\
+        --dataset stanford_dogs --data-dir ~/data/dogs --reg delta      # 4500 iterations of batch 64
+    python train_transfer.py --model resnet50_v1b --source-pretrained --data-dir DIR --reg l2sp
+    python train_transfer.py --model resnet50_v1b --data-dir DIR --print-param-groups \\
+        --lrs 0.01,0.01,0.001 --num-low-lr-layers 4 --new-layers 2
+"""
+import sys
+
+from gluon_transfer.finetune import main
+
+if __name__ == '__main__':
+    sys.exit(main())
