@@ -171,6 +171,7 @@ class AFD:
     name = 'afd'
     needs_features = True
     needs_source_weights = False
+    uses_w0 = False
 
     def __init__(self, lambda_afd=None, alpha=None, afd_norm='l2sq', afd_predictor='entropy', tau=1.0,
                  predictor_weight=1.0, hidden=None, channel_bias=False, input_size=None, taps=None,
@@ -236,6 +237,10 @@ class AFD:
 
     def param_rates(self, rows=None):
         return {}
+
+    def bind(self, rows):
+        """Parameter-group rows (the transfer branch's interface): AFD has no parameter term."""
+        return self
 
     # ------------------------------------------------------------------ loss
     def per_sample(self, feats_t, feats_s):

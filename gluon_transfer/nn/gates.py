@@ -72,24 +72,29 @@ def wta_mask(F, h, dyn, density):
     largest entries of ``h`` among the columns where ``dyn`` (a (C,) 0/1 vector) is 1.
 
     ``h`` must be >= 0 (a ReLU output): excluded columns get the key -1 and so rank last.
-    Ranks come from two argsorts (the inverse permutation of the descending order), which
-    makes the count exact whatever the ties (``density``: a float or a (1,) array); the float64 key
-    ``v * (1 + (C-1-c) 2^-40) + (C-1-c) 2^-200`` orders equal values by lower index ``c``
-    and keeps the order of distinct float32 values. Works on NDArray and Symbol; the mask
-    carries no gradient."""
+    The float64 key ``v * (1 + (C-1-c) 2^-40) + (C-1-c) 2^-200`` orders equal values by
+    lower index ``c``, keeps the order of distinct float32 values and makes every key
+    distinct, so "key >= the k-th largest key" (one sort and a pick) keeps exactly ``k``
+    entries per row whatever the ties (``density``: a float or a (1,) array). Works on
+    NDArray and Symbol; the mask carries no gradient."""
     v = F.broadcast_add(F.broadcast_mul(h, dyn.reshape((1, -1))), (dyn - 1).reshape((1, -1)))
     v64 = F.cast(v, dtype='float64')
     idx = F.contrib.arange_like(v64, axis=1)                     # (C,) 0..C-1, float64
     rev = F.broadcast_sub(F.max(idx).reshape((1,)), idx)          # C-1-c
     key = F.broadcast_add(F.broadcast_mul(v64, (1.0 + rev * _REL_TIE).reshape((1, -1))),
                           (rev * _ABS_TIE).reshape((1, -1)))
-    order = F.argsort(key, axis=1, is_ascend=False, dtype='float32')
-    ranks = F.argsort(order, axis=1, is_ascend=True, dtype='float32')
     if isinstance(density, (int, float)):
-        k = (F.sum(dyn) * float(density) - WTA_TOL).reshape((1, 1))
+        kf = F.sum(dyn) * float(density) - WTA_TOL
     else:                                             # a (1,) array/symbol (the gate's parameter)
-        k = (F.sum(dyn) * density - WTA_TOL).reshape((1, 1))
-    keep = F.broadcast_lesser(ranks, F.cast(k, dtype='float32'))
+        kf = F.sum(dyn) * density - WTA_TOL
+    k = F.ceil(kf)                                    # (1,) float: channels to keep
+    # Keys are distinct, so "key >= the k-th largest key" keeps exactly k per row.
+    ranked = F.sort(key, axis=1, is_ascend=False)
+    col = F.slice_axis(key, axis=1, begin=0, end=1).reshape((-1,))        # (N,) shape donor
+    idx = F.broadcast_add(F.zeros_like(F.cast(col, dtype='float32')), F.maximum(k - 1, 0))
+    thr = F.pick(ranked, idx, axis=1, keepdims=True)                       # (N, 1)
+    keep = F.broadcast_mul(F.cast(F.broadcast_greater_equal(key, thr), dtype='float32'),
+                           F.cast(k >= 1, dtype='float32').reshape((1, 1)))
     return F.BlockGrad(F.cast(keep, dtype='float32'))
 
 
