@@ -5,7 +5,10 @@
         --input-shape 1,3,32,32 --out exported/aff32 [--onnx] [--optimize]
 
 Writes ``<out>-symbol.json`` and ``<out>-0000.params`` (and ``<out>.onnx`` with --onnx), and
-prints what it did. Errors are one line (``error: ...``, exit status 2).
+prints what it did. ``--prune`` (AFS networks, AFDS): statically pruned channels are removed
+and static channels folded into BN first (gluon_transfer/prune.py; checked equal to the
+gated network), and the pruned Gluon network is also written as ``<out>-pruned.params``
+plus ``<out>-pruned.json`` (its constructor arguments). Errors are one line (``error: ...``, exit status 2).
 """
 import argparse
 import ast
@@ -45,6 +48,8 @@ def build_parser():
     p.add_argument('--optimize', action='store_true',
                    help='partition for the oneDNN/MKLDNN CPU backend before export, if outputs stay equal')
     p.add_argument('--no-check', action='store_true', help='skip the re-import comparisons')
+    p.add_argument('--prune', action='store_true',
+                   help='AFS networks: remove statically pruned channels (m=0), fold static ones into BN')
     from gluon_transfer import cli
     g = p.add_argument_group('model options')
     cli.add_model_options(g)
@@ -74,6 +79,9 @@ def main(argv=None):
             print('%s: %s' % (args.params, describe_load(load_params(net, args.params, ctx=mx.cpu()))))
         else:
             print('no --params: exporting randomly initialised weights')
+        if args.prune:
+            from gluon_transfer.prune import export_pruned
+            net = export_pruned(net, args.out, shape, check=not args.no_check, log=print)
         res = export_symbol(net, args.out, shape, check=not args.no_check, optimize=args.optimize, log=print)
         if args.onnx:
             if res['optimized']:

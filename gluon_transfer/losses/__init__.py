@@ -6,3 +6,4 @@ from .l2sp import l2sp_penalty, L2, L2SP  # noqa: F401
 from .feature_distance import feature_map_penalty, feature_map_per_sample, FeatureMap  # noqa: F401
 from .delta import delta_channel_weights, delta_penalty, delta_per_sample, DELTA  # noqa: F401
 from .transfer_common import bottleneck_taps, stage_end_taps  # noqa: F401
+from . import afd  # noqa: F401

@@ -1,3 +1,4 @@
 """Networks; importing this package registers every model name in MODELS."""
 from . import cifar_aff, imagenet_aff  # noqa: F401,E402
 from . import wrn  # noqa: F401
+from . import afs_resnet  # noqa: F401

@@ -1,0 +1,120 @@
+#!/usr/bin/env python
+"""AFDS: CPU inference images/s of pruned AFS ResNet-50 networks against their MACs.
+
+    python bench/bench_afds.py [--quick] [--out bench/out/afds.json]
+
+Measures (CPU, float32, hybridize(static_alloc=True, static_shape=True), inference mode,
+best of several timed iterations after warm-up):
+
+- GluonCV ``resnet50_v1b`` (the baseline);
+- the AFS ResNet-50 with every gate on (masks 1, d = 0.9): the cost of running the gates
+  (GAP + FC + two argsorts per ConvBN) without any pruning;
+- pruned networks (``gluon_transfer.prune.prune_afs``) keeping a fraction ``f`` of the
+  conv1/conv2 channels of every bottleneck, every kept channel static (s = 0): plain
+  GluonCV-shaped ResNets with reduced widths (the ``tools/export.py --prune`` output);
+- the same pruning with half of the kept channels dynamic and WTA d = 0.5 (runtime gates
+  kept; the skipped channels are still computed densely and multiplied by 0 -- MXNet has no
+  sparse-channel convolution -- so only the static part of the saving shows up as speed).
+
+For each: MACs per image (``gluon_transfer.macs.count_macs``; for the AFS nets also the
+``afs_macs`` expected count), images/s, and speed-up vs the baseline next to the MACs
+reduction.
+"""
+import argparse
+import json
+import os
+import sys
+import time
+import warnings
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+with warnings.catch_warnings():
+    warnings.simplefilter('ignore', DeprecationWarning)
+    import numpy as np
+    import mxnet as mx
+    from gluoncv.model_zoo import resnet50_v1b
+    from gluon_transfer.macs import afs_macs, count_macs
+    from gluon_transfer.models.afs_resnet import afs_from_gluoncv, afs_gates
+    from gluon_transfer.prune import prune_afs, verify_pruned
+
+
+def images_per_second(net, shape, seconds, repeats=3):
+    x = mx.nd.array(np.random.RandomState(0).uniform(-1, 1, shape))
+    net.hybridize(static_alloc=True, static_shape=True)
+    for _ in range(2):
+        net(x).wait_to_read()
+    best = 0.0
+    for _ in range(repeats):
+        n, t0 = 0, time.time()
+        while time.time() - t0 < seconds / repeats:
+            net(x).wait_to_read()
+            n += shape[0]
+        best = max(best, n / (time.time() - t0))
+    return best
+
+
+def masked(base, keep, dyn_frac, density, seed=0):
+    """AFS copy of ``base`` keeping the ``keep`` fraction of conv1/conv2 channels (largest of
+    a random score), a ``dyn_frac`` of the kept ones dynamic, conv3 all kept and static."""
+    rng = np.random.RandomState(seed)
+    net = afs_from_gluoncv(base, density=density, gate_init='random')
+    for name, _, k, gate, _, _ in afs_gates(net):
+        c = gate.channels
+        m, s = np.ones(c), np.zeros(c)
+        if k in (1, 2):
+            order = np.argsort(-rng.rand(c))
+            m[:] = 0
+            m[order[:max(1, int(round(keep * c)))]] = 1
+            kept = np.flatnonzero(m)
+            s[rng.permutation(kept)[:int(round(dyn_frac * len(kept)))]] = 1
+        gate.mask_m.set_data(mx.nd.array(m))
+        gate.mask_s.set_data(mx.nd.array(s))
+    return net
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    p.add_argument('--quick', action='store_true', help='112 px, 2 s per measurement')
+    p.add_argument('--size', type=int, default=None)
+    p.add_argument('--batch', type=int, default=8)
+    p.add_argument('--seconds', type=float, default=None)
+    p.add_argument('--out', default=None)
+    args = p.parse_args()
+    size = args.size or (112 if args.quick else 224)
+    seconds = args.seconds or (2.0 if args.quick else 6.0)
+    shape = (args.batch, 3, size, size)
+    one = (1, 3, size, size)
+    mx.random.seed(0)
+    base = resnet50_v1b(classes=100)
+    base.initialize(mx.init.Xavier())
+    base(mx.nd.zeros(one))
+    rows = []
+    base_macs = count_macs(base, one)['total']
+    base_ips = images_per_second(base, shape, seconds)
+    rows.append(dict(net='resnet50_v1b (GluonCV)', macs=base_macs, expected=base_macs, ips=base_ips))
+    gated = afs_from_gluoncv(base, density=0.9, gate_init='random')
+    rows.append(dict(net='AFS gates on, masks 1, d=0.9', macs=count_macs(gated, one)['total'],
+                     expected=afs_macs(gated, one)['expected'], ips=images_per_second(gated, shape, seconds)))
+    for keep, dyn, d in ((0.5, 0.0, 0.9), (0.25, 0.0, 0.9), (0.5, 0.5, 0.5)):
+        net = masked(base, keep, dyn, d)
+        pruned = prune_afs(net)
+        verify_pruned(net, pruned, (2, 3, size, size))
+        label = 'pruned keep %.2f, %s' % (keep, 'all static' if dyn == 0 else 'half dynamic, d=%g' % d)
+        rows.append(dict(net=label, macs=count_macs(pruned, one)['total'], expected=afs_macs(net, one)['expected'],
+                         ips=images_per_second(pruned, shape, seconds)))
+    print('CPU inference, batch %d, %dx%d, float32, %s' % (args.batch, size, size, mx.__version__))
+    print('| network | MACs/img (counted) | expected MACs (AFS) | MACs reduction | img/s | speed-up |')
+    print('|---|---|---|---|---|---|')
+    for r in rows:
+        print('| %s | %.3f G | %.3f G | %.2fx | %.1f | %.2fx |' % (
+            r['net'], r['macs'] / 1e9, r['expected'] / 1e9, base_macs / float(r['expected']), r['ips'],
+            r['ips'] / base_ips))
+    if args.out:
+        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+        with open(args.out, 'w') as f:
+            json.dump(dict(size=size, batch=args.batch, rows=rows), f, indent=1)
+
+
+if __name__ == '__main__':
+    main()

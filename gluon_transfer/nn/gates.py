@@ -1,0 +1,187 @@
+"""AFS channel gates (attentive feature selection, AFDS: Wang et al., ICLR 2020).
+
+One :class:`AFSGate` follows one ConvBN of a residual bottleneck and rescales each output
+channel of ``BN(conv(x))`` by a per-sample multiplier (transfer-methods.md §3.2)::
+
+    h      = relu(W · GAP(x) + b)                      (N, C_out); x = the conv's INPUT
+    pi     = WTA_d(h)                                  keep the top-k dynamic channels per sample
+    mult_c = m_c * ( s_c * pi_c + (1 - s_c) * gamma_c )
+    out    = mult[:, :, None, None] * BN(conv(x))
+
+* ``m`` (keep mask) and ``s`` (dynamic mask) are per-channel 0/1 vectors stored as
+  parameters with ``grad_req='null'``, so checkpoints carry them. ``m_c = 0``: the channel is
+  always zero (statically pruned: its row of the producing conv and its column of the
+  consuming conv can be removed). ``s_c = 0``: the channel is static, its multiplier is
+  the learned constant ``gamma_c`` (foldable into the BatchNorm scale/shift). Otherwise the
+  channel is dynamic and takes the gate value ``pi_c``.
+* Winner-take-all ``WTA_d``: among the *dynamic* channels (``m_c = s_c = 1``) each sample
+  keeps the ``k = ceil(d * n_dyn - 1e-3)`` largest gate values and zeroes the others
+  (``n_dyn`` = number of dynamic channels; the ``-1e-3`` makes float rounding of
+  ``d * n_dyn`` harmless, so ``d = 0.9, n_dyn = 10`` gives ``k = 9`` -- see
+  :func:`wta_keep_count`). Ties are broken toward the lower channel index (the ranking
+  key adds an index term far below float32 resolution, see :func:`wta_mask`), so exactly
+  ``k`` channels are kept per sample, deterministically. ``d`` is stored like the masks
+  (a (1,) parameter ``density``, ``grad_req='null'``), so it can change between training
+  phases without rebuilding a hybridized graph, and checkpoints carry it.
+* The reproduction (uhomelee, ``afsnet.py``) differs: ``m``/``s`` are per-layer scalars
+  (the paper: per channel), the WTA count for conv3 uses the wrong width, gamma is
+  ``U[0,1)`` and multiplies the *WTA-masked* BN output, and it adds a ReLU after conv3
+  before the residual add (``relu_before_add`` in :mod:`gluon_transfer.models.afs_resnet`
+  keeps that option). Here WTA acts on ``pi`` only; static channels are never WTA-dropped,
+  because a channel that is always on is exactly what folding into BN assumes.
+
+Initialisation (``init``): ``'identity'`` (default) sets ``W = 0, b = 1, gamma = 1`` so
+that with ``d = 1`` and all masks 1 the multiplier is exactly 1 and a pretrained network
+is unchanged at step 0; ``'random'`` is the reproduction's (PyTorch ``Linear`` default
+``U(-1/sqrt(C_in), 1/sqrt(C_in))`` for ``W`` and ``b``, ``gamma ~ U[0, 1)``), which
+alters the pretrained function from the start.
+"""
+import math
+
+import numpy as np
+import mxnet as mx
+from mxnet.gluon import HybridBlock, nn
+
+from ..errors import ConfigError
+
+__all__ = ['AFSGate', 'wta_keep_count', 'wta_mask', 'WTA_TOL', 'check_density']
+
+WTA_TOL = 1e-3
+# Tie-break terms of the ranking key (float64): a relative one far below float32 resolution
+# (2^-40 * C <= 2^-28 for C <= 4096) and an absolute one below any float32/16 subnormal.
+_REL_TIE = 2.0 ** -40
+_ABS_TIE = 2.0 ** -200
+
+
+def check_density(density):
+    d = float(density)
+    if not 0.0 < d <= 1.0:
+        raise ConfigError('AFS density d must be in (0, 1], got %r' % (density,))
+    return d
+
+
+def wta_keep_count(density, n_dynamic):
+    """Channels WTA keeps per sample: ``ceil(d * n - 1e-3)`` (0 when ``n = 0``)."""
+    d = check_density(density)
+    n = int(n_dynamic)
+    return max(0, int(math.ceil(d * n - WTA_TOL)))
+
+
+def wta_mask(F, h, dyn, density):
+    """0/1 mask (same shape as ``h``, (N, C)) keeping per row the ``ceil(d*n_dyn - 1e-3)``
+    largest entries of ``h`` among the columns where ``dyn`` (a (C,) 0/1 vector) is 1.
+
+    ``h`` must be >= 0 (a ReLU output): excluded columns get the key -1 and so rank last.
+    The float64 key ``v * (1 + (C-1-c) 2^-40) + (C-1-c) 2^-200`` orders equal values by
+    lower index ``c``, keeps the order of distinct float32 values and makes every key
+    distinct, so "key >= the k-th largest key" (one sort and a pick) keeps exactly ``k``
+    entries per row whatever the ties (``density``: a float or a (1,) array). Works on
+    NDArray and Symbol; the mask carries no gradient."""
+    v = F.broadcast_add(F.broadcast_mul(h, dyn.reshape((1, -1))), (dyn - 1).reshape((1, -1)))
+    v64 = F.cast(v, dtype='float64')
+    idx = F.contrib.arange_like(v64, axis=1)                     # (C,) 0..C-1, float64
+    rev = F.broadcast_sub(F.max(idx).reshape((1,)), idx)          # C-1-c
+    key = F.broadcast_add(F.broadcast_mul(v64, (1.0 + rev * _REL_TIE).reshape((1, -1))),
+                          (rev * _ABS_TIE).reshape((1, -1)))
+    if isinstance(density, (int, float)):
+        kf = F.sum(dyn) * float(density) - WTA_TOL
+    else:                                             # a (1,) array/symbol (the gate's parameter)
+        kf = F.sum(dyn) * density - WTA_TOL
+    k = F.ceil(kf)                                    # (1,) float: channels to keep
+    # Keys are distinct, so "key >= the k-th largest key" keeps exactly k per row.
+    ranked = F.sort(key, axis=1, is_ascend=False)
+    col = F.slice_axis(key, axis=1, begin=0, end=1).reshape((-1,))        # (N,) shape donor
+    idx = F.broadcast_add(F.zeros_like(F.cast(col, dtype='float32')), F.maximum(k - 1, 0))
+    thr = F.pick(ranked, idx, axis=1, keepdims=True)                       # (N, 1)
+    keep = F.broadcast_mul(F.cast(F.broadcast_greater_equal(key, thr), dtype='float32'),
+                           F.cast(k >= 1, dtype='float32').reshape((1, 1)))
+    return F.BlockGrad(F.cast(keep, dtype='float32'))
+
+
+class AFSGate(HybridBlock):
+    """Per-channel AFS gate for one ConvBN (see the module docstring).
+
+    ``gate(x, y)``: ``x`` the conv's input (N, C_in, H, W), ``y = BN(conv(x))``
+    (N, C_out, H', W'); returns ``mult * y``. With ``enabled=False`` it returns ``y``
+    unchanged (the plain network); flip it with :meth:`set_enabled` and hybridize again.
+
+    Parameters: ``fc`` (Dense C_in -> C_out), ``gamma`` (C_out,), ``mask_m``, ``mask_s``
+    (C_out,) and ``density`` (1,) (the last three ``grad_req='null'``). ``collecting``:
+    while not None (imperative mode only) the forward pass appends ``pi`` computed with
+    all masks treated as 1 -- the statistics :func:`gluon_transfer.afds.collect_gate_statistics`
+    reads.
+    """
+
+    def __init__(self, in_channels, channels, density=0.9, enabled=True, init='identity', **kwargs):
+        super().__init__(**kwargs)
+        if init not in ('identity', 'random'):
+            raise ConfigError("AFS gate init must be 'identity' or 'random', got %r" % (init,))
+        self.in_channels = int(in_channels)
+        self.channels = int(channels)
+        self.density = check_density(density)
+        self.enabled = bool(enabled)
+        self.collecting = None
+        if init == 'identity':
+            w_init, b_init, g_init = mx.init.Zero(), mx.init.One(), mx.init.One()
+        else:
+            bound = 1.0 / math.sqrt(self.in_channels)
+            w_init = b_init = mx.init.Uniform(bound)
+            g_init = _UniformUnit()
+        with self.name_scope():
+            self.fc = nn.Dense(self.channels, in_units=self.in_channels, weight_initializer=w_init,
+                               bias_initializer=b_init, prefix='fc_')
+            self.gamma = self.params.get('gamma', shape=(self.channels,), init=g_init)
+            self.mask_m = self.params.get('mask_m', shape=(self.channels,), init=mx.init.One(),
+                                          grad_req='null', differentiable=False)
+            self.mask_s = self.params.get('mask_s', shape=(self.channels,), init=mx.init.One(),
+                                          grad_req='null', differentiable=False)
+            self.wta_density = self.params.get('density', shape=(1,), init=mx.init.Constant(self.density),
+                                               grad_req='null', differentiable=False)
+
+    def set_enabled(self, flag):
+        self.enabled = bool(flag)
+
+    def current_density(self):
+        """``d`` from the parameter (the constructor value before initialisation)."""
+        p = self.wta_density
+        if p._data is None:
+            return self.density
+        return float(p.data().asnumpy()[0])
+
+    def set_density(self, density):
+        self.density = check_density(density)
+        if self.wta_density._data is not None:
+            self.wta_density.set_data(mx.nd.full((1,), self.density))
+
+    def gate_values(self, F, x):
+        """``h = relu(fc(GAP(x)))``, (N, C_out)."""
+        return F.relu(self.fc(F.mean(x, axis=(2, 3))))
+
+    def multiplier(self, F, x, gamma, mask_m, mask_s, wta_density):
+        h = self.gate_values(F, x)
+        dyn = mask_m * mask_s
+        if self.collecting is not None and F is mx.nd:
+            pi_all = h * wta_mask(F, h, mask_m.ones_like(), wta_density)
+            self.collecting.append(pi_all.astype('float32'))
+        h = h * wta_mask(F, h, dyn, wta_density)
+        static = F.broadcast_mul(F.ones_like(h), (mask_m * (1 - mask_s) * gamma).reshape((1, -1)))
+        return F.broadcast_add(F.broadcast_mul(h, dyn.reshape((1, -1))), static)
+
+    def hybrid_forward(self, F, x, y, gamma, mask_m, mask_s, wta_density):
+        if not self.enabled:
+            return y
+        mult = self.multiplier(F, x, gamma, mask_m, mask_s, wta_density)
+        return F.broadcast_mul(y, mult.reshape((0, 0, 1, 1)))
+
+    def __repr__(self):
+        return '%s(%d -> %d, density=%g, enabled=%s)' % (type(self).__name__, self.in_channels, self.channels,
+                                                        self.density, self.enabled)
+
+
+class _UniformUnit(mx.init.Initializer):
+    """``U[0, 1)`` (the reproduction's gamma)."""
+
+    def _init_weight(self, name, arr):
+        mx.random.uniform(0, 1, out=arr)
+
+    _init_default = _init_weight

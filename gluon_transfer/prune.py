@@ -1,0 +1,187 @@
+"""Physical pruning of AFS networks: statically pruned channels removed, static channels
+folded into BatchNorm (``tools/export.py --prune``).
+
+For every bottleneck of an :class:`~gluon_transfer.models.afs_resnet.AFSResNetV1b` with
+masks ``m``, ``s`` and gate constants ``gamma`` (see :mod:`gluon_transfer.nn.gates`):
+
+* conv1/conv2 outputs with ``m = 0`` are removed: their rows of ``conv1``/``conv2`` and
+  their ``bn1``/``bn2`` entries, and the matching input columns of the consumer
+  (``conv2``/``conv3``) and of the consumer's gate FC. Exact, because a pruned channel's
+  gated output is exactly 0 (``m`` multiplies after the BN), and so is its ReLU.
+* conv3 keeps its full ``4 * planes`` outputs (the residual add needs them); a pruned
+  conv3 channel gets zero weights and ``bn3`` scale and shift 0, so it outputs exactly 0.
+* a static channel (``m = 1, s = 0``) has multiplier ``gamma_c``, folded into its BN:
+  ``gamma_bn <- gamma_c * gamma_bn``, ``beta_bn <- gamma_c * beta_bn`` (inference BN
+  ``gamma_bn (z - mu) / sqrt(var + eps) + beta_bn`` is linear in both).
+* a gate with no dynamic channel left is dropped (a plain ConvBN). A gate with dynamic
+  channels is kept as a **runtime gate** on the remaining channels (``m = 1``, ``s`` as
+  before, ``gamma = 1`` for the folded static ones) with the same WTA density: the WTA
+  ranks the same values among the same dynamic channels (relative order preserved), so
+  the outputs equal the gated network's for any ``d``.
+
+The result is the same class with ``block_config`` (per-block ``widths``/``gated``): when
+no gate is left it is a plain GluonCV-shaped ResNet-v1b bottleneck network with reduced
+conv1/conv2 widths, exportable with :func:`gluon_transfer.export.export_symbol`.
+"""
+import numpy as np
+import mxnet as mx
+
+from .errors import CheckpointError, ConfigError
+
+__all__ = ['prune_plan', 'prune_afs', 'verify_pruned', 'export_pruned']
+
+
+def _gate_arrays(gate, channels):
+    """``(m, s, gamma)`` numpy of a gate; an absent or disabled gate is the identity
+    (every channel static with gamma 1)."""
+    if gate is None or not gate.enabled:
+        return np.ones(channels), np.zeros(channels), np.ones(channels)
+    m = gate.mask_m.data().asnumpy().astype(np.float64)
+    s = gate.mask_s.data().asnumpy().astype(np.float64) * m
+    g = gate.gamma.data().asnumpy().astype(np.float64)
+    return m, s, g
+
+
+def _blocks(net):
+    from .models.afs_resnet import AFSResNetV1b
+    if not isinstance(net, AFSResNetV1b):
+        raise ConfigError('--prune needs an AFS network (afs_resnet*_v1b); got %s' % type(net).__name__)
+    out = []
+    for lname in ('layer1', 'layer2', 'layer3', 'layer4'):
+        for bname, block in getattr(net, lname)._children.items():
+            out.append(('%s.%s' % (lname, bname), block))
+    return out
+
+
+def prune_plan(net):
+    """Per bottleneck: ``{'name', 'widths': (c1, c2), 'gated': (g1, g2, g3), 'keep1', 'keep2',
+    'arrays': [(m, s, gamma)] * 3}``."""
+    plan = []
+    for name, block in _blocks(net):
+        arrays = [_gate_arrays(getattr(block, 'gate%d' % k), block.widths[k - 1]) for k in (1, 2, 3)]
+        keep1 = np.flatnonzero(arrays[0][0])
+        keep2 = np.flatnonzero(arrays[1][0])
+        if keep1.size == 0 or keep2.size == 0:
+            raise ConfigError('%s: every conv%d channel is pruned; keep at least one (min_channels)'
+                              % (name, 1 if keep1.size == 0 else 2))
+        gated = tuple(bool(getattr(block, 'gate%d' % k) is not None and getattr(block, 'gate%d' % k).enabled
+                           and (a[0] * a[1]).sum() > 0) for k, a in zip((1, 2, 3), arrays))
+        plan.append(dict(name=name, widths=(int(keep1.size), int(keep2.size)), gated=gated, keep1=keep1,
+                         keep2=keep2, arrays=arrays))
+    return plan
+
+
+def _np(p):
+    return p.data().asnumpy()
+
+
+def prune_afs(net, ctx=None):
+    """The pruned twin of an initialised AFS network (module docstring), on ``ctx``
+    (default cpu). Parameters are copied; the source network is unchanged."""
+    _blocks(net)
+    if any(p._data is None for p in net.collect_params().values()):
+        net(mx.nd.zeros((1, 3, 32, 32), ctx=next(iter(net.collect_params().values())).list_ctx()[0]))
+    plan = prune_plan(net)
+    ctx = ctx or mx.cpu()
+    config = dict(net._config, features=(),
+                  block_config=[dict(widths=p['widths'], gated=p['gated']) for p in plan])
+    pruned = type(net)(**config)
+    pruned.initialize(ctx=ctx)
+    pruned(mx.nd.zeros((1, 3, 32, 32), ctx=ctx))        # resolve deferred input widths
+    src = net._collect_params_with_prefix()
+    dst = pruned._collect_params_with_prefix()
+    done = set()
+
+    def put(key, value):
+        if dst[key].shape != tuple(value.shape):
+            raise CheckpointError('prune: %s has shape %s, computed %s' % (key, dst[key].shape, value.shape))
+        dst[key].set_data(mx.nd.array(value, ctx=ctx, dtype='float32'))
+        done.add(key)
+
+    def bn(prefix, rows, m, s, gamma, zero=None):
+        scale = np.where((m == 1) & (s == 0), gamma, 1.0)
+        g, b = _np(src[prefix + '.gamma']).astype(np.float64), _np(src[prefix + '.beta']).astype(np.float64)
+        g, b = g * scale, b * scale
+        if zero is not None:
+            g[zero], b[zero] = 0.0, 0.0
+        put(prefix + '.gamma', g[rows])
+        put(prefix + '.beta', b[rows])
+        put(prefix + '.running_mean', _np(src[prefix + '.running_mean'])[rows])
+        put(prefix + '.running_var', _np(src[prefix + '.running_var'])[rows])
+
+    def gate(prefix, rows, cols, m, s, density_key):
+        w = _np(src[prefix + '.fc.weight'])
+        put(prefix + '.fc.weight', w[rows][:, cols])
+        put(prefix + '.fc.bias', _np(src[prefix + '.fc.bias'])[rows])
+        put(prefix + '.mask_m', np.ones(len(rows)))
+        put(prefix + '.mask_s', (m * s)[rows])
+        put(prefix + '.gamma', np.ones(len(rows)))
+        put(prefix + '.wta_density', _np(src[density_key]))
+
+    for p in plan:
+        b = p['name']
+        k1, k2 = p['keep1'], p['keep2']
+        (m1, s1, g1), (m2, s2, g2), (m3, s3, g3) = p['arrays']
+        all_in = np.arange(_np(src[b + '.conv1.weight']).shape[1])
+        all3 = np.arange(len(m3))
+        put(b + '.conv1.weight', _np(src[b + '.conv1.weight'])[k1])
+        bn(b + '.bn1', k1, m1, s1, g1)
+        put(b + '.conv2.weight', _np(src[b + '.conv2.weight'])[k2][:, k1])
+        bn(b + '.bn2', k2, m2, s2, g2)
+        w3 = _np(src[b + '.conv3.weight'])[:, k2].copy()
+        dead3 = m3 == 0
+        w3[dead3] = 0.0
+        put(b + '.conv3.weight', w3)
+        bn(b + '.bn3', all3, m3, s3, g3, zero=dead3)
+        for k, rows, cols, (m, s, _) in ((1, k1, all_in, p['arrays'][0]), (2, k2, k1, p['arrays'][1]),
+                                         (3, all3, k2, p['arrays'][2])):
+            if p['gated'][k - 1]:
+                gp = '%s.gate%d' % (b, k)
+                gate(gp, rows, cols, m, s, gp + '.wta_density')
+    for key, param in dst.items():
+        if key not in done:
+            if key not in src:
+                raise CheckpointError('prune: no source for %s' % key)
+            put(key, _np(src[key]))
+    return pruned
+
+
+def verify_pruned(net, pruned, input_shape, rtol=1e-4, atol=1e-5, seed=0, ctx=None):
+    """Compare the gated and the pruned network on a fixed random input (inference mode);
+    returns the max |difference|, raises CheckpointError when they differ."""
+    ctx = ctx or mx.cpu()
+    rng = np.random.RandomState(seed)
+    x = mx.nd.array(rng.uniform(-1, 1, size=tuple(input_shape)), ctx=ctx)
+    a = net(x)
+    a = (a[0] if isinstance(a, (list, tuple)) else a).asnumpy().astype(np.float64)
+    b = pruned(x).asnumpy().astype(np.float64)
+    diff = float(np.abs(a - b).max())
+    if not np.allclose(b, a, rtol=rtol, atol=atol):
+        raise CheckpointError('pruned network differs from the gated one by up to %.3g (rtol=%g, atol=%g)'
+                              % (diff, rtol, atol))
+    return diff
+
+
+def export_pruned(net, prefix, input_shape, check=True, log=None):
+    """``tools/export.py --prune``: the pruned twin of ``net`` (checked equal to it on
+    ``input_shape`` when ``check``), saved as ``<prefix>-pruned.params`` with its constructor
+    arguments in ``<prefix>-pruned.json``; logs the MACs (baseline, static, expected, and
+    counted on the pruned network). Returns the pruned network."""
+    import json
+    import os
+    from .macs import afs_macs, count_macs
+    say = log or (lambda msg: None)
+    pruned = prune_afs(net, ctx=mx.cpu())
+    if check:
+        say('pruned network equals the gated one (max |diff| %.3g)' % verify_pruned(net, pruned, input_shape))
+    one = (1,) + tuple(input_shape[1:])
+    mc = afs_macs(net, one)
+    got = count_macs(pruned, one)['total']
+    say('MACs per image: baseline %.4g G, static (m) %.4g G, expected (d, s) %.4g G, pruned network %.4g G (%.2fx)'
+        % (mc['baseline'] / 1e9, mc['static'] / 1e9, mc['expected'] / 1e9, got / 1e9, mc['baseline'] / float(got)))
+    os.makedirs(os.path.dirname(os.path.abspath(prefix)), exist_ok=True)
+    pruned.save_parameters(prefix + '-pruned.params')
+    with open(prefix + '-pruned.json', 'w') as f:
+        json.dump({'class': 'gluon_transfer.models.afs_resnet.AFSResNetV1b', 'kwargs': pruned._config}, f, indent=1)
+    say('wrote %s-pruned.params and %s-pruned.json' % (prefix, prefix))
+    return pruned

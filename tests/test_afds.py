@@ -1,0 +1,176 @@
+"""AFDS mask selection: held-out training split only, gate statistics against numpy,
+thresholds, MACs-budget search, mask application, the two-phase schedule and the report."""
+import math
+import os
+
+import numpy as np
+import pytest
+import mxnet as mx
+
+from gluon_transfer.afds import (TrainHoldout, afds_report, afds_schedule, apply_masks, collect_gate_statistics,
+                                 current_masks, format_afds_report, select_masks, split_train_holdout,
+                                 update_masks)
+from gluon_transfer.data.base import ArrayIter
+from gluon_transfer.errors import ConfigError
+from gluon_transfer.models.afs_resnet import AFSResNetV1b, afs_gates
+
+from data_helpers import write_rec
+
+
+def _net(density=0.5, seed=0):
+    mx.random.seed(seed)
+    net = AFSResNetV1b(layers=[1, 1, 1, 1], classes=4, density=density, gate_init='random')
+    net.initialize(mx.init.Xavier())
+    net(mx.nd.zeros((1, 3, 32, 32)))
+    return net
+
+
+def _data(rng, n=24):
+    images = rng.randint(0, 256, size=(n, 3, 32, 32)).astype(np.uint8)
+    labels = np.arange(n) % 4
+    return images, labels
+
+
+def test_statistics_refuse_anything_but_a_training_holdout(rng):
+    net = _net()
+    images, labels = _data(rng)
+    val = ArrayIter(images, labels, 8)
+    with pytest.raises(ConfigError, match='held-out split of the training data'):
+        collect_gate_statistics(net, val)
+    with pytest.raises(ConfigError, match='TrainHoldout'):
+        update_masks(net, val, thres_m=0.1, thres_s=0.1)
+
+
+def test_from_arrays_split_is_disjoint_and_class_balanced(rng):
+    images, labels = _data(rng, 40)
+    hold, tr_images, tr_labels = TrainHoldout.from_arrays(images, labels, fraction=0.2, seed=3, batch_size=4)
+    assert hold.num_samples == 8 and len(tr_images) == 32        # 2 of each class's 10
+    assert np.bincount(labels[hold.positions]).tolist() == [2, 2, 2, 2]
+    held = {images[p].tobytes() for p in hold.positions}
+    assert not any(img.tobytes() in held for img in tr_images)
+
+
+def test_split_train_holdout_recordio(tmp_path):
+    rec, _ = write_rec(str(tmp_path / 'train'), 40, label_of=lambda i: i % 4)
+    out = split_train_holdout('cifar10', rec, fraction=0.2, seed=1, cache_dir=str(tmp_path / 'cache'),
+                              batch_size=3, input_size=8)
+    hold = out['holdout']
+    assert isinstance(hold, TrainHoldout) and out['num_holdout'] == 8 and out['num_train'] == 32
+    from gluon_transfer.data.recordio import inspect_recordio
+    rest = inspect_recordio(out['train_rec'], out['train_idx'])
+    hkeys = set(hold.positions.tolist())
+    assert hkeys.isdisjoint(set(rest.keys.tolist())) and hkeys | set(rest.keys.tolist()) == set(range(40))
+    seen = sum(b.data.shape[0] - b.pad for b in hold)
+    assert seen == 8
+    again = split_train_holdout('cifar10', rec, fraction=0.2, seed=1, cache_dir=str(tmp_path / 'cache'),
+                                batch_size=3, input_size=8)
+    np.testing.assert_array_equal(again['holdout'].positions, hold.positions)
+
+
+def _numpy_first_gate_stats(net, x, d):
+    """Gate values of layer1.0.gate1 computed from the stem output with numpy."""
+    stem = net.maxpool(net.relu(net.bn1(net.conv1(mx.nd.array(x))))).asnumpy()
+    gate = net.layer1[0].gate1
+    W, b = gate.fc.weight.data().asnumpy(), gate.fc.bias.data().asnumpy()
+    h = np.maximum(stem.mean(axis=(2, 3)) @ W.T + b, 0).astype(np.float64)
+    k = math.ceil(d * h.shape[1] - 1e-9)
+    pi = np.zeros_like(h)
+    for i in range(len(h)):
+        top = sorted(range(h.shape[1]), key=lambda j: (-h[i, j], j))[:k]
+        pi[i, top] = h[i, top]
+    return pi.mean(axis=0), pi.var(axis=0)
+
+
+def test_statistics_match_numpy_and_restore_state(rng):
+    net = _net(density=0.5)
+    images, labels = _data(rng, 12)
+    hold, _, _ = TrainHoldout.from_arrays(images, labels, fraction=0.5, batch_size=3)   # 8 samples, last pad 1
+    # masks that must not influence the statistics and must come back afterwards
+    g = net.layer1[0].gate1
+    m = np.ones(g.channels, np.float32)
+    m[:10] = 0
+    g.mask_m.set_data(mx.nd.array(m))
+    net.hybridize()
+    stats = collect_gate_statistics(net, hold)
+    x = np.concatenate([b.data.asnumpy()[:b.data.shape[0] - b.pad] for b in hold])
+    mean, var = _numpy_first_gate_stats(net, x, 0.5)
+    s = stats['layer1.0.gate1']
+    assert s['count'] == 8
+    np.testing.assert_allclose(s['mean'], mean, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(s['var'], var, rtol=1e-3, atol=1e-6)
+    np.testing.assert_array_equal(g.mask_m.data().asnumpy(), m)
+    assert net._active                                       # hybridization restored
+    assert len(stats) == 12
+
+
+def _fake_stats(net, rng):
+    return {name: {'mean': rng.rand(g.channels), 'var': rng.rand(g.channels) * 0.1, 'count': 10}
+            for name, _, _, g, _, _ in afs_gates(net)}
+
+
+def test_threshold_selection(rng):
+    net = _net()
+    stats = _fake_stats(net, rng)
+    sel = select_masks(stats, thres_m=0.3, thres_s=0.05)
+    for name, st in stats.items():
+        m, s = sel['masks'][name]
+        np.testing.assert_array_equal(m, (st['mean'] > 0.3).astype(float))
+        np.testing.assert_array_equal(s, m * (st['var'] > 0.05))
+    # everything below threshold: one channel (largest mean) survives per gate
+    sel = select_masks(stats, thres_m=2.0, thres_s=2.0)
+    for name, st in stats.items():
+        m, _ = sel['masks'][name]
+        assert m.sum() == 1 and m[np.argmax(st['mean'])] == 1
+
+
+@pytest.mark.parametrize('budget,scope', [(0.5, 'layer'), (0.4, 'global'), (0.4, 'layer')])  # stem+downsample: ~1/3
+def test_budget_search_meets_budget(budget, scope, rng):
+    net = _net(density=0.9)
+    stats = _fake_stats(net, rng)
+    sel = select_masks(stats, macs_budget=budget, net=net, input_shape=(1, 3, 64, 64), scope=scope)
+    mc = sel['macs']
+    assert mc['expected'] <= budget * mc['baseline']
+    assert mc['expected'] > 0.5 * budget * mc['baseline']      # not grossly over-pruned
+    assert 0 < sel['quantile'] <= 1
+    # static pruning only budget
+    sel = select_masks(stats, macs_budget=budget, net=net, input_shape=(1, 3, 64, 64), budget_on='static')
+    assert sel['macs']['static'] <= budget * sel['macs']['baseline']
+    with pytest.raises(ConfigError, match='unreachable'):
+        select_masks(stats, macs_budget=0.001, net=net, input_shape=(1, 3, 64, 64))
+    with pytest.raises(ConfigError, match='not both'):
+        select_masks(stats, thres_m=0.1, macs_budget=0.5, net=net)
+
+
+def test_apply_masks_sets_gamma_of_new_static_channels(rng):
+    net = _net()
+    stats = _fake_stats(net, rng)
+    sel = select_masks(stats, thres_m=0.2, thres_s=0.05)
+    apply_masks(net, sel['masks'], stats)
+    got = current_masks(net)
+    for name, g in [(n, g) for n, _, _, g, _, _ in afs_gates(net)]:
+        m, s = sel['masks'][name]
+        np.testing.assert_array_equal(got[name][0], m)
+        static = (m == 1) & (s == 0)
+        np.testing.assert_allclose(g.gamma.data().asnumpy()[static], stats[name]['mean'][static], rtol=1e-6)
+
+
+def test_schedule_two_phases_and_report(rng):
+    from gluon_transfer.engine.tasks import Classify
+    from gluon_transfer.engine.trainer import Engine, FitConfig
+    net = _net(density=0.8)
+    images, labels = _data(rng, 24)
+    hold, tr_images, tr_labels = TrainHoldout.from_arrays(images, labels, fraction=0.25, batch_size=6)
+    train = ArrayIter(tr_images, tr_labels, 6, shuffle=True, last_batch='rollover')
+    val = ArrayIter(images[:8], labels[:8], 8)
+    cfg = FitConfig(num_epochs=2, lr=0.01, wd=0.0, log_interval=100)
+    eng = Engine(net, Classify(), [mx.cpu()], cfg, train, val, num_classes=4)
+    out = afds_schedule(eng, hold, macs_budget=0.5, input_shape=(1, 3, 32, 32))
+    assert len(out['phase1']) == 1 and len(out['phase2']) == 1
+    assert eng.global_step == 2 * len(train)
+    mc = out['selection']['macs']
+    assert mc['expected'] <= 0.5 * mc['baseline']
+    rep = afds_report(net, (1, 3, 32, 32), evaluation=eng.evaluate(val))
+    assert rep['expected'] == mc['expected'] and rep['baseline'] == mc['baseline']
+    assert 0 <= rep['top1'] <= 1
+    text = format_afds_report(rep)
+    assert 'baseline MACs' in text and 'top-1' in text

@@ -1,0 +1,214 @@
+"""AFS gates and the AFS ResNet: WTA count and ties, the gate formula against numpy,
+identity with GluonCV, GluonCV params loading, masks in checkpoints, unsupported blocks."""
+import fractions
+import math
+
+import numpy as np
+import pytest
+import mxnet as mx
+from mxnet.gluon import HybridBlock
+from gluoncv.model_zoo.resnetv1b import ResNetV1b, BottleneckV1b, BasicBlockV1b
+
+import gluon_transfer as gt
+from gluon_transfer.errors import CheckpointError, ConfigError
+from gluon_transfer.models.afs_resnet import (AFSResNetV1b, afs_from_gluoncv, afs_gates, load_gluoncv_params,
+                                              set_density, set_gates_enabled)
+from gluon_transfer.nn.gates import AFSGate, wta_keep_count, wta_mask
+
+
+def exact_ceil(d, n):
+    """ceil(d * n) with d taken as the decimal it prints as (0.9 is 9/10)."""
+    return int(math.ceil(fractions.Fraction(repr(float(d))) * n))
+
+
+def numpy_wta(h, dyn, d):
+    """Keep per row the ceil(d * n_dyn) largest h among dyn columns, ties -> lower index."""
+    n, c = h.shape
+    k = exact_ceil(d, int(dyn.sum()))
+    keep = np.zeros_like(h)
+    cols = np.flatnonzero(dyn)
+    for i in range(n):
+        order = sorted(cols, key=lambda j: (-h[i, j], j))
+        keep[i, order[:k]] = 1
+    return keep
+
+
+class _WTA(HybridBlock):
+    def __init__(self, d):
+        super().__init__()
+        self.d = d
+
+    def hybrid_forward(self, F, h, dyn):
+        return wta_mask(F, h, dyn, self.d)
+
+
+@pytest.mark.parametrize('d', [1.0, 0.9, 0.5, 0.3, 0.25, 0.7])
+def test_wta_keeps_exactly_ceil_d_c_with_ties(d, rng):
+    # Values from a small set so many ties occur; zeros as after a ReLU.
+    h = rng.randint(0, 4, size=(6, 20)).astype(np.float32) * 0.5
+    dyn = (rng.rand(20) > 0.3).astype(np.float32)
+    want = numpy_wta(h, dyn, d)
+    for hybrid in (False, True):
+        blk = _WTA(d)
+        if hybrid:
+            blk.hybridize()
+        got = blk(mx.nd.array(h), mx.nd.array(dyn)).asnumpy()
+        np.testing.assert_array_equal(got, want)
+        assert (got.sum(axis=1) == exact_ceil(d, int(dyn.sum()))).all()
+        assert (got * (1 - dyn)).sum() == 0          # never a non-dynamic channel
+
+
+def test_wta_all_masks_one_counts_and_large_c(rng):
+    for c in (10, 64, 2048):
+        h = np.maximum(rng.randn(3, c), 0).astype(np.float32)
+        for d in (0.9, 0.5):
+            got = wta_mask(mx.nd, mx.nd.array(h), mx.nd.ones(c), d).asnumpy()
+            assert (got.sum(axis=1) == exact_ceil(d, c)).all()
+            assert wta_keep_count(d, c) == exact_ceil(d, c)
+    # all-equal gate values (identity init): the lowest indices win
+    got = wta_mask(mx.nd, mx.nd.ones((2, 10)), mx.nd.ones(10), 0.9).asnumpy()
+    np.testing.assert_array_equal(got, np.tile([1] * 9 + [0], (2, 1)))
+
+
+def test_wta_density_as_array_parameter():
+    h = mx.nd.array([[3, 1, 2, 5]])
+    got = wta_mask(mx.nd, h, mx.nd.ones(4), mx.nd.array([0.5])).asnumpy()
+    np.testing.assert_array_equal(got, [[1, 0, 0, 1]])
+
+
+def _relu(x):
+    return np.maximum(x, 0)
+
+
+def test_gate_output_matches_numpy_formula(rng):
+    cin, cout, d = 6, 10, 0.5
+    gate = AFSGate(cin, cout, density=d, init='random')
+    gate.initialize()
+    m = (rng.rand(cout) > 0.3).astype(np.float32)
+    s = (rng.rand(cout) > 0.4).astype(np.float32)
+    gamma = rng.rand(cout).astype(np.float32)
+    gate.mask_m.set_data(mx.nd.array(m))
+    gate.mask_s.set_data(mx.nd.array(s))
+    gate.gamma.set_data(mx.nd.array(gamma))
+    x = rng.randn(3, cin, 5, 5).astype(np.float32)
+    y = rng.randn(3, cout, 4, 4).astype(np.float32)
+    W, b = gate.fc.weight.data().asnumpy(), gate.fc.bias.data().asnumpy()
+    h = _relu(x.mean(axis=(2, 3)) @ W.T + b)
+    pi = h * numpy_wta(h, m * s, d)
+    mult = m * (s * pi + (1 - s) * gamma)
+    want = y * mult[:, :, None, None]
+    for hybrid in (False, True):
+        if hybrid:
+            gate.hybridize()
+        got = gate(mx.nd.array(x), mx.nd.array(y)).asnumpy()
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    assert gate.mask_m.grad_req == 'null' and gate.mask_s.grad_req == 'null'
+    assert gate.wta_density.grad_req == 'null'
+
+
+def _random_v1b(block=BottleneckV1b, classes=10, seed=0):
+    mx.random.seed(seed)
+    net = ResNetV1b(block, [1, 1, 1, 1], classes=classes, name_prefix='resnetv1b_')
+    net.initialize(mx.init.Xavier())
+    net(mx.nd.zeros((1, 3, 32, 32)))
+    rng = np.random.RandomState(seed)
+    for name, p in net.collect_params().items():      # non-trivial BN statistics
+        if name.endswith('running_var'):
+            p.set_data(mx.nd.array(rng.uniform(0.5, 1.5, p.shape)))
+        elif name.endswith(('running_mean', 'beta')):
+            p.set_data(mx.nd.array(rng.uniform(-0.2, 0.2, p.shape)))
+    return net
+
+
+@pytest.mark.parametrize('kw', [dict(gates=False, density=0.9), dict(density=1.0, gate_init='identity')])
+def test_identity_equals_gluoncv(kw, rng):
+    ref = _random_v1b()
+    x = mx.nd.array(rng.uniform(-1, 1, (2, 3, 32, 32)))
+    want = ref(x).asnumpy()
+    assert np.abs(want).max() > 1e-3
+    afs = afs_from_gluoncv(ref, **kw)
+    np.testing.assert_array_equal(afs(x).asnumpy(), want)
+    afs.hybridize(static_alloc=True)
+    np.testing.assert_allclose(afs(x).asnumpy(), want, rtol=1e-6, atol=1e-6)
+
+
+def test_gates_change_output_and_switch_off(rng):
+    ref = _random_v1b()
+    x = mx.nd.array(rng.uniform(-1, 1, (2, 3, 32, 32)))
+    afs = afs_from_gluoncv(ref, density=0.5, gate_init='random')
+    afs.hybridize()
+    on = afs(x).asnumpy()
+    assert np.abs(on - ref(x).asnumpy()).max() > 1e-4
+    set_gates_enabled(afs, False)
+    np.testing.assert_allclose(afs(x).asnumpy(), ref(x).asnumpy(), rtol=1e-5, atol=1e-6)
+    set_gates_enabled(afs, True)
+    np.testing.assert_allclose(afs(x).asnumpy(), on, rtol=1e-5, atol=1e-6)
+    # density is a parameter: changing it needs no graph rebuild
+    set_density(afs, 1.0)
+    assert np.abs(afs(x).asnumpy() - on).max() > 1e-5
+
+
+def test_relu_before_add_option(rng):
+    ref = _random_v1b()
+    x = mx.nd.array(rng.uniform(-1, 1, (2, 3, 32, 32)))
+    a = afs_from_gluoncv(ref, density=1.0, relu_before_add=True)
+    assert np.abs(a(x).asnumpy() - ref(x).asnumpy()).max() > 1e-5    # the reproduction's extra ReLU
+
+
+def test_load_gluoncv_params_only_gate_keys_missing(tmp_path, rng):
+    ref = _random_v1b()
+    path = str(tmp_path / 'resnet.params')
+    ref.save_parameters(path)
+    afs = AFSResNetV1b(layers=[1, 1, 1, 1], classes=10, gates=False)
+    afs.initialize()
+    report = load_gluoncv_params(afs, path)
+    assert report['missing'] and all('.gate' in k for k in report['missing'])
+    assert not report['unexpected']
+    x = mx.nd.array(rng.uniform(-1, 1, (2, 3, 32, 32)))
+    np.testing.assert_array_equal(afs(x).asnumpy(), ref(x).asnumpy())
+    other = AFSResNetV1b(layers=[1, 1, 2, 1], classes=10)
+    other.initialize()
+    with pytest.raises(CheckpointError, match='layer3.1'):
+        load_gluoncv_params(other, path)
+
+
+def test_masks_travel_with_checkpoints(tmp_path):
+    net = AFSResNetV1b(layers=[1, 1, 1, 1], classes=4)
+    net.initialize()
+    net(mx.nd.zeros((1, 3, 32, 32)))
+    name, _, _, gate, _, _ = afs_gates(net)[1]
+    m = np.ones(gate.channels, np.float32)
+    m[::3] = 0
+    gate.mask_m.set_data(mx.nd.array(m))
+    path = str(tmp_path / 'afs.params')
+    net.save_parameters(path)
+    net2 = AFSResNetV1b(layers=[1, 1, 1, 1], classes=4)
+    net2.load_parameters(path)
+    np.testing.assert_array_equal(afs_gates(net2)[1][3].mask_m.data().asnumpy(), m)
+    trainable = [k for k, p in net._collect_params_with_prefix().items() if p.grad_req != 'null']
+    assert not any(k.endswith(('mask_m', 'mask_s', 'wta_density')) for k in trainable)
+
+
+def test_unsupported_blocks_raise_config_error():
+    basic = ResNetV1b(BasicBlockV1b, [1, 1, 1, 1], classes=4)
+    basic.initialize()
+    with pytest.raises(ConfigError, match='BasicBlockV1b'):
+        afs_from_gluoncv(basic)
+    from gluoncv.model_zoo.resnet import get_resnet
+    v1 = get_resnet(1, 50)
+    with pytest.raises(ConfigError, match='ResNetV1'):
+        afs_from_gluoncv(v1)
+    with pytest.raises(ConfigError, match='density'):
+        AFSResNetV1b(layers=[1, 1, 1, 1], density=0)
+
+
+def test_registered_models_and_taps(rng):
+    for name in ('afs_resnet50_v1b', 'afs_resnet101_v1b', 'afs_resnet_v1b'):
+        assert name in gt.list_models()
+    net = gt.get_model('afs_resnet_v1b', layers=[1, 1, 1, 1], classes=3, features=('stage2', 'stage4'))
+    net.initialize()
+    logits, feats = net(mx.nd.array(rng.rand(2, 3, 32, 32)))
+    assert logits.shape == (2, 3)
+    assert [f.shape for f in feats] == [(2, 512, 4, 4), (2, 2048, 1, 1)]
+    with pytest.raises(ConfigError, match='stage5'):
+        gt.get_model('afs_resnet_v1b', layers=[1, 1, 1, 1], features=('stage5',))

@@ -1,0 +1,118 @@
+"""Pruned export of AFS networks: equal outputs, reduced widths, plain ConvBN when no
+dynamic channel is left, symbol export and ``tools/export.py --prune``."""
+import json
+import os
+import sys
+import warnings
+
+import numpy as np
+import pytest
+import mxnet as mx
+
+from gluon_transfer.errors import ConfigError
+from gluon_transfer.export import export_symbol
+from gluon_transfer.macs import afs_macs, count_macs
+from gluon_transfer.models.afs_resnet import AFSResNetV1b, afs_gates
+from gluon_transfer.prune import prune_afs, verify_pruned
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _masked_net(density, rng, p_keep=0.6, p_dyn=0.5, gate_init='random'):
+    mx.random.seed(1)
+    net = AFSResNetV1b(layers=[1, 1, 1, 1], classes=10, density=density, gate_init=gate_init)
+    net.initialize(mx.init.Xavier())
+    net(mx.nd.zeros((1, 3, 32, 32)))
+    for name, p in net.collect_params().items():
+        if name.endswith('running_var'):
+            p.set_data(mx.nd.array(rng.uniform(0.5, 1.5, p.shape)))
+        elif name.endswith(('running_mean', 'beta')):
+            p.set_data(mx.nd.array(rng.uniform(-0.1, 0.3, p.shape)))
+    for _, _, _, gate, _, _ in afs_gates(net):
+        c = gate.channels
+        gate.mask_m.set_data(mx.nd.array(rng.rand(c) < p_keep))
+        gate.mask_s.set_data(mx.nd.array(rng.rand(c) < p_dyn))
+        gate.gamma.set_data(mx.nd.array(rng.uniform(0.2, 1.5, c)))
+    return net
+
+
+@pytest.mark.parametrize('density', [1.0, 0.6])
+def test_pruned_equals_gated(density, rng):
+    net = _masked_net(density, rng)
+    pruned = prune_afs(net)
+    x = mx.nd.array(rng.uniform(-1, 1, (4, 3, 32, 32)))
+    ref = net(x).asnumpy()
+    assert np.abs(ref).max() > 1e-2
+    np.testing.assert_allclose(pruned(x).asnumpy(), ref, rtol=1e-4, atol=1e-5)
+    net.hybridize()
+    pruned.hybridize()
+    np.testing.assert_allclose(pruned(x).asnumpy(), ref, rtol=1e-4, atol=1e-5)
+    # widths are the kept channel counts; conv3 keeps the residual width
+    for li in range(1, 5):
+        b, pb = getattr(net, 'layer%d' % li)[0], getattr(pruned, 'layer%d' % li)[0]
+        for k in (1, 2):
+            kept = int(getattr(b, 'gate%d' % k).mask_m.data().asnumpy().sum())
+            assert getattr(pb, 'conv%d' % k)._channels == kept
+        assert pb.conv3._channels == b.conv3._channels
+    # the pruned network costs what was removed (conv3 rows stay, dense layout)
+    mc = afs_macs(net, (1, 3, 32, 32))
+    assert count_macs(pruned, (1, 3, 32, 32))['total'] < mc['baseline']
+
+
+def test_all_static_gives_plain_network_and_exports(tmp_path, rng):
+    net = _masked_net(0.9, rng, p_dyn=0.0)
+    pruned = prune_afs(net)
+    assert all(pb.gate1 is None and pb.gate2 is None and pb.gate3 is None
+               for pb in (pruned.layer1[0], pruned.layer2[0], pruned.layer3[0], pruned.layer4[0]))
+    assert verify_pruned(net, pruned, (2, 3, 32, 32)) < 1e-4
+    res = export_symbol(pruned, str(tmp_path / 'pruned'), (2, 3, 32, 32))
+    with open(res['symbol']) as f:
+        ops = {n['op'] for n in json.load(f)['nodes']}
+    assert 'argsort' not in ops and 'FullyConnected' in ops       # only the classifier is dense
+    # no gate FC, all channels static: counted MACs = static accounting + kept conv3 rows
+    assert count_macs(pruned, (1, 3, 32, 32))['dense'] == 2048 * 10
+
+
+def test_disabled_gates_prune_nothing(rng):
+    net = AFSResNetV1b(layers=[1, 1, 1, 1], classes=10, gates=False)
+    net.initialize(mx.init.Xavier())
+    pruned = prune_afs(net)
+    assert pruned.layer2[0].conv1._channels == 128 and pruned.layer2[0].gate1 is None
+    assert verify_pruned(net, pruned, (2, 3, 32, 32)) < 1e-5
+
+
+def test_prune_rejects_plain_networks():
+    from gluoncv.model_zoo import resnet50_v1b
+    with pytest.raises(ConfigError, match='AFS network'):
+        prune_afs(resnet50_v1b())
+
+
+def test_export_tool_prune(tmp_path, rng, capsys):
+    net = _masked_net(1.0, rng)
+    params = str(tmp_path / 'afs.params')
+    net.save_parameters(params)
+    sys.path.insert(0, os.path.join(ROOT, 'tools'))
+    try:
+        import export as export_tool
+    finally:
+        sys.path.pop(0)
+    out = str(tmp_path / 'exp' / 'afs')
+    rc = export_tool.main(['--model', 'afs_resnet_v1b', '--kw', 'layers=[1,1,1,1]', '--kw', 'gate_init="random"',
+                           '--classes', '10', '--params', params, '--input-shape', '2,3,32,32', '--out', out,
+                           '--prune'])
+    text = capsys.readouterr().out
+    assert rc == 0, text
+    assert 'pruned network equals the gated one' in text
+    with open(out + '-pruned.json') as f:
+        cfg = json.load(f)['kwargs']
+    rebuilt = AFSResNetV1b(**cfg)
+    rebuilt.load_parameters(out + '-pruned.params')
+    x = mx.nd.array(rng.uniform(-1, 1, (2, 3, 32, 32)))
+    np.testing.assert_allclose(rebuilt(x).asnumpy(), net(x).asnumpy(), rtol=1e-4, atol=1e-5)
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')          # SymbolBlock.imports: "cannot decide type" of data
+        imported = mx.gluon.SymbolBlock.imports(out + '-symbol.json', ['data'], out + '-0000.params')
+    np.testing.assert_allclose(imported(x).asnumpy(), net(x).asnumpy(), rtol=1e-4, atol=1e-5)
+    rc = export_tool.main(['--model', 'resnet18_v1b', '--random-init', '--input-shape', '1,3,32,32', '--out', out,
+                           '--prune'])
+    assert rc == 2 and 'AFS network' in capsys.readouterr().err
