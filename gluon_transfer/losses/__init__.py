@@ -7,3 +7,5 @@ from .feature_distance import feature_map_penalty, feature_map_per_sample, Featu
 from .delta import delta_channel_weights, delta_penalty, delta_per_sample, DELTA  # noqa: F401
 from .transfer_common import bottleneck_taps, stage_end_taps  # noqa: F401
 from . import afd  # noqa: F401
+from .afa import (SpatialAttention, ChannelAttention, afa_ast_loss, afa_act_loss,  # noqa: F401
+                  afa_ast_per_sample, afa_act_per_sample, AFASpatial, AFAChannel)
