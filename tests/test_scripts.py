@@ -64,9 +64,17 @@ def metrics(save_dir):
 
 
 @pytest.mark.slow
-def test_train_cifar_end_to_end_and_resume(cifar_dir, tmp_path, capsys):
+def run_script(argv):
+    """train_cifar.py in a fresh process: exact-resume comparisons must not depend on what
+    earlier tests left in this interpreter (MXNet engine threads, global RNG state)."""
+    res = subprocess.run([sys.executable, os.path.join(ROOT, 'train_cifar.py')] + argv, capture_output=True,
+                         text=True, timeout=300)
+    return res.returncode, res.stdout, res.stderr
+
+
+def test_train_cifar_end_to_end_and_resume(cifar_dir, tmp_path):
     full = str(tmp_path / 'full')
-    rc, out, err = run_cli('cifar', cifar_args(cifar_dir, full), capsys)
+    rc, out, err = run_script(cifar_args(cifar_dir, full))
     assert rc == 0, err
     assert '[Epoch 2/2]' in out and 'val: top1=' in out and 'Speed:' in out
     m = metrics(full)
@@ -81,11 +89,11 @@ def test_train_cifar_end_to_end_and_resume(cifar_dir, tmp_path, capsys):
 
     part = str(tmp_path / 'part')
     # Stop after the first epoch's 6 iterations (48 images / 8), same 2-epoch schedule.
-    rc, _, err = run_cli('cifar', cifar_args(cifar_dir, part, '--max-iter', '6'), capsys)
+    rc, _, err = run_script(cifar_args(cifar_dir, part, '--max-iter', '6'))
     assert rc == 0, err
     assert [r['epoch'] for r in metrics(part)] == [1]
     # Resume with the full run's schedule: same final parameters as the uninterrupted run.
-    rc, out, err = run_cli('cifar', cifar_args(cifar_dir, part, '--resume', part), capsys)
+    rc, out, err = run_script(cifar_args(cifar_dir, part, '--resume', part))
     assert rc == 0, err
     assert 'resumed from' in out
     import mxnet as mx
