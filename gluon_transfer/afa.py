@@ -25,7 +25,6 @@ checked at start-up (channels and strides) with a one-line error.
 import logging
 import math
 import os
-import re
 
 import numpy as np
 import mxnet as mx
@@ -33,6 +32,7 @@ from mxnet import autograd, gluon
 
 from .engine.tasks import Task, cross_entropy, logits_of
 from .errors import CheckpointError, ConfigError
+from .losses.transfer_common import HEAD_NAMES, head_keys, stage_end_taps
 from .nn.taps_mobilenet import (conv_paths, is_mobilenetv2, mobilenetv2_taps, check_tap_shapes,
                                 MOBILENETV2_TAP_CHANNELS, MOBILENETV2_TAP_STRIDES)
 
@@ -40,7 +40,6 @@ __all__ = ['PRESETS', 'COMMON', 'preset_for', 'default_taps', 'resnet_stage_end_
            'tap_net', 'AFATransfer', 'build_target', 'stage2_source', 'holdout_split', 'stage_fit_config',
            'run_two_stage', 'HEAD_NAMES']
 
-HEAD_NAMES = ('fc', 'output', 'classifier')
 
 # Settings every shipped hocon shares (transfer-methods.md §4.3).
 COMMON = {'batch_size': 64, 'max_iter': 4500, 'momentum': 0.9, 'wd': 0.0, 'lr_decay': 0.1,
@@ -61,26 +60,15 @@ def preset_for(model):
     return PRESETS['mobilenetv2' if 'mobilenetv2' in name else 'resnet101']
 
 
-_STAGE = re.compile(r'^layer(\d+)$')
-
-
 def resnet_stage_end_taps(net):
     """The last direct ``Conv2D`` child of the last block of every ``layer<K>`` stage
-    (``conv3`` of a bottleneck, ``conv2`` of a basic block)."""
-    stages = sorted((int(m.group(1)), name) for name in net._children for m in [_STAGE.match(name)] if m)
-    taps = []
-    for _, sname in stages:
-        blocks = list(net._children[sname]._children.items())
-        if not blocks:
-            continue
-        bname, block = blocks[-1]
-        convs = [n for n, c in block._children.items() if isinstance(c, gluon.nn.Conv2D)]
-        if convs:
-            taps.append('%s.%s.%s' % (sname, bname, convs[-1]))
-    if not taps:
+    (``conv3`` of a bottleneck, ``conv2`` of a basic block): DELTA's taps
+    (:func:`gluon_transfer.losses.transfer_common.stage_end_taps`)."""
+    try:
+        return stage_end_taps(net)
+    except ConfigError:
         raise ConfigError('%s has neither layer1..layerN residual stages nor MobileNetV2 blocks: name the '
-                          'feature taps explicitly' % type(net).__name__)
-    return taps
+                          'feature taps explicitly' % type(net).__name__) from None
 
 
 def default_taps(net):
@@ -194,11 +182,7 @@ def _get_model(model, classes, model_kwargs):
 
 
 def _head_keys(net):
-    for h in HEAD_NAMES:
-        child = net._children.get(h)
-        if child is not None and child.collect_params():
-            return {'%s.%s' % (h, k) for k in child._collect_params_with_prefix()}
-    raise ConfigError('%s has no classifier child named %s' % (type(net).__name__, ' / '.join(HEAD_NAMES)))
+    return set(head_keys(net))
 
 
 def _finish(net, ctx, size=32):

@@ -20,12 +20,12 @@ tree: it counts the blocks in order and takes the last ``Conv2D`` of ``out`` of 
 5, 9, 13 and 17 (1-based), i.e. ``features.7.out.6``, ``features.11.out.6``,
 ``features.15.out.6``, ``features.19.out.6`` of ``mobilenetv2_1.0``.
 """
-import collections
 
 import mxnet as mx
 from mxnet import gluon
 
 from ..errors import ConfigError
+from ..losses.transfer_common import conv_paths  # noqa: F401  (re-exported)
 from ..registry import unknown_name_message
 
 __all__ = ['conv_paths', 'linear_bottlenecks', 'mobilenetv2_taps', 'is_mobilenetv2',
@@ -36,20 +36,6 @@ __all__ = ['conv_paths', 'linear_bottlenecks', 'mobilenetv2_taps', 'is_mobilenet
 TORCHVISION_MOBILENETV2_BLOCKS = (5, 9, 13, 17)
 MOBILENETV2_TAP_CHANNELS = (32, 64, 96, 320)       # width multiplier 1.0
 MOBILENETV2_TAP_STRIDES = (8, 16, 16, 32)
-
-
-def conv_paths(net):
-    """``OrderedDict`` structural path -> ``Conv2D`` block, in registration order."""
-    out = collections.OrderedDict()
-
-    def walk(block, path):
-        for name, child in block._children.items():
-            p = path + name
-            if isinstance(child, gluon.nn.Conv2D):
-                out[p] = child
-            walk(child, p + '.')
-    walk(net, '')
-    return out
 
 
 def _is_linear_bottleneck(block):
