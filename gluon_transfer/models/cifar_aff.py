@@ -103,13 +103,7 @@ class CIFARAFFResNet(TapMixin, HybridBlock):
             self.output = nn.Dense(classes, in_units=in_ch)
 
     def hybrid_forward(self, F, x):
-        taps = {}
-        for i in range(len(self.features)):
-            x = self.features[i](x)
-            name = self._stage_index.get(i)
-            if name is not None and self._want(name):
-                taps[name] = x
-        return self._tap_output(self.output(x), taps)
+        return self._forward_features(x)
 
 
 class CIFARAFFResNeXt(TapMixin, HybridBlock):
@@ -165,13 +159,7 @@ class CIFARAFFResNeXt(TapMixin, HybridBlock):
             self.output = nn.Dense(classes, in_units=in_ch)
 
     def hybrid_forward(self, F, x):
-        taps = {}
-        for i in range(len(self.features)):
-            x = self.features[i](x)
-            name = self._stage_index.get(i)
-            if name is not None and self._want(name):
-                taps[name] = x
-        return self._tap_output(self.output(x), taps)
+        return self._forward_features(x)
 
 
 def cifar_aff_resnet(blocks=5, channel_times=4, fusion='aff', start_layer=1, classes=10, features=(), **kwargs):

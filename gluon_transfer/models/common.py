@@ -45,6 +45,17 @@ class TapMixin:
             return logits
         return logits, [taps[name] for name in self.features_requested]
 
+    def _forward_features(self, x):
+        """Run ``self.features`` in order, then ``self.output``; collect the requested taps
+        at the children named in ``self._stage_index`` (position -> tap name)."""
+        taps = {}
+        for i in range(len(self.features)):
+            x = self.features[i](x)
+            name = self._stage_index.get(i)
+            if name is not None and self._want(name):
+                taps[name] = x
+        return self._tap_output(self.output(x), taps)
+
 
 def rebuild_without_taps(net):
     """A twin of ``net`` built with ``features=()`` and sharing no parameters, holding a copy

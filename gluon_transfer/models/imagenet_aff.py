@@ -284,13 +284,7 @@ class AFFResNeXt(TapMixin, HybridBlock):
             self.output = nn.Dense(classes, in_units=in_ch)
 
     def hybrid_forward(self, F, x):
-        taps = {}
-        for i in range(len(self.features)):
-            x = self.features[i](x)
-            name = self._stage_index.get(i)
-            if name is not None and self._want(name):
-                taps[name] = x
-        return self._tap_output(self.output(x), taps)
+        return self._forward_features(x)
 
 
 def aff_resnet(num_layers=50, fusion='aff', start_layer=3, classes=1000, last_gamma=False, features=(), **kwargs):
