@@ -37,6 +37,10 @@ __all__ = ['resolve_args', 'FineTune', 'load_source', 'build_target', 'main', 'D
 
 DEFAULT_ITERS = 4500
 
+# Regularizer-specific options passed through by name when the parser defines them
+# (``--afd-norm`` -> ``afd_norm``...); a regularizer ignores the ones it does not take.
+REG_OPTION_NAMES = ('afd_norm', 'afd_predictor')
+
 
 def _preset_for(name):
     from .data.datasets import PRESETS
@@ -222,8 +226,12 @@ class FineTune:
         if args.reg == 'delta' and channel_weights is None and args.data_dir and not args.print_param_groups:
             from .losses.delta import default_channel_weights_path
             channel_weights = default_channel_weights_path(args.data_dir, args.model)
+        # Every regularizer takes what it needs from these keywords and ignores the rest.
+        extra = {k: getattr(args, k) for k in REG_OPTION_NAMES if getattr(args, k, None) is not None}
         return args.reg_class(alpha=args.alpha, beta=args.beta, variant=args.l2sp_variant,
-                              rates=args.l2sp_rates, batch_size=batch_size, channel_weights=channel_weights)
+                              rates=args.l2sp_rates, batch_size=batch_size, channel_weights=channel_weights,
+                              model=args.model, seed=args.seed, input_size=args.input_size, taps=args.taps,
+                              **extra)
 
     def plan(self, args, net):
         from .param_groups import plan

@@ -356,10 +356,44 @@ class Transfer(Task):
         self._target = None
         self._source = None
 
+    def blocks(self):
+        """The regularizers' trainable modules (AFD predictors, AFA attention), merged;
+        two regularizers may not use the same name."""
+        out = {}
+        for r in self.regs:
+            for name, block in (r.blocks() if hasattr(r, 'blocks') else {}).items():
+                if name in out:
+                    raise ValueError('two regularizers both name a trainable module %r' % name)
+                out[name] = block
+        return out
+
+    def default_taps(self, net):
+        """``--taps`` if given, else the first regularizer's own ``default_taps(net)``
+        (AFA: MobileNetV2 projections), else the stage-end convolutions."""
+        from ..losses.transfer_common import stage_end_taps
+        if self.taps:
+            return list(self.taps)
+        for r in self.regs:
+            if hasattr(r, 'default_taps'):
+                return list(r.default_taps(net))
+        return stage_end_taps(net)
+
     def setup(self, net, ctx):
-        from ..losses.transfer_common import bottleneck_taps, stage_end_taps
+        from ..losses.transfer_common import bottleneck_taps
         if self.needs_features:
-            names = list(self.taps) if self.taps else stage_end_taps(net)
+            names = self.default_taps(net)
+            self.taps = names
+            if any(hasattr(r, 'set_feature_shapes') for r in self.regs):
+                # Regularizers with trainable modules size them from the tapped maps at the
+                # training crop; both networks must agree (same architecture).
+                from ..nn.taps_mobilenet import tap_shapes
+                shapes = tap_shapes(net, names, self.crop)
+                src_shapes = tap_shapes(self.source, names, self.crop)
+                if shapes != src_shapes:
+                    raise ValueError('source and target taps differ in shape: %s vs %s' % (src_shapes, shapes))
+                for r in self.regs:
+                    if hasattr(r, 'set_feature_shapes'):
+                        r.set_feature_shapes(shapes)
             self._target = bottleneck_taps(net, names, with_logits=True)
             self._target.hybridize(static_alloc=True, static_shape=True)
             src_params = self.source.collect_params()

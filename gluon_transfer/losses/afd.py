@@ -205,6 +205,10 @@ class AFD:
             self.predictors.collect_params().setattr('grad_req', 'null')
         return self
 
+    def set_feature_shapes(self, shapes):
+        """The transfer task's hook (:meth:`Transfer.setup`): same as :meth:`set_shapes`."""
+        return self.set_shapes(shapes)
+
     def set_channels(self, channels):
         self.channels = [int(c) for c in channels]
         if self.predictors is not None and [s[0] for s in self.predictors.shapes] != self.channels:
