@@ -35,32 +35,22 @@ with warnings.catch_warnings():
     import numpy as np
     import mxnet as mx
     from mxnet import autograd, gluon
-    from gluon_transfer import afa
-    from gluon_transfer.engine.tasks import Classify
-    from gluon_transfer.losses.afa import AFASpatial, AFAChannel
+    from gluon_transfer import afa, losses  # noqa: F401  (registers the regularizers)
+    from gluon_transfer.engine.tasks import Classify, Transfer
+    from gluon_transfer.finetune import build_target
+    from gluon_transfer.losses.transfer_common import bottleneck_taps
+    from gluon_transfer.registry import REGULARIZERS
     from gluon_transfer.zoo import get_model
 
 
-class FeatureDistance:
-    """``alpha * sum_l 0.5 ||t_l - s_l||^2`` per sample (AFA's ``fea_map`` baseline), with the
-    regularizer interface :class:`gluon_transfer.afa.AFATransfer` expects."""
-    name = 'fea_map'
-
-    def __init__(self, alpha=0.1):
-        self.alpha = alpha
-
-    def set_feature_shapes(self, shapes):
-        pass
-
-    def blocks(self):
-        return {}
-
-    def setup(self, net, ctx, source_weights=None):
-        pass
-
-    def terms(self, ctx, n, feats_t, feats_s):
-        parts = [0.5 * mx.nd.sum(mx.nd.square(t - s)) for t, s in zip(feats_t, feats_s)]
-        return [(self.name, mx.nd.add_n(*parts).reshape((1,)) * self.alpha)]
+def make_reg(name, bs):
+    """A registered regularizer bound to no parameter rows (the feature terms only, no
+    classifier term), so the configurations differ by their feature terms alone."""
+    reg = REGULARIZERS.get(name)(batch_size=bs)
+    if name == 'fea_map':
+        reg.alpha = 0.1 / bs          # per-sample scale of AFA's (the bench measures time, not values)
+    reg.bind([])
+    return reg
 
 
 def best_times(fns, warmup, iters):
@@ -94,7 +84,8 @@ def main(argv=None):
     mx.random.seed(0)
     source = get_model(args.model, classes=1000)
     source.initialize(mx.init.Xavier(), ctx=ctx)
-    net = afa.build_target(source, args.model, 100, ctx)
+    source(mx.nd.zeros((1, 3, 32, 32)))          # shapes known before copying
+    net = build_target(args.model, 100, ctx, source)
     x = mx.nd.random.uniform(-1, 1, shape=(bs, 3, size, size))
     y = mx.nd.array(np.arange(bs) % 100)
 
@@ -114,15 +105,15 @@ def main(argv=None):
         return step
 
     net.hybridize(static_alloc=True, static_shape=True)
-    src_taps = afa.tap_net(source, afa.default_taps(source), with_logits=False)
+    src_taps = bottleneck_taps(source, afa.default_taps(source), with_logits=False)
     src_taps.hybridize(static_alloc=True, static_shape=True)
 
     def infer():
         with autograd.pause():
             src_taps(x)
     fns = {'ce': step_fn(Classify()), 'source': infer}
-    for name, reg in (('fea_map', FeatureDistance()), ('afa-ast', AFASpatial()), ('afa-act', AFAChannel())):
-        fns[name] = step_fn(afa.AFATransfer(reg, source, input_size=size))
+    for name in ('fea_map', 'afa-ast', 'afa-act'):
+        fns[name] = step_fn(Transfer([make_reg(name, bs)], source, crop=size))
     results = best_times(fns, args.warmup, args.iters)
 
     # The regularizer terms alone (forward + backward on fixed maps of the taps' shapes):
@@ -133,8 +124,10 @@ def main(argv=None):
     for t in t_maps:
         t.attach_grad()
 
-    def term_fn(reg):
-        reg.set_feature_shapes(shapes)
+    def term_fn(name):
+        reg = make_reg(name, bs)
+        if hasattr(reg, 'set_feature_shapes'):
+            reg.set_feature_shapes(shapes)
         reg.setup(net, ctx)
 
         def run():
@@ -143,8 +136,7 @@ def main(argv=None):
                 total = mx.nd.add_n(*parts) if len(parts) > 1 else parts[0]
             total.backward()
         return run
-    terms_only = best_times({'fea_map': term_fn(FeatureDistance()), 'afa-ast': term_fn(AFASpatial()),
-                             'afa-act': term_fn(AFAChannel())}, args.warmup, 3 * args.iters)
+    terms_only = best_times({k: term_fn(k) for k in ('fea_map', 'afa-ast', 'afa-act')}, args.warmup, 3 * args.iters)
     report = {'model': args.model, 'batch_size': bs, 'input_size': size, 'iters': args.iters,
               'seconds_per_step': results,
               'images_per_sec': {k: bs / v for k, v in results.items()},

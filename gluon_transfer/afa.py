@@ -1,5 +1,7 @@
 """AFA in two stages (Xie et al., Neural Networks 2021; transfer-methods.md §4.2-4.3):
-reference presets, feature taps, the stage-2 source, and a two-stage driver on the Engine.
+reference presets, feature taps, the stage-2 source, and the ``--afa-two-stage`` driver.
+The losses are :mod:`gluon_transfer.losses.afa`; training is ``train_transfer.py`` (the
+generic :class:`~gluon_transfer.engine.tasks.Transfer` task, :mod:`gluon_transfer.finetune`).
 
 * **Stage 1** (``--reg afa-ast``): source = the ImageNet network (frozen, inference mode);
   target = the same weights with a new classifier; the target and the spatial attention
@@ -14,7 +16,15 @@ SGD momentum 0.9, weight decay 0, one x0.1 step at 0.67 of training, beta 0.01, 
 ResNet-101 lr 0.01 / 0.001 and alpha 0.1 / 0.15 (stage 1 / stage 2), MobileNetV2 lr 0.01 /
 0.001 and alpha 0.09 / 0.04. The reference steps its schedule per epoch
 (``int(0.67 * num_epochs)`` with ``num_epochs = round(max_iter * batch / N_train)``); here
-the step is per iteration at ``round(0.67 * iterations)``.
+the step is per iteration at ``round(0.67 * iterations)``. ``train_transfer.py`` applies
+the stage's lr and alpha for ``--model`` unless ``--lr`` / ``--alpha`` are given, and logs
+what it applied; batch 64 and 4500 iterations are the script's defaults anyway (the
+presets' seeds 1/2/5 are not applied: ``--seed`` decides).
+
+Stage 2 needs a stage-1 network: ``--reg afa-act`` without ``--init-from`` is an error (the
+reference's stage-2 configs have ``pre_trained_path`` to fill; aligning to the ImageNet
+network with channel attention is not one of its stages). ``--init-from`` is only for
+``afa-act`` and replaces ``--source-params``.
 
 Taps (:func:`default_taps`): ResNet-v1b -- the last convolution of the last block of each
 ``layerK`` stage (raw output, before BN and the residual add: ``layer1.2.conv3``,
@@ -22,33 +32,30 @@ Taps (:func:`default_taps`): ResNet-v1b -- the last convolution of the last bloc
 MobileNetV2 -- :func:`gluon_transfer.nn.taps_mobilenet.mobilenetv2_taps`. Shapes are
 checked at start-up (channels and strides) with a one-line error.
 """
+import copy
+import glob
 import logging
-import math
 import os
 
 import numpy as np
-import mxnet as mx
-from mxnet import autograd, gluon
 
-from .engine.tasks import Task, cross_entropy, logits_of
 from .errors import CheckpointError, ConfigError
-from .losses.transfer_common import HEAD_NAMES, head_keys, stage_end_taps
+from .losses.transfer_common import head_keys, stage_end_taps
 from .nn.taps_mobilenet import (conv_paths, is_mobilenetv2, mobilenetv2_taps, check_tap_shapes,
                                 MOBILENETV2_TAP_CHANNELS, MOBILENETV2_TAP_STRIDES)
 
 __all__ = ['PRESETS', 'COMMON', 'preset_for', 'default_taps', 'resnet_stage_end_taps', 'check_taps',
-           'tap_net', 'AFATransfer', 'build_target', 'stage2_source', 'holdout_split', 'stage_fit_config',
-           'run_two_stage', 'HEAD_NAMES']
+           'stage2_source', 'holdout_split', 'run_two_stage']
 
 
 # Settings every shipped hocon shares (transfer-methods.md §4.3).
 COMMON = {'batch_size': 64, 'max_iter': 4500, 'momentum': 0.9, 'wd': 0.0, 'lr_decay': 0.1,
           'decay_at': 0.67, 'beta': 0.01, 'input_size': 224}
 PRESETS = {
-    'resnet101': {'ast': dict(COMMON, lr=0.01, alpha=0.1, seed=1),
-                  'act': dict(COMMON, lr=0.001, alpha=0.15, seed=2)},
-    'mobilenetv2': {'ast': dict(COMMON, lr=0.01, alpha=0.09, seed=1),
-                    'act': dict(COMMON, lr=0.001, alpha=0.04, seed=5)},
+    'resnet101': {'ast': dict(COMMON, name='ResNet-101', lr=0.01, alpha=0.1, seed=1),
+                  'act': dict(COMMON, name='ResNet-101', lr=0.001, alpha=0.15, seed=2)},
+    'mobilenetv2': {'ast': dict(COMMON, name='MobileNetV2', lr=0.01, alpha=0.09, seed=1),
+                    'act': dict(COMMON, name='MobileNetV2', lr=0.001, alpha=0.04, seed=5)},
 }
 
 
@@ -94,139 +101,20 @@ def check_taps(net, taps, input_size):
     return shapes
 
 
-def tap_net(net, taps, with_logits=True):
-    """``net`` seen through its symbol, returning ``[logits] + maps`` (or the maps only),
-    sharing ``net``'s Parameter objects (so training it trains ``net``). Taps are
-    structural Conv2D paths; each map is the convolution's raw output."""
-    convs = conv_paths(net)
-    half = any(p.dtype is not None and np.dtype(p.dtype) == np.float16 for p in net.collect_params().values())
-    # A typed input lets SymbolBlock infer every parameter's dtype (no "cannot decide type" warning).
-    data = mx.sym.var('data', dtype='float16' if half else 'float32')
-    out = net(data)
-    out = out[0] if isinstance(out, (list, tuple)) else out
-    internals = out.get_internals()
-    maps = [internals[convs[t].prefix + 'fwd_output'] for t in taps]
-    outputs = ([out] if with_logits else []) + maps
-    return gluon.SymbolBlock(mx.sym.Group(outputs), data, params=net.collect_params())
-
-
-class AFATransfer(Task):
-    """Fine-tuning with one AFA regularizer (``afa-ast`` / ``afa-act``) from a frozen source.
-
-    ``total = sum_i CE_i + alpha * sum_i omega_i + n * beta * 0.5 ||fc||^2`` per slice (see
-    :mod:`gluon_transfer.losses.afa`). The source runs under ``autograd.pause()`` in
-    inference mode with ``grad_req='null'`` (never trained, never handed to the trainer);
-    the target runs through a tapped view of itself sharing its parameters. At setup the
-    tap shapes at ``input_size`` are checked and the regularizer builds its attention
-    modules; :meth:`blocks` hands them to the trainer (trained, checkpointed, not exported).
-    """
-    name = 'afa'
-
-    def __init__(self, regularizer, source, taps=None, input_size=224, hybridize=True):
-        self.reg = regularizer
-        self.source = source
-        self.taps = list(taps) if taps else None
-        self.input_size = int(input_size)
-        self.hybridize = hybridize
-        self._target = self._source = None
-
-    def blocks(self):
-        return self.reg.blocks()
-
-    def setup(self, net, ctx):
-        taps = self.taps or default_taps(net)
-        shapes = check_taps(net, taps, self.input_size)
-        src_shapes = check_tap_shapes(self.source, taps, self.input_size)
-        if src_shapes != shapes:
-            raise ConfigError('source and target taps differ: %s vs %s' % (src_shapes, shapes))
-        self.taps = taps
-        self._target = tap_net(net, taps, with_logits=True)
-        params = self.source.collect_params()
-        params.setattr('grad_req', 'null')
-        params.reset_ctx(list(ctx))
-        if any(p.dtype is not None and np.dtype(p.dtype) == np.float16 for p in net.collect_params().values()):
-            self.source.cast('float16')      # it reads the same (float16) input batches
-        self._source = tap_net(self.source, taps, with_logits=False)
-        if self.hybridize:
-            self._target.hybridize(static_alloc=True, static_shape=True)
-            self._source.hybridize(static_alloc=True, static_shape=True)
-        self.reg.set_feature_shapes(shapes)
-        self.reg.setup(net, list(ctx))
-
-    def features(self, data):
-        """``(logits, target maps, source maps)`` for ``data`` (source maps not recorded)."""
-        out = self._target(data)
-        with autograd.pause():
-            feats_s = list(self._source(data))
-        return out[0], list(out[1:]), feats_s
-
-    def loss(self, net, data, target, label):
-        logits, feats_t, feats_s = self.features(data)
-        ce = cross_entropy(logits, target)
-        n = data.shape[0]
-        total = ce.sum()
-        terms = {'ce': ce.mean()}
-        for name, contrib in self.reg.terms(data.context, n, feats_t, feats_s):
-            total = total + contrib.reshape(total.shape)
-            terms[name] = contrib / n
-        return total, logits, terms
-
-    def predict(self, net, data):
-        return logits_of(net(data))
-
-
-# ------------------------------------------------------------------ networks
-def _get_model(model, classes, model_kwargs):
-    from .zoo import get_model
-    return get_model(model, classes=classes, **dict(model_kwargs or {}))
-
-
-def _head_keys(net):
-    return set(head_keys(net))
-
-
-def _finish(net, ctx, size=32):
-    with autograd.predict_mode():
-        net(mx.nd.zeros((1, 3, size, size), ctx=ctx[0]))
-
-
-def build_target(source, model, classes, ctx, model_kwargs=None, init=None, seed=0):
-    """Stage-1 target: a ``classes``-way ``model`` whose non-classifier parameters are
-    copies of ``source``'s (keys and shapes checked); the classifier is freshly initialised."""
-    ctx = list(ctx) if isinstance(ctx, (list, tuple)) else [ctx]
-    net = _get_model(model, classes, model_kwargs)
-    mx.random.seed(seed)
-    net.initialize(init or mx.init.Xavier(), ctx=ctx)
-    _finish(net, ctx)
-    head = _head_keys(net)
-    if any(p._deferred_init for p in source.collect_params().values()):
-        _finish(source, list(source.collect_params().values())[0]._deferred_init[1])
-    src = source._collect_params_with_prefix()
-    for key, p in net._collect_params_with_prefix().items():
-        if key in head:
-            continue
-        if key not in src:
-            raise CheckpointError('source network lacks %r of the target %s' % (key, model))
-        arr = src[key].data(src[key].list_ctx()[0])
-        if tuple(arr.shape) != tuple(p.shape):
-            raise CheckpointError('source %r has shape %s but the target %s' % (key, arr.shape, p.shape))
-        p.set_data(arr)
-    return net
-
-
 def stage2_source(stage1_params, model, classes, ctx=None, model_kwargs=None):
     """The frozen stage-2 source: ``model`` with every non-classifier parameter from the
     stage-1 file ``stage1_params`` (all present, shapes checked -- a CheckpointError names
     the first bad key), ``grad_req='null'``. Its classifier is not loaded (left at zero):
     only the tapped features are used, as in the reference (``load all but fc``)."""
+    import mxnet as mx
+    from .finetune import build_target, _finish_shapes
     from .weights import read_params
     ctx = list(ctx) if isinstance(ctx, (list, tuple)) else [ctx or mx.cpu()]
     if not os.path.isfile(stage1_params):
         raise CheckpointError('stage-1 params not found: %s' % stage1_params)
-    net = _get_model(model, classes, model_kwargs)
-    net.initialize(mx.init.Zero(), ctx=ctx)
-    _finish(net, ctx)
-    head = _head_keys(net)
+    net = build_target(model, classes, ctx, init=mx.init.Zero(), model_kwargs=model_kwargs)
+    _finish_shapes(net, ctx, 32)
+    head = set(head_keys(net))
     arrays = read_params(stage1_params)
     name = os.path.basename(stage1_params)
     for key, p in net._collect_params_with_prefix().items():
@@ -269,91 +157,76 @@ def holdout_split(rec, fraction, out_dir, seed=0, idx=None):
 
 
 # ------------------------------------------------------------------ driver
-def stage_fit_config(settings, iters_per_epoch, max_iter=None, **overrides):
-    """A :class:`~gluon_transfer.engine.trainer.FitConfig` for one stage: SGD with the
-    preset's lr/momentum/wd, ``max_iter`` iterations (default the preset's 4500) and one
-    x0.1 step at ``round(0.67 * max_iter)``."""
-    from .engine.trainer import FitConfig
-    total = int(max_iter or settings['max_iter'])
-    epochs = int(math.ceil(total / float(iters_per_epoch)))
-    decay = int(round(settings['decay_at'] * total)) / float(iters_per_epoch)
-    cfg = dict(num_epochs=epochs, max_iters=total, optimizer='sgd', lr=settings['lr'],
-               momentum=settings['momentum'], wd=settings['wd'], lr_mode='step', lr_decay=settings['lr_decay'],
-               lr_decay_epochs=(decay,), seed=settings.get('seed', 0))
-    cfg.update(overrides)
-    return FitConfig(**cfg)
-
-
 def _best_params(save_dir):
-    import glob
     found = sorted(glob.glob(os.path.join(save_dir, '*-best.params')))
     if not found:
-        raise CheckpointError('no best checkpoint in %s (was a holdout split evaluated?)' % save_dir)
+        raise CheckpointError('no best checkpoint in %s (was the holdout split evaluated?)' % save_dir)
     return found[-1]
 
 
-def run_two_stage(model, source, train, holdout, num_classes, ctx, save_dir, max_iter=None, taps=None,
-                  input_size=None, model_kwargs=None, val=None, settings=None, fit_overrides=None, log=None):
-    """Run AFA's two stages through the Engine and return a dict with the stage histories,
-    the best stage-1 params path (chosen by top-1 on ``holdout``), and the final stage-2
-    network (``net``) and its frozen source (``stage2_source``).
+def _train_rec(args):
+    if args.rec_train:
+        return args.rec_train, args.rec_train_idx
+    from .data.datasets import get_preset, resolve_data_dir
+    from .finetune import _preset_for
+    preset = get_preset(_preset_for(args.dataset))
+    data_dir = args.data_dir or preset.default_dir
+    if not data_dir:
+        raise ConfigError('--afa-two-stage needs --data-dir or --rec-train (its training records are split)')
+    source, rec, _ = resolve_data_dir(preset, data_dir)
+    if source != 'recordio':
+        raise ConfigError('--afa-two-stage splits a RecordIO training set; %s holds %s data' % (data_dir, source))
+    return rec, None
 
-    ``source``: the ImageNet network (any classifier size; frozen); ``train``: training
-    iterator (without the holdout records, e.g. from :func:`holdout_split`); ``holdout``:
-    iterator over the held-out training records (model selection for BOTH stages: the
-    stage-2 result kept is the best on it too); ``val``: optional test iterator evaluated
-    once with the final best stage-2 network. ``settings``: ``{'ast': {...}, 'act': {...}}``
-    overriding :func:`preset_for`; ``fit_overrides``: extra FitConfig fields for both
-    stages (e.g. ``mode='imperative'``, ``log_interval``)."""
-    from .engine.checkpoint import CheckpointManager
-    from .engine.trainer import Engine
-    from .losses.afa import AFASpatial, AFAChannel
+
+def run_two_stage(args, run_stage, log=None):
+    """``train_transfer.py --afa-two-stage``: both AFA stages, each a full
+    ``train_transfer.py`` run (``run_stage(stage_args) -> Engine``), model selection on a
+    held-out part of the TRAINING data (never the val/test split):
+
+    1. ``holdout_split``: the seeded class-balanced fraction ``--afa-holdout`` of the
+       training records is held out (files under ``SAVE_DIR/holdout``);
+    2. stage 1 (``--reg afa-ast``, ``SAVE_DIR/stage1_ast``): from ``--source-params``,
+       trained on the rest, evaluated on the holdout after every epoch; the best
+       holdout-top-1 checkpoint is kept;
+    3. stage 2 (``--reg afa-act --init-from <best stage 1>``, ``SAVE_DIR/stage2_act``):
+       same split, best holdout checkpoint kept;
+    4. the best stage-2 network is evaluated once on the val split (``--data-dir``'s
+       val, or ``--rec-val``).
+
+    Each stage gets its reference preset (lr, alpha) unless ``--lr``/``--alpha`` are given
+    (then both stages use them). Returns ``{'stage1_best', 'stage2_best', 'holdout', 'test',
+    'engines'}``."""
     log = log or logging.getLogger('gluon_transfer')
-    ctx = list(ctx) if isinstance(ctx, (list, tuple)) else [ctx]
-    ref = preset_for(model)
-    settings = {k: dict(ref[k], **((settings or {}).get(k, {}))) for k in ('ast', 'act')}
-    size = int(input_size or settings['ast']['input_size'])
-    run_info = {'model': model, 'method': 'afa'}
-    result = {}
-
-    # Stage 1: ImageNet source, new classifier, spatial attention.
-    s1 = settings['ast']
-    net1 = build_target(source, model, num_classes, ctx, model_kwargs, seed=s1.get('seed', 0))
-    reg1 = AFASpatial(alpha=s1['alpha'], beta=s1['beta'], seed=s1.get('seed', 0))
-    task1 = AFATransfer(reg1, source, taps=taps, input_size=size)
-    dir1 = os.path.join(save_dir, 'stage1_ast')
-    cfg1 = stage_fit_config(s1, len(train), max_iter, **dict(fit_overrides or {}))
-    eng1 = Engine(net1, task1, ctx, cfg1, train, holdout, num_classes,
-                  checkpoint=CheckpointManager(dir1, model + '-afa-ast'), logger=log,
-                  metrics_path=os.path.join(dir1, 'metrics.jsonl'), run_info=run_info)
-    result['stage1_history'] = eng1.fit()
-    best1 = _best_params(dir1)
-    result['stage1_best'] = best1
-    log.info('AFA stage 1 done: best holdout top-1 %.4f (%s)', eng1.best_top1, best1)
-
-    # Stage 2: the best stage-1 network initialises the target and is the frozen source.
-    s2 = settings['act']
+    if getattr(args, 'init_from', None):
+        raise ConfigError('--afa-two-stage trains stage 1 itself: drop --init-from')
+    if not (args.source_params or args.source_pretrained):
+        raise ConfigError('--afa-two-stage needs the ImageNet source: --source-params FILE or --source-pretrained')
+    if args.resume:
+        raise ConfigError('--afa-two-stage cannot --resume; resume a stage with its own command '
+                          '(the stage directories hold the usual checkpoints)')
+    rec, idx = _train_rec(args)
+    base = copy.deepcopy(args)
+    tr, ho = holdout_split(rec, args.afa_holdout, os.path.join(args.save_dir, 'holdout'), seed=args.seed, idx=idx)
+    common = dict(rec_train=tr, rec_train_idx=None, rec_val=ho, rec_val_idx=None, afa_two_stage=False)
+    s1 = copy.deepcopy(base)
+    vars(s1).update(common, reg='afa-ast', save_dir=os.path.join(args.save_dir, 'stage1_ast'))
+    eng1 = run_stage(s1)
+    best1 = _best_params(s1.save_dir)
+    s2 = copy.deepcopy(base)
+    vars(s2).update(common, reg='afa-act', init_from=best1, source_params=None, source_pretrained=False,
+                    save_dir=os.path.join(args.save_dir, 'stage2_act'))
+    eng2 = run_stage(s2)
+    best2 = _best_params(s2.save_dir)
+    from .data import build_data
+    from .finetune import _preset_for
     from .weights import load_params
-    net2 = _get_model(model, num_classes, model_kwargs)
-    net2.initialize(ctx=ctx)
-    _finish(net2, ctx)
-    load_params(net2, best1, ctx=ctx)
-    src2 = stage2_source(best1, model, num_classes, ctx, model_kwargs)
-    reg2 = AFAChannel(alpha=s2['alpha'], beta=s2['beta'], seed=s2.get('seed', 0))
-    task2 = AFATransfer(reg2, src2, taps=task1.taps, input_size=size)
-    dir2 = os.path.join(save_dir, 'stage2_act')
-    cfg2 = stage_fit_config(s2, len(train), max_iter, **dict(fit_overrides or {}))
-    eng2 = Engine(net2, task2, ctx, cfg2, train, holdout, num_classes,
-                  checkpoint=CheckpointManager(dir2, model + '-afa-act'), logger=log,
-                  metrics_path=os.path.join(dir2, 'metrics.jsonl'), run_info=run_info)
-    result['stage2_history'] = eng2.fit()
-    best2 = _best_params(dir2)
-    result['stage2_best'] = best2
-    result['stage2_source'] = src2
-    load_params(net2, best2, ctx=ctx)
-    result['net'] = net2
-    if val is not None:
-        result['test'] = eng2.evaluate(val)
-        log.info('AFA stage 2 best (holdout top-1 %.4f) on the test split: top-1 %.4f',
-                 eng2.best_top1, result['test']['top1'])
-    return result
+    load_params(eng2.net, best2, ctx=eng2.ctx)
+    val = build_data(_preset_for(base.dataset), data_dir=base.data_dir, rec_val=base.rec_val, rec_val_idx=base.rec_val_idx,
+                     batch_size=base.batch_size * len(eng2.ctx), num_workers=base.num_workers,
+                     input_size=base.input_size, crop_ratio=base.crop_ratio, with_train=False).val
+    test = eng2.evaluate(val)
+    log.info('AFA two stages: best stage 1 %s (holdout top-1 %.4f), best stage 2 %s (holdout top-1 %.4f); '
+             'val top-1 %.4f, mean per-class %.4f', best1, eng1.best_top1, best2, eng2.best_top1, test['top1'],
+             test.get('mean_class_acc', float('nan')))
+    return {'stage1_best': best1, 'stage2_best': best2, 'holdout': ho, 'test': test, 'engines': (eng1, eng2)}

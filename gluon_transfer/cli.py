@@ -459,9 +459,11 @@ def _name_list(text):
 def add_transfer_args(parser, preset):
     """Options of train_transfer.py (fine-tuning from a source network with DELTA, L2-SP,
     feature-map distance or plain L2, and non-binary layer-wise settings)."""
-    parser.set_defaults(max_iter=None)
+    parser.set_defaults(max_iter=None, lr=None)     # lr None: 0.01, or the AFA stage's preset
     for action in parser._actions:
-        if action.dest == 'max_iter':
+        if action.dest == 'lr':
+            action.help = 'base learning rate (default 0.01; afa-ast/afa-act: the AFA preset, 0.01/0.001)'
+        elif action.dest == 'max_iter':
             action.help = 'iterations to train (default 4500 unless --num-epochs is given)'
         elif action.dest == 'num_epochs':
             action.help = 'epochs to train (0: enough epochs for --max-iter)'
@@ -474,10 +476,20 @@ def add_transfer_args(parser, preset):
     g.add_argument('--source-pretrained', action='store_true',
                    help="use GluonCV's pretrained file for --model already in $MXNET_HOME/models (never downloads)")
     g.add_argument('--reg', default='l2',
-                   help='regularizer: l2 (weight decay only), l2sp, delta, fea_map (gluon_transfer.registry.REGULARIZERS)')
+                   help='regularizer: l2 (weight decay only), l2sp, delta, fea_map, afa-ast (AFA stage 1), '
+                        'afa-act (AFA stage 2, with --init-from) (gluon_transfer.registry.REGULARIZERS)')
     g.add_argument('--alpha', type=float, default=None,
                    help='feature / L2-SP weight (default: delta 0.01 (0.1 for Stanford Dogs), fea_map 0.01, '
-                        'l2sp official 0.1, all 0.01, nonbinary 0.004)')
+                        'l2sp official 0.1, all 0.01, nonbinary 0.004; afa-ast 0.1 (MobileNetV2 0.09), afa-act '
+                        '0.15 (MobileNetV2 0.04))')
+    g.add_argument('--init-from', default=None, metavar='STAGE1.params',
+                   help='AFA stage 2 (--reg afa-act): the stage-1 network initialises the target (all weights) and, '
+                        'without its classifier, is the frozen source (replaces --source-params)')
+    g.add_argument('--afa-two-stage', action='store_true',
+                   help='run AFA stage 1 (afa-ast) then stage 2 (afa-act --init-from the best stage 1), choosing '
+                        'each best checkpoint on --afa-holdout of the training data; then evaluate on val')
+    g.add_argument('--afa-holdout', type=float, default=0.1, metavar='F',
+                   help='--afa-two-stage: class-balanced fraction of the training records held out for model selection')
     g.add_argument('--beta', type=float, default=None,
                    help='weight of 0.5*||new params||^2 (default 0.01; l2sp nonbinary 0.0005)')
     g.add_argument('--l2sp-variant', default='official', choices=['official', 'all', 'nonbinary', 'groups'],

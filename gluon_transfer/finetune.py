@@ -32,7 +32,7 @@ import mxnet as mx
 
 from .errors import CheckpointError, ConfigError
 
-__all__ = ['resolve_args', 'FineTune', 'load_source', 'build_target', 'main', 'DEFAULT_ITERS',
+__all__ = ['resolve_args', 'FineTune', 'load_source', 'build_target', 'main', 'run_stage', 'DEFAULT_ITERS',
            'channel_importance']
 
 DEFAULT_ITERS = 4500
@@ -87,6 +87,7 @@ def resolve_args(args, num_devices=1, num_train=None):
     if args.source_params and args.source_pretrained:
         raise ConfigError('give either --source-params FILE or --source-pretrained, not both')
     cls = _regularizer_class(args.reg)
+    _check_init_from(args)
     if args.wd is None:
         keep_wd = args.reg == 'l2' or (args.reg == 'l2sp' and args.l2sp_variant in ('nonbinary', 'groups'))
         args.wd = 1e-4 if keep_wd else 0.0
@@ -98,6 +99,7 @@ def resolve_args(args, num_devices=1, num_train=None):
         if args.num_low_lr_layers is None:
             raise ConfigError('--lrs needs --num-low-lr-layers k (the k groups nearest the input get the third rate)')
         args.lr = args.lrs[0]
+    _apply_afa_preset(args)
     if args.reg == 'l2sp' and args.l2sp_variant in ('nonbinary', 'groups') and args.num_low_lr_layers is None:
         raise ConfigError('--l2sp-variant %s needs --num-low-lr-layers k (the groups anchored at the source '
                           'weights)' % args.l2sp_variant)
@@ -108,7 +110,7 @@ def resolve_args(args, num_devices=1, num_train=None):
     args.reg_class = cls
     if getattr(args, 'print_param_groups', False):
         return args
-    if not (args.source_params or args.source_pretrained):
+    if not (args.source_params or args.source_pretrained or getattr(args, 'init_from', None)):
         raise ConfigError('fine-tuning needs source weights: --source-params FILE or --source-pretrained')
     if num_train is None:
         num_train = _train_records(args)
@@ -121,10 +123,55 @@ def resolve_args(args, num_devices=1, num_train=None):
         args.num_epochs = int(math.ceil(args.max_iter / float(ipe)))
     total = min(args.max_iter or args.num_epochs * ipe, args.num_epochs * ipe)
     if args.lr_mode == 'step' and not args.lr_decay_epoch and not args.lr_decay_period:
-        args.lr_decay_epoch = (int(round(2.0 * total / 3.0)) / float(ipe),)
+        at = AFA_DECAY_AT if args.reg in AFA_STAGES else 2.0 / 3.0     # AFA's hocons: 0.67
+        args.lr_decay_epoch = (int(round(at * total)) / float(ipe),)
     args.iters_per_epoch = ipe
     args.total_iters = total
     return args
+
+
+AFA_STAGES = {'afa-ast': 'ast', 'afa-act': 'act'}
+AFA_DECAY_AT = 0.67
+DEFAULT_LR = 0.01
+
+
+def _check_init_from(args):
+    """``--init-from`` is AFA's stage 2 (``--reg afa-act``) and replaces the source file;
+    ``afa-act`` needs it (or ``--afa-two-stage``)."""
+    init_from = getattr(args, 'init_from', None)
+    if init_from:
+        if args.reg != 'afa-act':
+            raise ConfigError('--init-from is for AFA stage 2 (--reg afa-act); --reg %s takes the source network '
+                              'with --source-params' % args.reg)
+        if args.source_params or args.source_pretrained:
+            raise ConfigError('--init-from FILE is both the starting network and (without its classifier) the '
+                              'frozen source of stage 2: drop --source-params/--source-pretrained')
+        if not os.path.isfile(init_from):
+            raise CheckpointError('--init-from file not found: %s' % init_from)
+    elif args.reg == 'afa-act' and not getattr(args, 'afa_two_stage', False):
+        raise ConfigError('--reg afa-act is AFA stage 2: pass --init-from STAGE1.params (the network trained with '
+                          '--reg afa-ast; it initialises the target and, without its classifier, is the frozen '
+                          'source), or run both stages with --afa-two-stage')
+
+
+def _apply_afa_preset(args):
+    """``--lr`` default (0.01), or for ``afa-ast``/``afa-act`` the stage's reference lr and
+    alpha for ``--model`` (:func:`gluon_transfer.afa.preset_for`) where the user gave none;
+    ``args.preset_note`` says what was applied (logged by ``build_net``)."""
+    args.preset_note = None
+    stage = AFA_STAGES.get(args.reg)
+    if stage:
+        from .afa import preset_for
+        ref = preset_for(args.model)[stage]
+        applied = []
+        for key in ('lr', 'alpha'):
+            if getattr(args, key) is None:
+                setattr(args, key, ref[key])
+                applied.append('%s %g' % (key, ref[key]))
+        args.preset_note = 'AFA %s preset (%s reference values) for %s: %s' % (
+            stage.upper(), ref['name'], args.model, ', '.join(applied) or 'not applied (--lr and --alpha given)')
+    if args.lr is None:
+        args.lr = DEFAULT_LR
 
 
 def source_head_classes(model, path, model_kwargs):
@@ -214,6 +261,10 @@ class FineTune:
     # ------------------------------------------------------------------ hooks
     def prepare(self, args):
         from .cli import resolve_ctx
+        if getattr(args, 'afa_two_stage', False):
+            from .afa import run_two_stage
+            run_two_stage(args, run_stage)
+            return 0
         ctx = resolve_ctx(args)
         resolve_args(args, num_devices=len(ctx))
         self.make_regularizer(args, args.batch_size * len(ctx))   # bad regularizer settings fail here
@@ -243,8 +294,13 @@ class FineTune:
         from .param_groups import reinit_new_groups, apply_multipliers
         kw = model_kwargs(args)
         init = mx.init.Xavier() if args.init == 'xavier' else mx.init.MSRAPrelu()
-        self.source = load_source(args.model, ctx, args.source_params, args.source_pretrained, kw, log)
-        net = build_target(args.model, data.num_classes, ctx, self.source, init, kw, seed=args.seed)
+        if getattr(args, 'init_from', None):
+            net, self.source = self.load_stage1(args, data.num_classes, ctx, init, kw, log)
+        else:
+            self.source = load_source(args.model, ctx, args.source_params, args.source_pretrained, kw, log)
+            net = build_target(args.model, data.num_classes, ctx, self.source, init, kw, seed=args.seed)
+        if getattr(args, 'preset_note', None):
+            log.info(args.preset_note)
         self.reg = self.make_regularizer(args, args.batch_size * len(ctx))
         self.rows = self.plan(args, net)
         self.reg.bind(self.rows)
@@ -256,6 +312,24 @@ class FineTune:
                  (', re-initialised: ' + ', '.join(fresh)) if fresh else '', self._describe_reg(), args.wd,
                  args.total_iters, args.num_epochs, args.iters_per_epoch)
         return net
+
+    @staticmethod
+    def load_stage1(args, num_classes, ctx, init, kw, log):
+        """``--init-from``: the target is the stage-1 network (every parameter, classifier
+        included, strict key/shape checks) and the frozen source is the same file without
+        its classifier (:func:`gluon_transfer.afa.stage2_source`)."""
+        from .afa import stage2_source
+        from .weights import load_params, describe_load
+        net = build_target(args.model, num_classes, ctx, None, init, kw, seed=args.seed)
+        try:
+            report = load_params(net, args.init_from, ctx=ctx)
+        except CheckpointError as err:
+            raise CheckpointError('--init-from %s is not a %d-class %s: %s'
+                                  % (args.init_from, num_classes, args.model, err)) from None
+        source = stage2_source(args.init_from, args.model, num_classes, ctx, kw)
+        log.info('stage 2: target initialised from %s (%s); the frozen source is the same network without its '
+                 'classifier', args.init_from, describe_load(report))
+        return net, source
 
     def _describe_reg(self):
         r = self.reg
@@ -312,6 +386,17 @@ class FineTune:
         out.write(format_rows(rows, base_lr=args.lr) + '\n')
         out.flush()
         return 0
+
+
+def run_stage(args):
+    """One ``train_transfer.py`` run on already parsed ``args`` (a copy is resolved);
+    returns the engine."""
+    import copy
+    from . import cli
+    args = copy.deepcopy(args)
+    ft = FineTune()
+    ft.prepare(args)
+    return cli.run(args, 'transfer', ft.make_task, build_net=ft.build_net, build_val=ft.build_val)
 
 
 def main(argv=None):

@@ -1,5 +1,6 @@
-"""AFA (attentive feature alignment): the AST/ACT losses against numpy, their engine units,
-tap resolution (ResNet, MobileNetV2), the stage-2 source, export, and the two-stage driver."""
+"""AFA (attentive feature alignment): the AST/ACT losses against numpy, their engine units
+through the generic Transfer task, tap resolution (ResNet, MobileNetV2), the stage-2 source,
+export. train_transfer.py runs: tests/test_afa_train.py."""
 import os
 import subprocess
 import sys
@@ -11,10 +12,12 @@ from mxnet import autograd, gluon
 
 from gluon_transfer import afa
 from gluon_transfer.data.base import ArrayIter
+from gluon_transfer.engine.tasks import Transfer
 from gluon_transfer.engine.trainer import Engine, FitConfig
 from gluon_transfer.errors import CheckpointError, ConfigError
 from gluon_transfer.losses import (SpatialAttention, ChannelAttention, afa_ast_loss, afa_act_loss,
                                    AFASpatial, AFAChannel)
+from gluon_transfer.losses.transfer_common import bottleneck_taps
 from gluon_transfer.registry import REGULARIZERS
 from gluon_transfer.zoo import get_model
 
@@ -290,7 +293,7 @@ def test_engine_step_two_slices_equals_one(cls):
         net.collect_params().reset_ctx(ctx)
         src = stage_net(4)
         copy_into(source, src)
-        task = afa.AFATransfer(cls(alpha=0.5, beta=0.1, seed=7), src, input_size=32)
+        task = Transfer([cls(alpha=0.5, beta=0.1, seed=7, input_size=32)], src, crop=32)
         data = ArrayIter(imgs, labels, 8, mean=(128,) * 3, std=(64,) * 3, last_batch='rollover')
         eng = Engine(net, task, ctx, FitConfig(num_epochs=1, lr=0.05, wd=0.0, log_interval=0, mode='imperative'),
                      data, None, 3)
@@ -312,7 +315,7 @@ def test_source_gets_no_gradient_and_attention_trains():
     imgs, labels = images(4)
     src = stage_net(1)
     net = stage_net(2)
-    task = afa.AFATransfer(AFASpatial(alpha=1.0), src, input_size=32)
+    task = Transfer([AFASpatial(alpha=1.0, input_size=32)], src, crop=32)
     task.setup(net, [mx.cpu()])
     assert all(p.grad_req == 'null' for p in src.collect_params().values())
     x = mx.nd.array((imgs - 128.0) / 64)
@@ -328,7 +331,7 @@ def test_source_gets_no_gradient_and_attention_trains():
 def test_exported_student_has_no_attention_params(tmp_path):
     imgs, labels = images(8)
     net = stage_net(2)
-    task = afa.AFATransfer(AFAChannel(), stage_net(1), input_size=32)
+    task = Transfer([AFAChannel(input_size=32)], stage_net(1), crop=32)
     data = ArrayIter(imgs, labels, 4, mean=(128,) * 3, std=(64,) * 3, last_batch='rollover')
     eng = Engine(net, task, [mx.cpu()], FitConfig(num_epochs=1, lr=0.05, wd=0.0, log_interval=0), data, None, 3)
     eng.fit()
@@ -394,8 +397,8 @@ def test_stage2_source_is_stage1_network_without_head(tmp_path):
     assert all(p.grad_req == 'null' for p in src.collect_params().values())
     assert not src.fc.weight.data().asnumpy().any()      # the classifier is not taken
     taps = afa.default_taps(stage1)
-    a = afa.tap_net(stage1, taps, with_logits=False)(x)
-    b = afa.tap_net(src, taps, with_logits=False)(x)
+    a = bottleneck_taps(stage1, taps, with_logits=False)(x)
+    b = bottleneck_taps(src, taps, with_logits=False)(x)
     for u, v in zip(a, b):
         np.testing.assert_array_equal(u.asnumpy(), v.asnumpy())
     # A file missing a feature weight is refused by name.
@@ -418,41 +421,10 @@ def test_holdout_split_is_class_balanced_and_disjoint(tmp_path):
     assert a.num_records == 28 and not set(a.keys.tolist()) & set(b.keys.tolist())
 
 
-@pytest.mark.slow
-def test_run_two_stage_end_to_end(tmp_path):
-    source = get_model('resnet18_v1b', classes=10)
-    mx.random.seed(0)
-    source.initialize(mx.init.Xavier())
-    imgs, labels = images(12)
-    x = mx.nd.array((imgs - 128.0) / 64)
-    for _ in range(40):   # BN running statistics of a "trained" source (MXNet updates them in backward)
-        with autograd.record():
-            y = source(x)
-        y.backward()
-    train = ArrayIter(imgs, labels, 4, mean=(128,) * 3, std=(64,) * 3, shuffle=True, last_batch='rollover')
-    hold = ArrayIter(imgs[:6], labels[:6], 6, mean=(128,) * 3, std=(64,) * 3)
-    res = afa.run_two_stage('resnet18_v1b', source, train, hold, 3, [mx.cpu()], str(tmp_path), max_iter=4,
-                            input_size=32, val=hold, fit_overrides={'log_interval': 0},
-                            # small steps: a random-weight network at 32 px is far from the reference's regime
-                            settings={'ast': {'alpha': 1e-3, 'lr': 1e-3}, 'act': {'alpha': 1e-3, 'lr': 1e-4}})
-    assert os.path.isfile(res['stage1_best']) and os.path.isfile(res['stage2_best'])
-    assert len(res['stage1_history']) == 2 and set(res['stage2_history'][0]['terms']) == {'ce', 'afa-act', 'afa-act_new'}
-    # Stage 2's frozen source is the best stage-1 network without its classifier.
-    best1 = mx.nd.load(res['stage1_best'])
-    for k, p in res['stage2_source']._collect_params_with_prefix().items():
-        if not k.startswith('fc.'):
-            np.testing.assert_array_equal(p.data().asnumpy(), best1[k].asnumpy(), err_msg=k)
-    # Checkpoints carry each stage's own attention modules (stage 1 spatial, stage 2 channel).
-    extra1 = [f for f in os.listdir(tmp_path / 'stage1_ast') if f.endswith('.extra.params')]
-    extra2 = [f for f in os.listdir(tmp_path / 'stage2_act') if f.endswith('.extra.params')]
-    assert all(k.startswith('afa_ast.') for k in mx.nd.load(str(tmp_path / 'stage1_ast' / extra1[0])))
-    assert all(k.startswith('afa_act.') for k in mx.nd.load(str(tmp_path / 'stage2_act' / extra2[0])))
-    assert 0 <= res['test']['top1'] <= 1
-
-
 def test_visualize_ast_writes_png(tmp_path):
+    """tools/visualize_attention.py's ``ast`` subcommand (tools/visualize_ast.py)."""
     out = tmp_path / 'ast.png'
-    cmd = [sys.executable, os.path.join(ROOT, 'tools', 'visualize_ast.py'), '--model', 'resnet18_v1b',
+    cmd = [sys.executable, os.path.join(ROOT, 'tools', 'visualize_attention.py'), 'ast', '--model', 'resnet18_v1b',
            '--num-images', '2', '--input-size', '64', '--out', str(out), '--seed', '0']
     r = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT))
     assert r.returncode == 0, r.stderr

@@ -1,11 +1,11 @@
 #!/usr/bin/env python
 """Save a PNG of AFA's spatial attention (AST, stage 1) over a few images.
 
-    python tools/visualize_ast.py --model resnet101_v1b --params resnet101_v1b-imagenet.params \
+    python tools/visualize_attention.py ast --model resnet101_v1b --params resnet101_v1b-imagenet.params \
         --afa-params runs/afa/stage1_ast/resnet101_v1b-afa-ast-0010.extra.params \
         --rec data/dogs/val.rec --num-images 4 --out ast.png
 
-Each row is one image: the input, then for every tap ``l`` the attention
+(also ``python tools/visualize_ast.py ...``.) Each row is one image: the input, then for every tap ``l`` the attention
 ``a = softmax_HW(fc2(relu(fc1(mean_c s_l))))`` computed from the SOURCE network's map
 ``s_l`` (the attention reads the frozen source, transfer-methods.md §4.1), reshaped to
 ``H x W``, times ``HW`` (so 1 = uniform weight), upsampled to the image and drawn over it.
@@ -89,15 +89,15 @@ def main(argv=None):
         from gluon_transfer.engine.checkpoint import load_blocks
         from gluon_transfer.errors import ConfigError, GluonTransferError
         from gluon_transfer.losses.afa import AFASpatial
-        from gluon_transfer.weights import load_params, read_params
+        from gluon_transfer.finetune import source_head_classes
+        from gluon_transfer.losses.transfer_common import bottleneck_taps
+        from gluon_transfer.weights import load_params
     try:
         if args.num_images < 1:
             raise ConfigError('--num-images must be >= 1')
         classes = args.classes
         if classes is None and args.params:
-            heads = [v for k, v in read_params(args.params).items() if k.split('.')[0] in afa.HEAD_NAMES
-                     and k.endswith('weight')]
-            classes = int(heads[0].shape[0]) if heads else None
+            classes = source_head_classes(args.model, args.params, {})
         net = gt.get_model(args.model, classes=classes or 1000)
         mx.random.seed(args.seed)
         net.initialize(mx.init.Xavier(), ctx=mx.cpu())
@@ -117,7 +117,7 @@ def main(argv=None):
         batch = (np.stack(images).astype(np.float32) / 255.0 - np.array(IMAGENET_MEAN)) / np.array(IMAGENET_STD)
         x = mx.nd.array(batch.transpose(0, 3, 1, 2))
         with mx.autograd.predict_mode():
-            feats = afa.tap_net(net, taps, with_logits=False)(x)
+            feats = bottleneck_taps(net, taps, with_logits=False)(x)
         panels = []
         for t, s, module, (c, h, w) in zip(taps, feats, block, shapes):
             a = module(s).asnumpy().reshape(-1, h, w) * (h * w)     # 1 = uniform

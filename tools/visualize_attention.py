@@ -6,8 +6,13 @@
     python tools/visualize_attention.py --model resnet18_v1b --params r18.params --dataset imagenet \\
         --input-size 224 --classes 1000 --images dog.jpg --out at.png
 
-Each map is ``at(x)`` of :func:`gluon_transfer.losses.attention_map` (channel mean of
-|x|^p, L2-normalised per image) at the tap's resolution, shown with its own colour scale.
+    python tools/visualize_attention.py ast --model resnet18_v1b --params source.params \\
+        --afa-params STAGE1_DIR/PREFIX-0015.extra.params --rec val.rec --input-size 32 --out ast.png
+
+``ast`` as the first argument: AFA's learned spatial attention (stage 1) over the images
+instead (``tools/visualize_ast.py``; ``ast --help`` lists its options). Otherwise each map
+is ``at(x)`` of :func:`gluon_transfer.losses.attention_map` (channel mean of |x|^p,
+L2-normalised per image) at the tap's resolution, shown with its own colour scale.
 Taps default to every stage of the network (stage1..stage3 for CIFAR nets, stage1..stage4
 for ImageNet ResNets).
 """
@@ -83,6 +88,11 @@ def plot(raw, student, teacher, taps, out, title):
 
 
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ['ast']:
+        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+        import visualize_ast
+        return visualize_ast.main(argv[1:])
     p = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
     p.add_argument('--model', required=True, help='student network name')
     p.add_argument('--params', required=True, help="the student's .params file")

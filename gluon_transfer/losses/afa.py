@@ -50,12 +50,12 @@ from mxnet import gluon
 
 from ..errors import ConfigError
 from ..registry import REGULARIZERS
+from .l2sp import ParamPenalty
+from .transfer_common import head_keys
 
 __all__ = ['SpatialAttention', 'ChannelAttention', 'attention_hidden', 'afa_ast_per_sample',
            'afa_act_per_sample', 'afa_ast_loss', 'afa_act_loss', 'AFARegularizer', 'AFASpatial',
-           'AFAChannel', 'HEAD_NAMES']
-
-HEAD_NAMES = ('fc', 'output', 'classifier')
+           'AFAChannel']
 
 
 def attention_hidden(shape):
@@ -165,45 +165,52 @@ def afa_act_loss(source, target, attention):
 
 
 # ------------------------------------------------------------------ regularizers
-class AFARegularizer:
-    """A transfer regularizer (the ``Regularizer`` interface of the ``Transfer`` task):
-    ``alpha * sum_l L_l`` with learned attention per tap, plus ``beta * 0.5 * ||classifier||^2``.
+class AFARegularizer(ParamPenalty):
+    """A transfer regularizer (the ``Regularizer`` interface of the
+    :class:`~gluon_transfer.engine.tasks.Transfer` task): ``alpha * sum_l L_l`` with learned
+    attention per tap, plus ``beta * 0.5 * ||classifier||^2`` (:class:`ParamPenalty`'s
+    ``<name>_new`` term).
 
-    Lifecycle: ``set_feature_shapes([(C, H, W), ...])`` (the taps' shapes at the training
-    input size; builds one attention module per tap), ``setup(net, ctx)`` (initialises the
-    modules on ``ctx``, ``wd_mult = 0``, finds the classifier), then per device slice
-    ``terms(ctx, n, feats_t, feats_s)`` -> ``[(name, contribution)]`` in the engine's
-    "sum over the slice" units (module docstring). :meth:`blocks` returns the attention
-    modules for the trainer and checkpoints (never exported).
+    Lifecycle: the task asks :meth:`default_taps` (AFA's hooked layers, shapes checked at
+    ``input_size``) unless ``--taps`` names others, calls ``set_feature_shapes([(C, H, W),
+    ...])`` with the taps' shapes at the training crop (one attention module per tap), then
+    ``setup(net, ctx)`` (initialises the modules on ``ctx`` with ``wd_mult = 0``; the
+    classifier term covers the rows bound by ``bind`` or, unbound, the network's classifier
+    child), then per device slice ``terms(ctx, n, feats_t, feats_s)`` ->
+    ``[(name, contribution)]`` in the engine's "sum over the slice" units (module
+    docstring). :meth:`blocks` returns the attention modules for the trainer and the
+    checkpoints (never exported).
 
-    ``alpha`` default: the ResNet-101 reference value (or ``model``'s preset from
-    :data:`gluon_transfer.afa.PRESETS` when ``model`` is given); ``beta`` 0.01.
+    ``alpha`` default: ``model``'s reference value (:data:`gluon_transfer.afa.PRESETS`:
+    ResNet-101 0.1 / 0.15, MobileNetV2 0.09 / 0.04 for AST / ACT); ``beta`` 0.01.
     """
     name = 'afa'
     stage = None
     needs_features = True
-    needs_source_weights = False
-    uses_w0 = False
 
-    def __init__(self, alpha=None, beta=None, model=None, seed=0, **unused):
+    def __init__(self, alpha=None, beta=None, model=None, seed=0, input_size=None, **unused):
         from ..afa import preset_for
+        super().__init__()
         ref = preset_for(model or 'resnet101_v1b')[self.stage]
         self.alpha = float(ref['alpha'] if alpha is None else alpha)
         self.beta = float(ref['beta'] if beta is None else beta)
         self.seed = int(seed)
+        self.input_size = int(input_size) if input_size else None
         self.shapes = None
         self.modules = None
-        self.table = None
-        self._head = []
 
-    # hooks shared with the other regularizers ---------------------------------
     def param_rates(self, rows):
         """Dry-run listing rows: the classifier at ``beta`` toward 0."""
         return {r.key: (self.beta, '0') for r in rows if r.section == 'head' and r.kind != 'stat'}
 
-    def bind(self, rows):
-        self.table = {k: v for k, v in self.param_rates(rows).items() if v[0]}
-        return self.table
+    def default_taps(self, net):
+        """AFA's hooked layers of ``net`` (:func:`gluon_transfer.afa.default_taps`), their
+        channels/strides checked at ``input_size`` when known (:func:`~gluon_transfer.afa.check_taps`)."""
+        from ..afa import default_taps, check_taps
+        taps = default_taps(net)
+        if self.input_size:
+            check_taps(net, taps, self.input_size)
+        return taps
 
     def set_channels(self, channels):
         if self.shapes is not None and [s[0] for s in self.shapes] != list(channels):
@@ -237,23 +244,9 @@ class AFARegularizer:
         mx.random.seed(self.seed)
         params.initialize(ctx=ctx, force_reinit=True)
         params.setattr('wd_mult', 0.0)        # the reference puts them in a no-WD group
-        structural = net._collect_params_with_prefix()
-        if self.table is not None:
-            keys = sorted(self.table)
-        else:
-            keys = []
-            for h in HEAD_NAMES:
-                child = net._children.get(h)
-                if child is not None and child.collect_params():
-                    keys = ['%s.%s' % (h, k) for k in child._collect_params_with_prefix()]
-                    break
-            if not keys:
-                raise ConfigError('%s: %s has no classifier child named %s for the beta term'
-                                  % (self.name, type(net).__name__, ' / '.join(HEAD_NAMES)))
-        missing = [k for k in keys if k not in structural]
-        if missing:
-            raise ConfigError('%s: the network has no parameter %r' % (self.name, missing[0]))
-        self._head = [structural[k] for k in keys]
+        if self.table is None:                # not bound to a parameter plan: the classifier child
+            self.table = {k: (self.beta, '0') for k in head_keys(net)} if self.beta else {}
+        super().setup(net, ctx, source_weights)
 
     def per_sample(self, feats_t, feats_s):
         """``sum_l omega_{l,n}``: (N,) float32 NDArray (the attention modules run on ``s``)."""
@@ -273,12 +266,7 @@ class AFARegularizer:
 
     def terms(self, ctx, n, feats_t, feats_s):
         omega = self.per_sample(feats_t, feats_s)
-        out = [(self.name, mx.nd.sum(omega).reshape((1,)) * self.alpha)]
-        if self._head and self.beta:
-            sq = [mx.nd.sum(mx.nd.square(p.data(ctx).astype('float32', copy=False))) for p in self._head]
-            pen = (mx.nd.add_n(*sq) if len(sq) > 1 else sq[0]).reshape((1,))
-            out.append((self.name + '_new', pen * (0.5 * self.beta * n)))
-        return out
+        return [(self.name, mx.nd.sum(omega).reshape((1,)) * self.alpha)] + self.param_terms(ctx, n)
 
 
 @REGULARIZERS.register('afa-ast')
