@@ -34,6 +34,7 @@ checked at start-up (channels and strides) with a one-line error.
 """
 import copy
 import glob
+import json
 import logging
 import os
 
@@ -195,8 +196,8 @@ def run_two_stage(args, run_stage, log=None):
        val, or ``--rec-val``).
 
     Each stage gets its reference preset (lr, alpha) unless ``--lr``/``--alpha`` are given
-    (then both stages use them). Returns ``{'stage1_best', 'stage2_best', 'holdout', 'test',
-    'engines'}``."""
+    (then both stages use them). Writes and returns (plus ``'engines'``) the summary
+    ``SAVE_DIR/afa_two_stage.json``: best checkpoints, their holdout top-1, the val result."""
     log = log or logging.getLogger('gluon_transfer')
     if getattr(args, 'init_from', None):
         raise ConfigError('--afa-two-stage trains stage 1 itself: drop --init-from')
@@ -229,4 +230,8 @@ def run_two_stage(args, run_stage, log=None):
     log.info('AFA two stages: best stage 1 %s (holdout top-1 %.4f), best stage 2 %s (holdout top-1 %.4f); '
              'val top-1 %.4f, mean per-class %.4f', best1, eng1.best_top1, best2, eng2.best_top1, test['top1'],
              test.get('mean_class_acc', float('nan')))
-    return {'stage1_best': best1, 'stage2_best': best2, 'holdout': ho, 'test': test, 'engines': (eng1, eng2)}
+    summary = {'stage1_best': best1, 'stage1_holdout_top1': eng1.best_top1, 'stage2_best': best2,
+               'stage2_holdout_top1': eng2.best_top1, 'holdout': ho, 'val': test}
+    with open(os.path.join(args.save_dir, 'afa_two_stage.json'), 'w') as f:
+        json.dump(summary, f, indent=1)
+    return dict(summary, test=test, engines=(eng1, eng2))

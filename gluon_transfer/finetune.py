@@ -16,6 +16,10 @@ Flow (:func:`main`): parse the ``transfer`` preset's options
 * ``make_task``: a :class:`~gluon_transfer.engine.tasks.Transfer` task with the
   regularizer built by name from ``REGULARIZERS``; the frozen source goes to the task
   only (never to the trainer), the L2-SP anchor ``w0`` is a copy of the source weights.
+* AFA (``--reg afa-ast`` / ``afa-act``, :mod:`gluon_transfer.afa`): the stage's lr/alpha
+  preset where ``--lr``/``--alpha`` are not given; ``--init-from STAGE1.params`` (stage 2)
+  replaces the source file: the target loads the whole stage-1 network and the frozen
+  source is the same network without its classifier; ``--afa-two-stage`` runs both.
 * ``build_val`` (``--eval-ten-crop``): the evaluation images at ``input/crop_ratio``
   (256 for 224) for ten-crop evaluation.
 
@@ -146,6 +150,9 @@ def _check_init_from(args):
         if args.source_params or args.source_pretrained:
             raise ConfigError('--init-from FILE is both the starting network and (without its classifier) the '
                               'frozen source of stage 2: drop --source-params/--source-pretrained')
+        if args.new_layers != 1:
+            raise ConfigError('--init-from keeps every stage-1 weight; --new-layers %d would re-initialise some'
+                              % args.new_layers)
         if not os.path.isfile(init_from):
             raise CheckpointError('--init-from file not found: %s' % init_from)
     elif args.reg == 'afa-act' and not getattr(args, 'afa_two_stage', False):

@@ -154,6 +154,8 @@ def test_wrong_combinations_are_one_line_errors(task_dir, tmp_path, capsys):
          "--init-from %s is not a 3-class resnet18_v1b: resnet50.params does not fit" % r50),
         (_argv(task_dir, tmp_path, '--reg', 'afa-act', '--init-from', seven, source=False),
          "--init-from %s is not a 3-class resnet18_v1b: " % seven),
+        (_argv(task_dir, tmp_path, '--reg', 'afa-act', '--init-from', seven, '--new-layers', '2', source=False),
+         '--new-layers 2 would re-initialise'),
         (_argv(task_dir, tmp_path, '--afa-two-stage', '--init-from', seven), '--afa-two-stage trains stage 1 itself'),
         (_argv(task_dir, tmp_path, '--reg', 'afa-ast', '--taps', 'layer1.1.conv9'), "unknown feature tap 'layer1.1.conv9'"),
     ]
@@ -179,3 +181,5 @@ def test_two_stage_flag_selects_on_a_training_holdout(task_dir, tmp_path):
     assert ('stage 2: target initialised from %s' % os.path.join(str(tmp_path / 'stage1_ast'), best1)) in log2
     assert ', 6 validation images' in log2       # the holdout, not val (9 images)
     assert 'AFA two stages: best stage 1' in log2 and 'val top-1' in log2
+    summary = json.loads((tmp_path / 'afa_two_stage.json').read_text())
+    assert summary['stage1_best'].endswith(best1) and summary['val']['n'] == 9
