@@ -421,6 +421,7 @@ def test_holdout_split_is_class_balanced_and_disjoint(tmp_path):
     assert a.num_records == 28 and not set(a.keys.tolist()) & set(b.keys.tolist())
 
 
+@pytest.mark.slow
 def test_visualize_ast_writes_png(tmp_path):
     """tools/visualize_attention.py's ``ast`` subcommand (tools/visualize_ast.py)."""
     out = tmp_path / 'ast.png'
