@@ -361,7 +361,11 @@ def add_augment_args(parser, preset=None):
                    help='train on a class-balanced subset (e.g. 0.15, 0.3, 0.5 as in TLlib sample rates)')
     g.add_argument('--fraction-seed', type=int, default=0, help='seed choosing the --train-fraction subset')
     g.add_argument('--data-pipeline', default='auto', choices=['auto', 'record', 'python'],
-                   help='auto: ImageRecordIter unless --randaugment; python: decode in Python for train and val')
+                   help='auto: ImageRecordIter unless --randaugment or --pad-mode reflect; python: decode in Python '
+                        'for train and val')
+    g.add_argument('--pad-mode', default='constant', choices=['constant', 'reflect'],
+                   help='CIFAR pad-4 random crop: constant (zeros, GluonCV) or reflect (the attention-transfer '
+                        'reference; trains from the Python decode pipeline on RecordIO data)')
     return g
 
 
@@ -371,7 +375,8 @@ def augment_kwargs(args):
                 random_erasing=getattr(args, 'random_erasing', 0.0),
                 train_fraction=getattr(args, 'train_fraction', None),
                 fraction_seed=getattr(args, 'fraction_seed', 0),
-                pipeline=getattr(args, 'data_pipeline', 'auto'))
+                pipeline=getattr(args, 'data_pipeline', 'auto'),
+                pad_mode=getattr(args, 'pad_mode', 'constant'))
 
 
 # ------------------------------------------------------------------ distillation (AT / KD)
