@@ -118,6 +118,9 @@ def build_parser(preset, description):
     g.add_argument('--lr-decay-epoch', type=_int_list, default=_int_list(d['lr_decay_epoch']),
                    help='step mode: absolute epochs at which the LR is multiplied by --lr-decay')
     g.add_argument('--lr-decay-period', type=int, default=0, help='step mode: decay every N epochs instead')
+    g.add_argument('--reset-momentum', action='store_true',
+                   help='step mode, sgd/nag: zero the momentum buffers at each LR drop (the attention-transfer '
+                        'reference re-creates its optimizer there)')
     g.add_argument('--warmup-epochs', type=float, default=d['warmup_epochs'], help='linear warm-up from --warmup-lr')
     g.add_argument('--warmup-lr', type=float, default=0.0)
     g.add_argument('--label-smoothing', type=float, nargs='?', const=0.1, default=0.0,
@@ -243,7 +246,8 @@ def fit_config(args):
                      label_smoothing=args.label_smoothing or 0.0,
                      mixup_alpha=args.mixup_alpha if args.mixup else 0.0, mixup_off_epoch=args.mixup_off_epoch,
                      dtype=args.dtype, kvstore=args.kvstore, mode=args.mode, log_interval=args.log_interval,
-                     seed=args.seed, save_frequency=args.save_frequency, max_iters=args.max_iter)
+                     seed=args.seed, save_frequency=args.save_frequency, max_iters=args.max_iter,
+                     reset_momentum_at_drops=getattr(args, 'reset_momentum', False))
 
 
 def build_network(args, num_classes, ctx, log):
