@@ -122,8 +122,9 @@ def main():
                  a.iters),
              'distill: AT only (beta 1e3)': (
                  train_step(student(a.student), Distill(teacher, TAPS, beta=1e3, input_shape=shape)), a.iters)}
+    before_name = 'distill: AT + KD, Distill of %s' % a.before
     if a.before:
-        steps['distill: AT + KD, Distill of %s' % a.before] = (
+        steps[before_name] = (
             train_step(student(a.student), distill_class_at(a.before)(teacher, TAPS, beta=1e3, alpha=0.9,
                                                                       input_shape=shape)), a.iters)
     if a.grad_at:
@@ -143,6 +144,12 @@ def main():
             rel = '%+.1f %%' % (100 * (np.median([d / b for d, b in zip(per_round[name], base)]) - 1))
         print('| %s | %.1f | %.0f | %s |' % (name, 1e3 * t, bs / t, rel))
     print('| student step + teacher inference (sum) | %.1f | %.0f | |' % (1e3 * np.median(base), bs / np.median(base)))
+    if a.before:
+        new, old = per_round['distill: AT (beta 1e3) + KD (alpha 0.9)'], per_round[before_name]
+        ratios = np.array(new) / np.array(old)
+        print('AT + KD step, now / %s: median per-round ratio %.3f (quartiles %.3f, %.3f; %d of %d rounds faster)' % (
+            a.before, np.median(ratios), np.percentile(ratios, 25), np.percentile(ratios, 75),
+            int((ratios < 1).sum()), len(ratios)))
 
 
 if __name__ == '__main__':

@@ -33,6 +33,11 @@ count. Here the task contract (total = n_slice * mean) makes the loss device-cou
 independent; :class:`gluon_transfer.engine.tasks.Distill` offers the reference scaling
 only as an explicit option (``--at-ngpu-scaling``).
 
+In training (:class:`gluon_transfer.engine.tasks.Distill`), ``at(x)`` is computed inside the
+networks' cached graphs by :class:`AttentionTaps` (the same operators as
+:func:`attention_map`, via :func:`attention_map_f`), and the group loss by
+:func:`at_loss_from_maps` on the (N, H*W) maps.
+
 Gradient-based AT (paper section 3.2; no reference code)
 --------------------------------------------------------
 ``J_S = dL_S/dx`` and ``J_T = dL_T/dx`` (input gradients of the student's and teacher's
