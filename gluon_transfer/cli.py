@@ -394,7 +394,10 @@ def add_distill_args(parser, preset):
 
         --model wrn16_1 --teacher-model wrn16_2 --teacher-params T.params --beta 1e3 \\
         --optimizer sgd --momentum 0.9 --wd 5e-4 --lr 0.1 --batch-size 128 --num-epochs 200 \\
-        --lr-mode step --lr-decay-epoch 60,120,160 --lr-decay 0.2
+        --lr-mode step --lr-decay-epoch 60,120,160 --lr-decay 0.2 --reset-momentum --pad-mode reflect
+
+    (``--reset-momentum``: the reference re-creates its optimizer at each LR drop;
+    ``--pad-mode reflect``: its ``T.Pad(4, reflect)`` crop.)
     """
     g = parser.add_argument_group('distillation (attention transfer / knowledge distillation)')
     g.add_argument('--teacher-model', '--teacher', dest='teacher_model', default=None,
