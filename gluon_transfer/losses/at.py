@@ -63,7 +63,8 @@ from mxnet import autograd, gluon
 from ..errors import ConfigError
 from ..registry import LOSSES
 
-__all__ = ['attention_map', 'attention_map_f', 'AttentionTaps', 'at_loss', 'at_loss_from_maps', 'check_spatial', 'AT_MODES', 'input_gradient', 'grad_at_param_grads']
+__all__ = ['attention_map', 'attention_map_f', 'AttentionTaps', 'at_loss', 'at_loss_from_maps', 'check_spatial',
+           'AT_MODES', 'input_gradient', 'grad_at_param_grads']
 
 AT_MODES = ('code', 'paper')
 NORM_EPS = 1e-12
