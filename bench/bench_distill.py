@@ -3,18 +3,24 @@ teacher (attention transfer + KD) vs the student trained alone and vs the teache
 inference alone, on the same pre-built batches, side by side in one process.
 
     python bench/bench_distill.py [--student wrn16_1] [--teacher wrn16_2] [--batch-size 128]
-                                  [--iters 4] [--rounds 5] [--grad-at]
+                                  [--iters 4] [--rounds 5] [--grad-at] [--before REV]
 
 Steps are the engine's (``task.loss`` under ``autograd.record()``, backward,
 ``after_backward``, ``trainer.step``), hybridized as the engine does. The overhead of
 distillation beyond the teacher's inference is
 ``t_distill / (t_student + t_teacher_inference) - 1`` (target < 10 %). ``--grad-at`` adds
 gradient-based AT (extra forward/backward passes, see engine/tasks.py Distill).
-Configurations are interleaved round by round; medians over rounds.
+Configurations are interleaved round by round; medians over rounds (``--iters 1`` with many
+rounds pairs the configurations step by step, the steadiest ratios on a shared machine).
+``--before REV`` adds the AT + KD step of the ``Distill`` task as git revision ``REV`` had it
+(its ``gluon_transfer/engine/tasks.py``, run against today's library), for a before/after
+comparison in the same process.
 """
 import argparse
 import os
+import subprocess
 import sys
+import types
 import time
 import warnings
 
@@ -79,6 +85,16 @@ def train_step(net, task):
     return step
 
 
+def distill_class_at(rev):
+    """The ``Distill`` class of ``gluon_transfer/engine/tasks.py`` at git revision ``rev``."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    src = subprocess.check_output(['git', 'show', '%s:gluon_transfer/engine/tasks.py' % rev], cwd=root).decode()
+    mod = types.ModuleType('gluon_transfer.engine._tasks_%s' % rev)
+    mod.__package__ = 'gluon_transfer.engine'
+    exec(compile(src, 'tasks.py@%s' % rev, 'exec'), mod.__dict__)
+    return mod.Distill
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
     p.add_argument('--student', default='wrn16_1')
@@ -87,6 +103,7 @@ def main():
     p.add_argument('--iters', type=int, default=4)
     p.add_argument('--rounds', type=int, default=5)
     p.add_argument('--grad-at', action='store_true')
+    p.add_argument('--before', default=None, metavar='REV', help="also time REV's Distill (AT + KD)")
     a = p.parse_args()
     data = batches(4, a.batch_size)
     bs = a.batch_size
@@ -105,6 +122,11 @@ def main():
                  a.iters),
              'distill: AT only (beta 1e3)': (
                  train_step(student(a.student), Distill(teacher, TAPS, beta=1e3, input_shape=shape)), a.iters)}
+    before_name = 'distill: AT + KD, Distill of %s' % a.before
+    if a.before:
+        steps[before_name] = (
+            train_step(student(a.student), distill_class_at(a.before)(teacher, TAPS, beta=1e3, alpha=0.9,
+                                                                      input_shape=shape)), a.iters)
     if a.grad_at:
         steps['distill: KD + gradient AT'] = (
             train_step(student(a.student), Distill(teacher, alpha=0.9, grad_at_beta=1.0, input_shape=shape)),
@@ -122,6 +144,12 @@ def main():
             rel = '%+.1f %%' % (100 * (np.median([d / b for d, b in zip(per_round[name], base)]) - 1))
         print('| %s | %.1f | %.0f | %s |' % (name, 1e3 * t, bs / t, rel))
     print('| student step + teacher inference (sum) | %.1f | %.0f | |' % (1e3 * np.median(base), bs / np.median(base)))
+    if a.before:
+        new, old = per_round['distill: AT (beta 1e3) + KD (alpha 0.9)'], per_round[before_name]
+        ratios = np.array(new) / np.array(old)
+        print('AT + KD step, now / %s: median per-round ratio %.3f (quartiles %.3f, %.3f; %d of %d rounds faster)' % (
+            a.before, np.median(ratios), np.percentile(ratios, 25), np.percentile(ratios, 75),
+            int((ratios < 1).sum()), len(ratios)))
 
 
 if __name__ == '__main__':

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Data-layer throughput on this machine (not a test).
 
-    python bench/bench_loader.py [--cifar DIR] [--seconds 8] [--skip-index]
+    python bench/bench_loader.py [--cifar DIR] [--seconds 8] [--skip-index] [--cifar-only]
 
 Measures, and prints as a Markdown table:
 * CIFAR preset training iterator (pad-4 crop + mirror + normalise, batch 128) on the shared
@@ -9,7 +9,10 @@ Measures, and prints as a Markdown table:
 * ImageNet preset training (random resized crop, colour jitter, PCA noise) and evaluation
   (resize 256 + centre crop 224) iterators, batch 32, on 200 generated ~300 px JPEGs packed
   with ``pack(..., resize=256)`` (packing time with 1 and 2 processes is reported too);
-each with ImageRecordIter ``preprocess_threads`` 1 and 2; plus the cost of the Python-side
+each with ImageRecordIter ``preprocess_threads`` 1 and 2; the CIFAR training iterator also
+from the Python decode pipeline (``pipeline='python'``, 1 and 2 worker processes) with
+constant and reflect padding (``pad_mode``: ImageRecordIter cannot reflect, so
+``--pad-mode reflect`` trains from that pipeline); plus the cost of the Python-side
 checks: ``inspect_recordio`` per million records (synthetic 1M-record file, warm page cache)
 and the full decode check of the CIFAR set.
 """
@@ -70,6 +73,7 @@ def main():
     p.add_argument('--cifar', default=None, help='CIFAR-10 RecordIO dir')
     p.add_argument('--seconds', type=float, default=8.0, help='time per measurement')
     p.add_argument('--skip-index', action='store_true')
+    p.add_argument('--cifar-only', action='store_true', help='only the CIFAR rows')
     args = p.parse_args()
     from gluon_transfer.data import build_data, pack
     from gluon_transfer.data.recordio import inspect_recordio, verify_decode
@@ -90,9 +94,18 @@ def main():
         data = build_data('cifar10', data_dir=cifar, batch_size=128, num_workers=threads, verify=False)
         rows.append(('cifar10 train (pad-4 crop, mirror), batch 128, %d records' % data.num_train,
                      threads, '%.0f img/s' % iter_rate(data.train, args.seconds)))
+    for procs in (1, 2):
+        for mode in ('constant', 'reflect'):
+            data = build_data('cifar10', data_dir=cifar, batch_size=128, num_workers=procs, verify=False,
+                              pipeline='python', pad_mode=mode)
+            rows.append(('cifar10 train, Python decode pipeline, %s pad-4 crop, mirror, batch 128' % mode,
+                         procs, '%.0f img/s' % iter_rate(data.train, args.seconds)))
+            data.train.close()
     rows.append(('cifar10 train: inspect_recordio + labels (%d records)' % data.num_train, '-',
                  '%.3f s' % t_inspect))
     rows.append(('cifar10 train: full decode check (verify=True)', '-', '%.2f s' % t_decode))
+    if args.cifar_only:
+        return _print(rows)
 
     with tempfile.TemporaryDirectory() as tmp:
         make_jpegs(os.path.join(tmp, 'imgs'))
@@ -122,6 +135,10 @@ def main():
             rows.append(('inspect_recordio, 1M records (idx parse + header checks + labels)', '-',
                          '%.2f s per million records' % dt))
 
+    _print(rows)
+
+
+def _print(rows):
     print('| measurement | threads/procs | result |')
     print('|---|---|---|')
     for r in rows:

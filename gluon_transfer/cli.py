@@ -118,6 +118,9 @@ def build_parser(preset, description):
     g.add_argument('--lr-decay-epoch', type=_int_list, default=_int_list(d['lr_decay_epoch']),
                    help='step mode: absolute epochs at which the LR is multiplied by --lr-decay')
     g.add_argument('--lr-decay-period', type=int, default=0, help='step mode: decay every N epochs instead')
+    g.add_argument('--reset-momentum', action='store_true',
+                   help='step mode, sgd/nag: zero the momentum buffers at each LR drop (the attention-transfer '
+                        'reference re-creates its optimizer there)')
     g.add_argument('--warmup-epochs', type=float, default=d['warmup_epochs'], help='linear warm-up from --warmup-lr')
     g.add_argument('--warmup-lr', type=float, default=0.0)
     g.add_argument('--label-smoothing', type=float, nargs='?', const=0.1, default=0.0,
@@ -243,7 +246,8 @@ def fit_config(args):
                      label_smoothing=args.label_smoothing or 0.0,
                      mixup_alpha=args.mixup_alpha if args.mixup else 0.0, mixup_off_epoch=args.mixup_off_epoch,
                      dtype=args.dtype, kvstore=args.kvstore, mode=args.mode, log_interval=args.log_interval,
-                     seed=args.seed, save_frequency=args.save_frequency, max_iters=args.max_iter)
+                     seed=args.seed, save_frequency=args.save_frequency, max_iters=args.max_iter,
+                     reset_momentum_at_drops=getattr(args, 'reset_momentum', False))
 
 
 def build_network(args, num_classes, ctx, log):
@@ -361,7 +365,11 @@ def add_augment_args(parser, preset=None):
                    help='train on a class-balanced subset (e.g. 0.15, 0.3, 0.5 as in TLlib sample rates)')
     g.add_argument('--fraction-seed', type=int, default=0, help='seed choosing the --train-fraction subset')
     g.add_argument('--data-pipeline', default='auto', choices=['auto', 'record', 'python'],
-                   help='auto: ImageRecordIter unless --randaugment; python: decode in Python for train and val')
+                   help='auto: ImageRecordIter unless --randaugment or --pad-mode reflect; python: decode in Python '
+                        'for train and val')
+    g.add_argument('--pad-mode', default='constant', choices=['constant', 'reflect'],
+                   help='CIFAR pad-4 random crop: constant (zeros, GluonCV) or reflect (the attention-transfer '
+                        'reference; trains from the Python decode pipeline on RecordIO data)')
     return g
 
 
@@ -371,7 +379,8 @@ def augment_kwargs(args):
                 random_erasing=getattr(args, 'random_erasing', 0.0),
                 train_fraction=getattr(args, 'train_fraction', None),
                 fraction_seed=getattr(args, 'fraction_seed', 0),
-                pipeline=getattr(args, 'data_pipeline', 'auto'))
+                pipeline=getattr(args, 'data_pipeline', 'auto'),
+                pad_mode=getattr(args, 'pad_mode', 'constant'))
 
 
 # ------------------------------------------------------------------ distillation (AT / KD)
@@ -385,7 +394,10 @@ def add_distill_args(parser, preset):
 
         --model wrn16_1 --teacher-model wrn16_2 --teacher-params T.params --beta 1e3 \\
         --optimizer sgd --momentum 0.9 --wd 5e-4 --lr 0.1 --batch-size 128 --num-epochs 200 \\
-        --lr-mode step --lr-decay-epoch 60,120,160 --lr-decay 0.2
+        --lr-mode step --lr-decay-epoch 60,120,160 --lr-decay 0.2 --reset-momentum --pad-mode reflect
+
+    (``--reset-momentum``: the reference re-creates its optimizer at each LR drop;
+    ``--pad-mode reflect``: its ``T.Pad(4, reflect)`` crop.)
     """
     g = parser.add_argument_group('distillation (attention transfer / knowledge distillation)')
     g.add_argument('--teacher-model', '--teacher', dest='teacher_model', default=None,

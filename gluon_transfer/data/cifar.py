@@ -19,7 +19,7 @@ import numpy as np
 
 from ..errors import DataError
 
-__all__ = ['CIFAR_FILES', 'find_cifar_binary', 'read_cifar_binary', 'pad_crop_flip']
+__all__ = ['CIFAR_FILES', 'find_cifar_binary', 'read_cifar_binary', 'pad_crop_flip', 'PAD_MODES', 'check_pad_mode']
 
 CIFAR_FILES = {
     'cifar10': {'subdir': 'cifar-10-batches-bin',
@@ -75,14 +75,34 @@ def read_cifar_binary(root, dataset='cifar10', train=True, coarse=False):
     return np.concatenate(images), np.concatenate(labels), names
 
 
-def pad_crop_flip(images, rng, pad=4, flip=True):
-    """CIFAR training augment on a uint8 batch (N, C, H, W): zero-pad ``pad`` pixels on each
+PAD_MODES = ('constant', 'reflect')
+
+
+def check_pad_mode(pad_mode):
+    from ..errors import ConfigError
+    if pad_mode not in PAD_MODES:
+        raise ConfigError('unknown pad mode %r; valid: %s' % (pad_mode, ', '.join(PAD_MODES)))
+    return pad_mode
+
+
+def pad_crop_flip(images, rng, pad=4, flip=True, pad_mode='constant'):
+    """CIFAR training augment on a uint8 batch (N, C, H, W): pad ``pad`` pixels on each
     side, take a random H x W crop (offsets uniform in ``[0, 2*pad]`` per axis), then mirror
-    left-right with probability 1/2. Matches GluonCV ``RandomCrop(32, pad=4)`` (zero fill)
-    + ``RandomFlipLeftRight``; ``rng`` is a ``np.random.RandomState``."""
+    left-right with probability 1/2; ``rng`` is a ``np.random.RandomState``.
+
+    ``pad_mode='constant'`` pads with zeros: GluonCV ``RandomCrop(32, pad=4)`` +
+    ``RandomFlipLeftRight``. ``pad_mode='reflect'`` mirrors the border without repeating
+    the edge pixel (``np.pad(mode='reflect')``, torchvision's ``Pad(4, padding_mode=
+    'reflect')``): the attention-transfer reference's ``T.Pad(4, reflect)``, random flip,
+    ``RandomCrop(32)`` (flipping before or after the crop gives the same distribution).
+    The random draws do not depend on the mode."""
+    check_pad_mode(pad_mode)
     n, c, h, w = images.shape
-    padded = np.zeros((n, c, h + 2 * pad, w + 2 * pad), dtype=images.dtype)
-    padded[:, :, pad:pad + h, pad:pad + w] = images
+    if pad_mode == 'reflect':
+        padded = np.pad(images, ((0, 0), (0, 0), (pad, pad), (pad, pad)), mode='reflect')
+    else:
+        padded = np.zeros((n, c, h + 2 * pad, w + 2 * pad), dtype=images.dtype)
+        padded[:, :, pad:pad + h, pad:pad + w] = images
     dy = rng.randint(0, 2 * pad + 1, size=n)
     dx = rng.randint(0, 2 * pad + 1, size=n)
     mirror = rng.rand(n) < 0.5 if flip else np.zeros(n, dtype=bool)

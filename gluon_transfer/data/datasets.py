@@ -31,6 +31,9 @@ Options every script gets through :func:`build_data` (``gluon_transfer.cli.add_a
   (:class:`~gluon_transfer.data.pyrecord.PyRecordIter`: random resized crop, flip,
   RandAugment; no colour jitter, as timm) instead of ImageRecordIter; evaluation keeps
   ImageRecordIter (same preprocessing). CIFAR presets: pad-4 crop + flip, then RandAugment.
+* ``pad_mode='reflect'``: CIFAR presets pad by reflection before the random crop (the
+  attention-transfer reference); ImageRecordIter cannot, so training batches come from the
+  Python decode pipeline (bench/README.md: loader throughput, far above training speed).
 * ``random_erasing=p``: timm's pixel-mode random erasing on the normalised training batches
   (:class:`~gluon_transfer.data.augment.ErasingIter`), any pipeline.
 * ``train_fraction=F``: train on a seeded class-balanced subset (:func:`class_balanced_subset`),
@@ -41,6 +44,7 @@ Options every script gets through :func:`build_data` (``gluon_transfer.cli.add_a
 """
 import collections
 import fractions
+import functools
 import hashlib
 import json
 import math
@@ -209,7 +213,7 @@ def build_data(preset, data_dir=None, rec_train=None, rec_val=None, batch_size=1
                input_size=None, crop_ratio=None, coarse_labels=False, prefetch_buffer=2,
                verify='auto', with_train=True, train_aug=None, randaugment=None,
                random_erasing=0.0, train_fraction=None, fraction_seed=0, pipeline='auto',
-               subset_dir=None):
+               subset_dir=None, pad_mode='constant'):
     """Training and evaluation iterators for a preset.
 
     Data sources, in order: ``rec_train``/``rec_val`` (``.rec`` paths; their index files are
@@ -239,6 +243,11 @@ def build_data(preset, data_dir=None, rec_train=None, rec_val=None, batch_size=1
     default ``<train dir>/subsets``), ``pipeline``: 'auto' (Python decoding for training
     when RandAugment is on, else ImageRecordIter), 'record' (ImageRecordIter only) or
     'python' (Python decoding for training and evaluation; ``num_workers`` processes).
+    ``pad_mode``: how pad/crop presets (CIFAR) pad before the random crop: 'constant'
+    (``fill_value``, as ImageRecordIter) or 'reflect' (the attention-transfer reference's
+    ``T.Pad(4, reflect)``). ImageRecordIter only pads with a constant, so 'reflect' trains
+    from the Python pipeline (RecordIO data; 'auto' switches to it, 'record' is an error) or
+    from the in-memory binary CIFAR arrays.
     """
     preset = get_preset(preset)
     val_batch_size = int(val_batch_size or batch_size)
@@ -248,6 +257,14 @@ def build_data(preset, data_dir=None, rec_train=None, rec_val=None, batch_size=1
     if pipeline not in ('auto', 'record', 'python'):
         raise ConfigError("pipeline must be 'auto', 'record' or 'python', got %r" % (pipeline,))
     ra = _make_randaugment(randaugment, preset)
+    from .cifar import check_pad_mode
+    check_pad_mode(pad_mode)
+    if pad_mode != 'constant' and with_train and not preset.train_aug.get('pad'):
+        raise ConfigError('pad_mode %r applies to pad + random-crop presets (e.g. cifar10, cifar100); preset %r '
+                          'does not pad' % (pad_mode, preset.name))
+    if pad_mode == 'reflect' and pipeline == 'record':
+        raise ConfigError("ImageRecordIter pads with a constant only: reflect padding needs pipeline auto or python, "
+                          "not record")
     if ra is not None and pipeline == 'record':
         raise ConfigError('RandAugment runs in Python: it needs pipeline auto or python, not record')
     erasing = None
@@ -273,7 +290,7 @@ def build_data(preset, data_dir=None, rec_train=None, rec_val=None, batch_size=1
             raise ConfigError("pipeline 'python' reads RecordIO; the binary CIFAR files are "
                               "served from memory (RandAugment works there too)")
         bundle = _build_cifar_binary(preset, train_rec, batch_size, val_batch_size, num_parts,
-                                     part_index, seed, coarse_labels, with_train, ra, shard_val)
+                                     part_index, seed, coarse_labels, with_train, ra, shard_val, pad_mode)
         if erasing is not None and bundle.train is not None:
             from .augment import ErasingIter
             bundle = bundle._replace(train=ErasingIter(bundle.train, erasing, seed))
@@ -306,12 +323,12 @@ def build_data(preset, data_dir=None, rec_train=None, rec_val=None, batch_size=1
                   seed=seed, preprocess_threads=num_workers, prefetch_buffer=prefetch_buffer,
                   verify=verify)
     train = val = None
-    py_train = pipeline == 'python' or ra is not None
+    py_train = pipeline == 'python' or ra is not None or pad_mode == 'reflect'
     if train_info is not None:
         shape, aug = record_iter_kwargs(preset, True, size, crop_ratio)
         aug.update(train_aug or {})
         if py_train:
-            train = _py_iter(train_info, batch_size, shape, preset, aug, True, ra, common)
+            train = _py_iter(train_info, batch_size, shape, preset, aug, True, ra, common, pad_mode)
         else:
             train = RecordIter(train_info.rec, train_info.idx, batch_size, shape, aug=aug, train=True,
                                info=train_info, **common)
@@ -332,7 +349,7 @@ def build_data(preset, data_dir=None, rec_train=None, rec_val=None, batch_size=1
 
 
 def _build_cifar_binary(preset, folder, batch_size, val_batch_size, num_parts, part_index, seed,
-                        coarse, with_train, randaugment=None, shard_val=True):
+                        coarse, with_train, randaugment=None, shard_val=True, pad_mode='constant'):
     from .cifar import read_cifar_binary, pad_crop_flip
     train = None
     num_train = 0
@@ -340,7 +357,10 @@ def _build_cifar_binary(preset, folder, batch_size, val_batch_size, num_parts, p
     if with_train:
         x, y, names = read_cifar_binary(folder, preset.binary, train=True, coarse=coarse)
         num_train = len(y)
-        augment = pad_crop_flip if randaugment is None else _CifarRandAugment(randaugment)
+        if randaugment is None:
+            augment = pad_crop_flip if pad_mode == 'constant' else functools.partial(pad_crop_flip, pad_mode=pad_mode)
+        else:
+            augment = _CifarRandAugment(randaugment, pad_mode)
         train = ArrayIter(x, y, batch_size, mean=preset.mean, std=preset.std, shuffle=True,
                           augment=augment, last_batch='rollover', num_parts=num_parts,
                           part_index=part_index, seed=seed)
@@ -358,12 +378,13 @@ def _build_cifar_binary(preset, folder, batch_size, val_batch_size, num_parts, p
 class _CifarRandAugment:
     """ArrayIter augment: pad-4 crop + flip, then RandAugment on each image (NCHW uint8)."""
 
-    def __init__(self, randaugment):
+    def __init__(self, randaugment, pad_mode='constant'):
         self.randaugment = randaugment
+        self.pad_mode = pad_mode
 
     def __call__(self, imgs, rng):
         from .cifar import pad_crop_flip
-        imgs = pad_crop_flip(imgs, rng)
+        imgs = pad_crop_flip(imgs, rng, pad_mode=self.pad_mode)
         out = np.empty_like(imgs)
         for i in range(len(imgs)):
             hwc = np.ascontiguousarray(imgs[i].transpose(1, 2, 0))
@@ -380,7 +401,7 @@ def _make_randaugment(spec, preset):
     return RandAugment(str(spec), fill=preset.mean)
 
 
-def _py_iter(info, batch_size, shape, preset, aug, train, randaugment, common):
+def _py_iter(info, batch_size, shape, preset, aug, train, randaugment, common, pad_mode='constant'):
     """A :class:`~gluon_transfer.data.pyrecord.PyRecordIter` with the preset's geometry:
     random resized crop (area/aspect from the preset) or, for pad/crop presets (CIFAR),
     ImageRecordIter-style pad + random crop, for training; resize + centre crop for eval."""
@@ -393,7 +414,7 @@ def _py_iter(info, batch_size, shape, preset, aug, train, randaugment, common):
             kw.update(rrc_scale=(aug.get('min_random_area', 0.08), aug.get('max_random_area', 1.0)),
                       rrc_ratio=(aug.get('min_aspect_ratio', 3.0 / 4.0), aug.get('max_aspect_ratio', 4.0 / 3.0)))
         elif aug.get('pad'):
-            kw.update(pad=int(aug['pad']), fill_value=int(aug.get('fill_value', 0)))
+            kw.update(pad=int(aug['pad']), fill_value=int(aug.get('fill_value', 0)), pad_mode=pad_mode)
         elif aug.get('rand_crop') and aug.get('resize'):
             kw.update(rrc_scale=None)       # shorter side to `resize`, then a random crop
         else:

@@ -15,8 +15,9 @@ Transforms (uint8 RGB, H x W x 3 -> uint8 3 x S x S):
   that range, as torchvision/timm), bilinear resize to S x S, horizontal flip with
   probability 0.5, then RandAugment when given. Colour jitter is not applied: timm turns it
   off when RandAugment is on, and the reference recipe (transfer-methods.md §7.3) uses it
-  that way; with ``pad = P > 0`` (CIFAR presets) instead: zero-pad (``fill_value``) by P,
-  random S x S crop, flip, RandAugment;
+  that way; with ``pad = P > 0`` (CIFAR presets) instead: pad by P (``pad_mode='constant'``
+  with ``fill_value``, or ``'reflect'``, mirrored without repeating the edge), random S x S
+  crop, flip, RandAugment;
 * evaluation: ImageRecordIter's ``resize`` + default centre crop, i.e. shorter side scaled
   to ``R`` (``new_long = R * long // short``, integer division, bilinear) and the crop at
   ``((h - S) // 2, (w - S) // 2)``.
@@ -73,10 +74,15 @@ def random_resized_crop(img, size, rng, scale=(0.08, 1.0), ratio=(3.0 / 4.0, 4.0
     return cv2.resize(crop, (size, size), interpolation=cv2.INTER_LINEAR)
 
 
-def pad_random_crop(img, size, pad, fill_value, rng):
-    """Pad by ``pad`` pixels of ``fill_value`` on every side, then a uniformly placed
-    ``size x size`` crop (ImageRecordIter's ``pad`` + ``rand_crop``)."""
-    img = np.pad(img, ((pad, pad), (pad, pad), (0, 0)), constant_values=fill_value)
+def pad_random_crop(img, size, pad, fill_value, rng, pad_mode='constant'):
+    """Pad by ``pad`` pixels on every side, then a uniformly placed ``size x size`` crop
+    (ImageRecordIter's ``pad`` + ``rand_crop``). ``pad_mode='constant'`` fills with
+    ``fill_value`` (as ImageRecordIter); ``'reflect'`` mirrors the border without repeating
+    the edge pixel (``np.pad(mode='reflect')``, which ImageRecordIter cannot do)."""
+    if pad and pad_mode == 'reflect':
+        img = np.pad(img, ((pad, pad), (pad, pad), (0, 0)), mode='reflect')
+    elif pad:
+        img = np.pad(img, ((pad, pad), (pad, pad), (0, 0)), constant_values=fill_value)
     h, w = img.shape[:2]
     top = rng.randint(0, h - size + 1)
     left = rng.randint(0, w - size + 1)
@@ -124,9 +130,10 @@ class RecordDataset(mx.gluon.data.Dataset):
 
     def __init__(self, rec, offsets, labels, keys, size, train, seed=0, randaugment=None,
                  resize=None, rrc_scale=(0.08, 1.0), rrc_ratio=(3.0 / 4.0, 4.0 / 3.0), pad=0,
-                 fill_value=0):
+                 fill_value=0, pad_mode='constant'):
+        from .cifar import check_pad_mode
         self.rec = rec
-        self.pad, self.fill_value = int(pad), int(fill_value)
+        self.pad, self.fill_value, self.pad_mode = int(pad), int(fill_value), check_pad_mode(pad_mode)
         self.offsets, self.labels, self.keys = offsets, labels, keys
         self.size, self.train, self.seed = int(size), bool(train), int(seed)
         self.randaugment, self.resize = randaugment, resize
@@ -182,7 +189,7 @@ class RecordDataset(mx.gluon.data.Dataset):
             ss = np.random.SeedSequence([self.seed & 0xffffffff, int(epoch), int(j)])
             rng = np.random.RandomState(ss.generate_state(4))
             if self.pad:
-                img = pad_random_crop(img, self.size, self.pad, self.fill_value, rng)
+                img = pad_random_crop(img, self.size, self.pad, self.fill_value, rng, self.pad_mode)
             elif self.rrc_scale is None:
                 img = pad_random_crop(resize_short(img, int(self.resize)), self.size, 0, 0, rng)
             else:
@@ -217,7 +224,7 @@ class PyRecordIter:
     or None), ``resize`` (evaluation: shorter side before the centre crop), ``num_parts``/
     ``part_index``, ``seed``, ``num_workers`` (DataLoader processes), ``info`` (a
     :class:`~gluon_transfer.data.recordio.RecordInfo`), ``rrc_scale``/``rrc_ratio``, or
-    ``pad``/``fill_value`` for pad + random crop training.
+    ``pad``/``fill_value``/``pad_mode`` ('constant' or 'reflect') for pad + random crop training.
     Training batches are full (the epoch order wraps round) and report ``pad = 0``;
     evaluation batches keep file order and pad the last batch by repeating its first rows.
     """
@@ -225,7 +232,8 @@ class PyRecordIter:
     def __init__(self, rec, idx=None, batch_size=32, data_shape=(3, 224, 224), mean=(0., 0., 0.),
                  std=(1., 1., 1.), train=False, randaugment=None, resize=None, num_parts=1,
                  part_index=0, seed=0, num_workers=2, info=None, rrc_scale=(0.08, 1.0),
-                 rrc_ratio=(3.0 / 4.0, 4.0 / 3.0), pad=0, fill_value=0, prefetch=None, timeout=120):
+                 rrc_ratio=(3.0 / 4.0, 4.0 / 3.0), pad=0, fill_value=0, prefetch=None, timeout=120,
+                 pad_mode='constant'):
         if not 0 <= part_index < num_parts:
             raise ConfigError('part_index %d not in [0, %d)' % (part_index, num_parts))
         if data_shape[0] != 3 or data_shape[1] != data_shape[2]:
@@ -246,7 +254,7 @@ class PyRecordIter:
         self._std = mx.nd.array(np.asarray(std, np.float32).reshape(1, 3, 1, 1))
         self.dataset = RecordDataset(self.rec, self.info.offsets, self.info.labels, self.info.keys,
                                      data_shape[1], self.train, self.seed, randaugment, resize,
-                                     rrc_scale, rrc_ratio, pad, fill_value)
+                                     rrc_scale, rrc_ratio, pad, fill_value, pad_mode)
         self.randaugment = randaugment
         self._prefetch, self._timeout = prefetch, timeout
         self._loader = None

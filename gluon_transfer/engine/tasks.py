@@ -95,12 +95,16 @@ class Distill(Task):
 
     The teacher runs in inference mode (BN running statistics) under ``autograd.pause()``
     on every device; its parameters get ``grad_req='null'`` and are never given to the
-    trainer (:meth:`blocks` is empty). Student taps come from the network's own feature API
-    when it was built with exactly ``student_taps``, otherwise from a
-    :class:`~gluon_transfer.nn.feature.FeatureTaps` view sharing its parameters; the same for
-    the teacher. With ``input_shape`` (e.g. ``(1, 3, 32, 32)``), :meth:`setup` runs one
-    inference forward of both and raises a one-line ConfigError if a group's spatial sizes
-    (or the class counts, with KD) differ.
+    trainer (:meth:`blocks` is empty). With attention transfer, student and teacher each run
+    as one static cached graph (:class:`~gluon_transfer.losses.at.AttentionTaps`, sharing the
+    network's parameters) that returns the logits and the (N, H*W) attention maps of the
+    tapped stages (the network's own feature API when it was built with exactly these taps,
+    else symbol internals); only the small maps leave the graphs, and the per-group loss is
+    a few element-wise ops on them. Logged terms stay lazy NDArrays (no host sync per step).
+    The tap shapes are checked once: at :meth:`setup` with ``input_shape`` (e.g.
+    ``(1, 3, 32, 32)``), else at the first batch, by one inference forward of the tapped
+    views (``_student``/``_teacher``, returning the raw maps); a group whose spatial sizes
+    differ (or, with KD, different class counts) is a one-line ConfigError.
 
     Gradient-based AT (``grad_at_beta > 0``): ``J = d(sum_i CE_i)/dx`` of the student (train
     mode, as its loss) and of the teacher (inference mode). The penalty's parameter gradient
@@ -148,12 +152,14 @@ class Distill(Task):
         self.grad_at_beta, self.grad_at_step = float(grad_at_beta), float(grad_at_step)
         self.input_shape = tuple(input_shape) if input_shape else None
         self.at_scale = 1.0
-        self._student = self._teacher = None
+        self._student = self._teacher = self._student_at = self._teacher_at = None
+        self._checked = False
         self._grad_views = None
         self._pending = []
 
     # ---------------------------------------------------------------- set-up
     def setup(self, net, ctx):
+        from ..losses.at import AttentionTaps
         from ..nn.feature import tapped
         ctx = list(ctx)
         tparams = self.teacher.collect_params()
@@ -165,9 +171,18 @@ class Distill(Task):
         self._teacher.hybridize(static_alloc=True)
         if self._student is not net:
             self._student.hybridize(static_alloc=True)
+        if self.student_taps:
+            # The training path: one cached graph per network returning the logits and the
+            # (N, H*W) attention maps (see AttentionTaps); the raw views above only serve the
+            # start-up shape check and inspection.
+            self._student_at = AttentionTaps(net, self.student_taps, self.at_p)
+            self._teacher_at = AttentionTaps(self.teacher, self.teacher_taps, self.at_p)
+            self._student_at.hybridize(static_alloc=True, static_shape=True)
+            self._teacher_at.hybridize(static_alloc=True, static_shape=True)
         self._tdtype = next(iter(tparams.values())).dtype
         if self.input_shape:
             self.check_shapes(ctx[0])
+            self._checked = True
         if self.grad_at_beta > 0:
             self._grad_views = (_logits_view(net), _logits_view(self.teacher))
             for view in self._grad_views:
@@ -202,13 +217,23 @@ class Distill(Task):
 
     # ---------------------------------------------------------------- loss
     def loss(self, net, data, target, label):
-        from ..losses.at import at_loss
+        from ..losses.at import at_loss_from_maps
         from ..losses.kd import kd_per_sample
         n = data.shape[0]
-        logits, s_maps = self._forward(self._student, data, bool(self.student_taps))
-        with autograd.pause(train_mode=False):
-            t_logits, t_maps = self._forward(self._teacher, data.astype(self._tdtype, copy=False),
-                                             bool(self.teacher_taps))
+        t_data = data.astype(self._tdtype, copy=False)
+        if self.student_taps:
+            if not self._checked:       # once: a clear error instead of a broadcast error
+                self.input_shape = self.input_shape or (1,) + tuple(data.shape[1:])
+                self.check_shapes(data.context)
+                self._checked = True
+            logits, s_at = self._student_at(data)
+            with autograd.pause(train_mode=False):
+                t_logits, t_at = self._teacher_at(t_data)
+        else:
+            logits = logits_of(net(data))
+            with autograd.pause(train_mode=False):
+                t_logits = logits_of(self._teacher(t_data))
+            s_at = t_at = ()
         terms = {}
         if self.alpha > 0:
             kd, ce = kd_per_sample(logits, t_logits, target, self.temperature, self.alpha)
@@ -218,8 +243,8 @@ class Distill(Task):
             ce = cross_entropy(logits, target)
             total = ce.sum()
         terms['ce'] = ce.mean()
-        for g, (s, t) in enumerate(zip(s_maps, t_maps)):
-            a = at_loss(s, t, self.at_p, self.at_mode, group='g%d' % g) * (self.beta * self.at_scale)
+        for g, (a_s, a_t) in enumerate(zip(s_at, t_at)):
+            a = at_loss_from_maps(a_s, a_t, self.at_mode) * (self.beta * self.at_scale)
             total = total + a * n
             terms['at_g%d' % g] = a
         if self.grad_at_beta > 0:

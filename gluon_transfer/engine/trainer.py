@@ -14,6 +14,10 @@ divided by the global batch); distributed is a kvstore name or a ``dist_sync`` k
 all workers run the same number of iterations per epoch; only rank 0 writes checkpoints
 and the metrics log; see ``engine/distributed.py``); precision is ``cfg.dtype``.
 
+``cfg.reset_momentum_at_drops`` (``--reset-momentum``; SGD/NAG with the step schedule) zeroes
+the momentum buffers right before the update of each iteration where the step schedule
+lowers the LR, as the attention-transfer reference does by re-creating its optimizer.
+
 The loss is checked without a per-iteration device sync: each iteration's loss stays
 on the device and the window of ``log_interval`` losses is read at once. A NaN/inf stops
 training with the iteration it first appeared in; the previous epoch's checkpoint is
@@ -67,6 +71,7 @@ class FitConfig:
     seed: int = 0
     save_frequency: int = 0           # keep every N-th epoch's checkpoint (0: latest only)
     max_iters: int = 0                # stop after this many iterations (0: num_epochs)
+    reset_momentum_at_drops: bool = False   # zero SGD momentum when the step schedule drops the LR
     extra: dict = field(default_factory=dict)
 
 
@@ -118,6 +123,13 @@ class Engine:
         self.lr_trace = []          # the LR of every iteration run by this engine
         self.trainer = None
         self._dist_init_pending = distributed.is_distributed(self.kv)
+        self._drop_iters = frozenset()
+        if cfg.reset_momentum_at_drops:
+            if cfg.optimizer not in ('sgd', 'nag') or cfg.lr_mode != 'step':
+                raise ConfigError('--reset-momentum needs --optimizer sgd or nag and --lr-mode step (got %s, %s)'
+                                  % (cfg.optimizer, cfg.lr_mode))
+            if self.schedule is not None:
+                self._drop_iters = frozenset(d for d in self.schedule.decay_iters if d > 0)
         self._mixup = None
         if cfg.mixup_alpha > 0:
             from ..data.mixup import MixupSchedule
@@ -257,6 +269,9 @@ class Engine:
             self.task.after_backward(self.net)
             if self._dist_init_pending:
                 self._broadcast_initial_params()
+            if self.global_step in self._drop_iters:
+                reset_momentum(self.trainer)
+                self.log.info('LR drop at global step %d (lr %g): momentum buffers zeroed', self.global_step, lr)
             # dist_sync sums the gradients of all workers: normalise by the global batch.
             self.trainer.step(distributed.global_batch_size(n, self.num_workers))
             step_loss = mx.nd.add_n(*[r[0].reshape((1,)).as_in_context(c0) for r in results])
@@ -366,6 +381,20 @@ class Engine:
             self.ckpt.save(epoch + 1, self.net, self.trainer, meta, self.task.blocks())
             if is_best:
                 self.ckpt.save_best(epoch + 1, self.net, self.best_top1)
+
+
+def reset_momentum(trainer):
+    """Zero the momentum buffers of an SGD/NAG ``gluon.Trainer`` (all devices), keeping
+    float16 master weights. Used at the step schedule's LR drops, where the attention-transfer
+    reference re-creates its optimizer (transfer-methods.md section 1.4): the first update
+    after the drop is then ``mom = -lr * (g + wd * w)``, PyTorch's first momentum step
+    ``buf = g + wd * w``. Buffers not created yet (before the first update) stay absent."""
+    for updater in trainer._updaters:
+        for state in updater.states.values():
+            # multi_precision SGD keeps (momentum, float32 weight); momentum 0 keeps None
+            mom = state[0] if isinstance(state, (list, tuple)) else state
+            if mom is not None:
+                mom[:] = 0
 
 
 def _config_dict(cfg):

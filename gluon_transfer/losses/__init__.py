@@ -1,6 +1,7 @@
 """Losses and regularizers; each module registers its public losses in ``LOSSES`` (math in
 each module's docstring). Transfer regularizers are in ``REGULARIZERS``."""
-from .at import attention_map, at_loss, grad_at_param_grads, input_gradient  # noqa: F401
+from .at import (attention_map, at_loss, at_loss_from_maps, AttentionTaps, grad_at_param_grads,  # noqa: F401
+                 input_gradient)
 from .kd import kd_loss, kd_per_sample, kl_per_sample  # noqa: F401
 from .l2sp import l2sp_penalty, L2, L2SP  # noqa: F401
 from .feature_distance import feature_map_penalty, feature_map_per_sample, FeatureMap  # noqa: F401

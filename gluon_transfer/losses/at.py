@@ -33,6 +33,11 @@ count. Here the task contract (total = n_slice * mean) makes the loss device-cou
 independent; :class:`gluon_transfer.engine.tasks.Distill` offers the reference scaling
 only as an explicit option (``--at-ngpu-scaling``).
 
+In training (:class:`gluon_transfer.engine.tasks.Distill`), ``at(x)`` is computed inside the
+networks' cached graphs by :class:`AttentionTaps` (the same operators as
+:func:`attention_map`, via :func:`attention_map_f`), and the group loss by
+:func:`at_loss_from_maps` on the (N, H*W) maps.
+
 Gradient-based AT (paper section 3.2; no reference code)
 --------------------------------------------------------
 ``J_S = dL_S/dx`` and ``J_T = dL_T/dx`` (input gradients of the student's and teacher's
@@ -49,13 +54,17 @@ activation pattern flips, so the penalty is only piecewise continuous in theta: 
 back-propagation (what PyTorch would compute) differentiates within the current pattern,
 the central difference averages over the patterns met within ``x +- h v`` (h small).
 """
+import warnings
+
+import numpy as np
 import mxnet as mx
-from mxnet import autograd
+from mxnet import autograd, gluon
 
 from ..errors import ConfigError
 from ..registry import LOSSES
 
-__all__ = ['attention_map', 'at_loss', 'check_spatial', 'AT_MODES', 'input_gradient', 'grad_at_param_grads']
+__all__ = ['attention_map', 'attention_map_f', 'AttentionTaps', 'at_loss', 'at_loss_from_maps', 'check_spatial',
+           'AT_MODES', 'input_gradient', 'grad_at_param_grads']
 
 AT_MODES = ('code', 'paper')
 NORM_EPS = 1e-12
@@ -67,20 +76,59 @@ def attention_map(x, p=2):
 
     ``max(||q||, 1e-12)`` is computed as ``sqrt(max(sum q^2, 1e-24))`` -- the same value,
     but its gradient is 0 (not NaN) for an all-zero map, as PyTorch's clamp gives."""
-    x = x.astype('float32', copy=False)
+    return attention_map_f(mx.nd, x, p, cast=x.dtype != 'float32')
+
+
+def attention_map_f(F, x, p=2, cast=True):
+    """:func:`attention_map` for ``F`` = ``mx.nd`` or ``mx.sym`` (the same operators, so the
+    value inside a cached graph is the imperative one). ``cast``: compute in float32 (a
+    float16/bfloat16 network's maps); off for float32 maps, to spare a copy."""
+    if cast:
+        x = F.cast(x, dtype='float32')
     if p == 2:
-        q = mx.nd.square(x)
+        q = F.square(x)
     elif p == 1:
-        q = mx.nd.abs(x)
+        q = F.abs(x)
     else:
-        q = mx.nd.power(mx.nd.abs(x), p)
-    # channel mean as a batched matrix product: MXNet's CPU reduction over axis 1 of NCHW
-    # is ~6x slower (it dominated the cost of attention transfer)
-    n, c = x.shape[0], x.shape[1]
-    ones = mx.nd.full((n, 1, c), 1.0 / c, ctx=x.context, dtype='float32')
-    q = mx.nd.batch_dot(ones, q.reshape((n, c, -1))).reshape((n, -1))
-    norm = mx.nd.sqrt(mx.nd.maximum(mx.nd.square(q).sum(axis=1, keepdims=True), NORM_EPS ** 2))
-    return mx.nd.broadcast_div(q, norm)
+        q = F.abs(x) ** p
+    # Channel mean as a 1x1 convolution with the constant weight 1/C (built from the map
+    # itself: a symbol does not know C). MXNet's CPU reduction over axis 1 of NCHW is ~6x
+    # slower, a batch_dot with a (N, 1, C) row ~2x (bench/README.md, distillation).
+    w = F.slice_axis(F.slice_axis(F.slice_axis(q, axis=0, begin=0, end=1), axis=2, begin=0, end=1),
+                     axis=3, begin=0, end=1)                         # (1, C, 1, 1)
+    w = F.BlockGrad(F.ones_like(w))
+    w = F.broadcast_div(w, F.sum(w, axis=1, keepdims=True))          # 1/C
+    q = F.reshape(F.Convolution(q, w, kernel=(1, 1), num_filter=1, no_bias=True), (0, -1))   # (N, HW)
+    norm = F.sqrt(F.maximum(F.sum(F.square(q), axis=1, keepdims=True), NORM_EPS ** 2))
+    return F.broadcast_div(q, norm)
+
+
+class AttentionTaps(gluon.SymbolBlock):
+    """``view(x) -> (logits, [at(map_g) for each tap])``: one cached graph of ``net``'s forward
+    that also computes the attention maps (N, H*W) of the tapped feature maps (taps as in
+    :func:`~gluon_transfer.nn.feature.feature_symbols`). It shares ``net``'s parameters, so
+    training through it trains ``net``. Compared with tapping the (N, C, H, W) maps and
+    reducing them imperatively, the graph outputs only the small maps, the reductions run
+    inside the cached op's memory plan, and no per-op Python dispatch remains
+    (bench/README.md, distillation)."""
+
+    def __init__(self, net, names, p=2):
+        from ..nn.feature import feature_symbols
+        names = tuple([names] if isinstance(names, str) else names)
+        data, logits, maps = feature_symbols(net, names)
+        from ..engine import precision
+        cast = bool(precision._amp_initialised) or any(
+            par.dtype not in ('float32', np.float32) for par in net.collect_params().values())
+        ats = [attention_map_f(mx.sym, m, p, cast=cast) for m in maps]
+        with warnings.catch_warnings():
+            warnings.filterwarnings('ignore', 'Cannot decide type')   # the input dtype comes with the first call
+            super().__init__([logits] + ats, data, params=net.collect_params())
+        self.feature_names = names
+        self.p = p
+
+    def forward(self, x, *args):
+        out = super().forward(x, *args)
+        return out[0], list(out[1:])
 
 
 def check_spatial(s, t, group=None):
@@ -107,7 +155,13 @@ def at_loss(s, t, p=2, mode='code', group=None):
     if mode not in AT_MODES:
         raise ConfigError('unknown attention-transfer mode %r; valid: %s' % (mode, ', '.join(AT_MODES)))
     check_spatial(s, t, group)
-    diff = attention_map(s, p) - attention_map(t, p).detach()
+    return at_loss_from_maps(attention_map(s, p), attention_map(t, p), mode)
+
+
+def at_loss_from_maps(a_s, a_t, mode='code'):
+    """:func:`at_loss` from attention maps ``a_s = at(s)``, ``a_t = at(t)`` (N, H*W) already
+    computed (e.g. by :class:`AttentionTaps`); ``a_t`` is treated as a constant."""
+    diff = a_s - a_t.detach()
     if mode == 'code':
         return mx.nd.square(diff).mean()
     n, hw = diff.shape

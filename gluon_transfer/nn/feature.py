@@ -29,7 +29,7 @@ from mxnet import gluon
 
 from ..errors import ConfigError
 
-__all__ = ['FeatureTaps', 'tapped', 'stage_aliases', 'block_paths']
+__all__ = ['FeatureTaps', 'feature_symbols', 'tapped', 'stage_aliases', 'block_paths']
 
 
 def block_paths(net):
@@ -89,6 +89,55 @@ def _resolve(net, names, paths, aliases):
     return blocks, raw
 
 
+def feature_symbols(net, names):
+    """Trace ``net`` once symbolically: ``(data, logits, [tap symbols for names])``.
+
+    A network built with exactly ``features=names`` (our feature API) returns its own taps;
+    otherwise the names are resolved as in :class:`FeatureTaps` (structural paths, stage
+    aliases, internal output names) and captured by forward hooks during the trace (hooks
+    fire here because the trace is not hybridized; they are detached right after)."""
+    if isinstance(names, str):
+        names = (names,)
+    names = tuple(names)
+    if not names:
+        raise ConfigError('FeatureTaps needs at least one tap name')
+    data = mx.sym.var('data')
+    if tuple(getattr(net, 'feature_names', ())) == names:
+        with warnings.catch_warnings():
+            warnings.simplefilter('ignore')
+            out = net(data)
+        return data, out[0], list(out[1])
+    paths = block_paths(net)
+    aliases = stage_aliases(net)
+    blocks, raw = _resolve(net, names, paths, aliases)
+    captured = {}
+    handles = []
+    for name, block in blocks:
+        def hook(blk, inputs, output, _name=name):
+            if _name not in captured:       # a block called twice: its first output
+                captured[_name] = output
+        handles.append(block.register_forward_hook(hook))
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter('ignore')
+            out = net(data)
+    finally:
+        for h in handles:
+            h.detach()
+    captured.update(dict(raw))
+    if isinstance(out, (list, tuple)):
+        out = out[0]
+    missing = [n for n in names if n not in captured]
+    if missing:
+        raise ConfigError('feature tap %r of %s is never called in its forward pass'
+                          % (missing[0], type(net).__name__))
+    for n in names:
+        if isinstance(captured[n], (list, tuple)) or len(captured[n].list_outputs()) != 1:
+            raise ConfigError('feature tap %r of %s has several outputs; tap one of its children'
+                              % (n, type(net).__name__))
+    return data, out, [captured[n] for n in names]
+
+
 class FeatureTaps(gluon.SymbolBlock):
     """``view = FeatureTaps(net, names)``; ``view(x) -> (logits, [maps])`` sharing ``net``'s
     parameters. ``names``: structural paths, stage aliases or internal output names."""
@@ -97,41 +146,11 @@ class FeatureTaps(gluon.SymbolBlock):
         if isinstance(names, str):
             names = (names,)
         names = tuple(names)
-        if not names:
-            raise ConfigError('FeatureTaps needs at least one tap name')
-        paths = block_paths(net)
-        aliases = stage_aliases(net)
-        blocks, raw = _resolve(net, names, paths, aliases)
-        captured = {}
-        handles = []
-        for name, block in blocks:
-            def hook(blk, inputs, output, _name=name):
-                if _name not in captured:       # a block called twice: its first output
-                    captured[_name] = output
-            handles.append(block.register_forward_hook(hook))
-        data = mx.sym.var('data')
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter('ignore')
-                out = net(data)
-        finally:
-            for h in handles:
-                h.detach()
-        captured.update(dict(raw))
-        if isinstance(out, (list, tuple)):
-            out = out[0]
-        missing = [n for n in names if n not in captured]
-        if missing:
-            raise ConfigError('feature tap %r of %s is never called in its forward pass'
-                              % (missing[0], type(net).__name__))
-        for n in names:
-            if isinstance(captured[n], (list, tuple)) or len(captured[n].list_outputs()) != 1:
-                raise ConfigError('feature tap %r of %s has several outputs; tap one of its children'
-                                  % (n, type(net).__name__))
+        data, out, maps = feature_symbols(net, names)
         with warnings.catch_warnings():
             # the input's dtype is only known at the first call; mxnet warns about it
             warnings.filterwarnings('ignore', 'Cannot decide type')
-            super().__init__([out] + [captured[n] for n in names], data, params=net.collect_params())
+            super().__init__([out] + maps, data, params=net.collect_params())
         self.feature_names = names
         self.tapped_net_type = type(net).__name__
 
