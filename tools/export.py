@@ -2,10 +2,14 @@
 """Export a network for deployment: hybridized symbol + params, re-import check, optional ONNX.
 
     python tools/export.py --model cifar_aff_resnet32 --params best.params \
-        --input-shape 1,3,32,32 --out exported/aff32 [--onnx] [--optimize]
+        --input-shape 1,3,32,32 --out exported/aff32 [--onnx] [--no-optimize]
 
 Writes ``<out>-symbol.json`` and ``<out>-0000.params`` (and ``<out>.onnx`` with --onnx), and
-prints what it did. ``--prune`` (AFS networks, AFDS): statically pruned channels are removed
+prints what it did. By default the graph is partitioned for the oneDNN (``MKLDNN``) CPU backend
+(``optimize_for``: conv+BN+ReLU+add fused; the fastest CPU inference path, see bench/README.md)
+and kept only if its outputs match the plain graph; ``--no-optimize`` exports the plain graph
+(needed to load it in an MXNet build without MKLDNN). The ONNX file is always converted from the
+plain graph (the fused operators have no ONNX equivalent). ``--prune`` (AFS networks, AFDS): statically pruned channels are removed
 and static channels folded into BN first (gluon_transfer/prune.py; checked equal to the
 gated network), and the pruned Gluon network is also written as ``<out>-pruned.params``
 plus ``<out>-pruned.json`` (its constructor arguments). Errors are one line (``error: ...``, exit status 2).
@@ -13,7 +17,9 @@ plus ``<out>-pruned.json`` (its constructor arguments). Errors are one line (``e
 import argparse
 import ast
 import os
+import shutil
 import sys
+import tempfile
 import warnings
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -45,8 +51,10 @@ def build_parser():
     p.add_argument('--input-shape', default='1,3,224,224', help='N,C,H,W used to trace and check (default %(default)s)')
     p.add_argument('--out', required=True, help='output prefix')
     p.add_argument('--onnx', action='store_true', help='also write <out>.onnx (needs onnx<1.19)')
-    p.add_argument('--optimize', action='store_true',
-                   help='partition for the oneDNN/MKLDNN CPU backend before export, if outputs stay equal')
+    p.add_argument('--no-optimize', dest='optimize', action='store_false',
+                   help='export the plain graph; by default it is partitioned for the oneDNN/MKLDNN CPU backend '
+                        '(fused conv+BN+ReLU+add, kept only if outputs stay equal)')
+    p.add_argument('--optimize', dest='optimize', action='store_true', help=argparse.SUPPRESS)  # the old flag
     p.add_argument('--no-check', action='store_true', help='skip the re-import comparisons')
     p.add_argument('--prune', action='store_true',
                    help='AFS networks: remove statically pruned channels (m=0), fold static ones into BN')
@@ -84,9 +92,16 @@ def main(argv=None):
             net = export_pruned(net, args.out, shape, check=not args.no_check, log=print)
         res = export_symbol(net, args.out, shape, check=not args.no_check, optimize=args.optimize, log=print)
         if args.onnx:
-            if res['optimized']:
-                raise ConfigError('an --optimize (MKLDNN) graph cannot be converted to ONNX; drop --optimize')
-            export_onnx(res['symbol'], res['params'], shape, args.out + '.onnx', check=not args.no_check, log=print)
+            src = res
+            if res['optimized']:  # fused MKLDNN operators have no ONNX form: convert the plain graph
+                tmp = tempfile.mkdtemp(prefix='gt_export_')
+                src = export_symbol(net, os.path.join(tmp, 'plain'), shape, check=False, optimize=False)
+            try:
+                export_onnx(src['symbol'], src['params'], shape, args.out + '.onnx', check=not args.no_check,
+                            log=print)
+            finally:
+                if src is not res:
+                    shutil.rmtree(tmp, ignore_errors=True)
     except GluonTransferError as err:
         print('error: %s' % err, file=sys.stderr)
         return 2

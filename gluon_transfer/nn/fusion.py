@@ -28,6 +28,7 @@ from mxnet.gluon import nn
 from mxnet.gluon.block import HybridBlock
 
 from ..errors import ConfigError
+from . import fused
 from ..registry import FUSIONS, unknown_name_message
 
 __all__ = ['DirectAdd', 'MSCAM', 'AFF', 'iAFF', 'create_fusion', 'FUSION_ALIASES', 'canonical_fusion']
@@ -76,6 +77,12 @@ def _ms_cam(F, local_att, global_att, z):
     ``broadcast_add`` on a (64, 64, 32, 32) map on CPU (forward: 6.6 vs 6.1 ms)."""
     local = local_att(z)
     return F.Activation(F.elemwise_add(local, F.broadcast_like(global_att(z), local)), act_type='sigmoid')
+
+
+def _fused_tail(F, x, y, local_att, global_att, z, scale):
+    """``scale * (y + M(z) * (x - y))`` in one kernel pass (nn/fused.py; same math as the
+    composition: sigmoid of local + broadcast global logits, then the weighted sum)."""
+    return getattr(F, fused.OP_NAME)(x, y, local_att(z), global_att(z), scale=scale)
 
 
 class DirectAdd(HybridBlock):
@@ -138,7 +145,10 @@ class AFF(HybridBlock):
         return [_ms_cam(mx.nd, self.local_att, self.global_att, x + y)]
 
     def hybrid_forward(self, F, x, y):
-        w = _ms_cam(F, self.local_att, self.global_att, F.elemwise_add(x, y))
+        z = F.elemwise_add(x, y)
+        if fused.kernel_active(F, x, self.local_att[0].weight):
+            return _fused_tail(F, x, y, self.local_att, self.global_att, z, 2.0)
+        w = _ms_cam(F, self.local_att, self.global_att, z)
         return F.elemwise_add(y, F.elemwise_mul(w, F.elemwise_sub(x, y))) * 2
 
 
@@ -176,6 +186,9 @@ class iAFF(HybridBlock):  # noqa: N801  (the paper's name)
         return [w1, _ms_cam(mx.nd, self.local_att2, self.global_att2, xi)]
 
     def hybrid_forward(self, F, x, y):
+        if fused.kernel_active(F, x, self.local_att[0].weight):
+            xi = _fused_tail(F, x, y, self.local_att, self.global_att, F.elemwise_add(x, y), 1.0)
+            return _fused_tail(F, x, y, self.local_att2, self.global_att2, xi, 1.0)
         d = F.elemwise_sub(x, y)  # reused by both steps
         w1 = _ms_cam(F, self.local_att, self.global_att, F.elemwise_add(x, y))
         xi = F.elemwise_add(y, F.elemwise_mul(w1, d))

@@ -1,0 +1,137 @@
+// Fused AFF fusion tail for MXNet's external operator library interface (mx.library.load).
+//
+// gt_aff_fuse(x, y, l, g; scale) with x, y, l of shape (N, C, H, W) and g of shape (N, C, 1, 1):
+//
+//     w   = sigmoid(l + g)            (g broadcast over H x W)
+//     out = scale * (y + w * (x - y)) (= scale * (x * w + y * (1 - w)))
+//
+// AFF uses scale 2, iAFF scale 1 in both steps (gluon_transfer/nn/fusion.py). Backward, from
+// dout: dx = scale*dout*w, dy = scale*dout*(1-w), dl = scale*dout*(x-y)*w*(1-w),
+// dg[n, c] = sum over H x W of dl. Forward and backward are each one pass over the maps (w is
+// recomputed in backward instead of stored), parallel over the N*C planes with OpenMP.
+// Built on first use by gluon_transfer/nn/fused.py (g++ -O3 -fopenmp); float32, CPU only.
+#include <cmath>
+#include <cstdint>
+#include <cstdlib>
+#include <string>
+#include "mxnet/lib_api.h"
+
+using namespace mxnet::ext;
+
+static float get_scale(const std::unordered_map<std::string, std::string>& attrs) {
+  auto it = attrs.find("scale");
+  return it == attrs.end() ? 1.0f : static_cast<float>(std::atof(it->second.c_str()));
+}
+
+static inline float sigm(float a) { return 1.0f / (1.0f + std::exp(-a)); }
+
+MXReturnValue fuse_forward(const std::unordered_map<std::string, std::string>& attrs,
+                           std::vector<MXTensor>* inputs, std::vector<MXTensor>* outputs,
+                           const OpResource& res) {
+  const float s = get_scale(attrs);
+  const float* x = (*inputs)[0].data<float>();
+  const float* y = (*inputs)[1].data<float>();
+  const float* l = (*inputs)[2].data<float>();
+  const float* g = (*inputs)[3].data<float>();
+  float* out = (*outputs)[0].data<float>();
+  const std::vector<int64_t>& sh = (*inputs)[0].shape;
+  const int64_t planes = sh[0] * sh[1];
+  const int64_t hw = (*inputs)[0].size() / planes;
+#pragma omp parallel for schedule(static)
+  for (int64_t p = 0; p < planes; ++p) {
+    const float gp = g[p];
+    const int64_t o = p * hw;
+#pragma omp simd
+    for (int64_t i = 0; i < hw; ++i) {
+      const float w = sigm(l[o + i] + gp);
+      out[o + i] = s * (y[o + i] + w * (x[o + i] - y[o + i]));
+    }
+  }
+  return MX_SUCCESS;
+}
+
+// inputs: dout, x, y, l, g (output gradients, then the forward inputs); outputs: dx, dy, dl, dg
+MXReturnValue fuse_backward(const std::unordered_map<std::string, std::string>& attrs,
+                            std::vector<MXTensor>* inputs, std::vector<MXTensor>* outputs,
+                            const OpResource& res) {
+  const float s = get_scale(attrs);
+  const float* dout = (*inputs)[0].data<float>();
+  const float* x = (*inputs)[1].data<float>();
+  const float* y = (*inputs)[2].data<float>();
+  const float* l = (*inputs)[3].data<float>();
+  const float* g = (*inputs)[4].data<float>();
+  float* dx = (*outputs)[0].data<float>();
+  float* dy = (*outputs)[1].data<float>();
+  float* dl = (*outputs)[2].data<float>();
+  float* dg = (*outputs)[3].data<float>();
+  const std::vector<int64_t>& sh = (*inputs)[1].shape;
+  const int64_t planes = sh[0] * sh[1];
+  const int64_t hw = (*inputs)[1].size() / planes;
+#pragma omp parallel for schedule(static)
+  for (int64_t p = 0; p < planes; ++p) {
+    const float gp = g[p];
+    const int64_t o = p * hw;
+    double acc = 0.0;
+    for (int64_t i = 0; i < hw; ++i) {
+      const float w = sigm(l[o + i] + gp);
+      const float gd = s * dout[o + i];
+      const float a = gd * w;
+      dx[o + i] = a;
+      dy[o + i] = gd - a;
+      const float v = a * (1.0f - w) * (x[o + i] - y[o + i]);
+      dl[o + i] = v;
+      acc += v;
+    }
+    dg[p] = static_cast<float>(acc);
+  }
+  return MX_SUCCESS;
+}
+
+MXReturnValue fuse_parse(const std::unordered_map<std::string, std::string>& attrs,
+                         int* num_in, int* num_out) {
+  *num_in = 4;
+  *num_out = 1;
+  return MX_SUCCESS;
+}
+
+MXReturnValue fuse_type(const std::unordered_map<std::string, std::string>& attrs,
+                        std::vector<int>* in_types, std::vector<int>* out_types) {
+  for (size_t i = 0; i < in_types->size(); ++i) {
+    if ((*in_types)[i] != kFloat32) {
+      MX_ERROR_MSG << "gt_aff_fuse supports float32 only (input " << i << ")";
+      return MX_FAIL;
+    }
+  }
+  (*out_types)[0] = kFloat32;
+  return MX_SUCCESS;
+}
+
+MXReturnValue fuse_shape(const std::unordered_map<std::string, std::string>& attrs,
+                         std::vector<std::vector<unsigned int> >* in_shapes,
+                         std::vector<std::vector<unsigned int> >* out_shapes) {
+  const std::vector<unsigned int>& a = (*in_shapes)[0];
+  if (a.size() != 4 || (*in_shapes)[1] != a || (*in_shapes)[2] != a) {
+    MX_ERROR_MSG << "gt_aff_fuse needs x, y, l of one (N, C, H, W) shape";
+    return MX_FAIL;
+  }
+  const std::vector<unsigned int>& g = (*in_shapes)[3];
+  if (g.size() != 4 || g[0] != a[0] || g[1] != a[1] || g[2] != 1 || g[3] != 1) {
+    MX_ERROR_MSG << "gt_aff_fuse needs g of shape (N, C, 1, 1)";
+    return MX_FAIL;
+  }
+  (*out_shapes)[0] = a;
+  return MX_SUCCESS;
+}
+
+REGISTER_OP(gt_aff_fuse)
+.setParseAttrs(fuse_parse)
+.setInferType(fuse_type)
+.setInferShape(fuse_shape)
+.setForward(fuse_forward, "cpu")
+.setBackward(fuse_backward, "cpu");
+
+MXReturnValue initialize(int version) {
+  if (version >= 10900) return MX_SUCCESS;
+  MX_ERROR_MSG << "gluon_transfer AFF kernel needs MXNet >= 1.9, got " << version;
+  return MX_FAIL;
+}
