@@ -20,16 +20,16 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PRESET_DEFAULTS = {
     'cifar': dict(model='cifar_resnet20_v1', dataset='cifar10', batch_size=128, num_epochs=200, lr=0.1,
                   wd=1e-4, optimizer='nag', lr_mode='step', lr_decay_epoch='100,150', warmup_epochs=0,
-                  mode='imperative', init='xavier', save_frequency=10, log_interval=50, input_size=32),
+                  mode='auto', init='xavier', save_frequency=10, log_interval=50, input_size=32),
     'imagenet': dict(model='resnet50_v1b', dataset='imagenet', batch_size=32, num_epochs=120, lr=0.1,
                      wd=1e-4, optimizer='nag', lr_mode='cosine', lr_decay_epoch='40,60', warmup_epochs=5,
-                     mode='hybrid', init='msra', save_frequency=10, log_interval=50, input_size=224),
+                     mode='auto', init='msra', save_frequency=10, log_interval=50, input_size=224),
     # Fine-grained transfer (DELTA / AFA / L2-SP references, transfer-methods.md §4-6): batch 64,
     # SGD momentum 0.9, lr 0.01, 4500 iterations (--max-iter; num_epochs 0 = derived from it),
     # step decay x0.1 at 2/3 of training (lr_decay_epoch '' = derived), weight decay by --reg.
     'transfer': dict(model='resnet101_v1b', dataset='transfer', batch_size=64, num_epochs=0, lr=0.01,
                      wd=None, optimizer='sgd', lr_mode='step', lr_decay_epoch='', warmup_epochs=0,
-                     mode='hybrid', init='xavier', save_frequency=0, log_interval=20, input_size=224),
+                     mode='auto', init='xavier', save_frequency=0, log_interval=20, input_size=224),
 }
 
 # `make demo`: a short real run on the CIFAR-10 sample committed in data/cifar10_sample.
@@ -130,8 +130,10 @@ def build_parser(preset, description):
     g.add_argument('--mixup-off-epoch', type=int, default=0, help='no mixup in the last N epochs')
 
     g = p.add_argument_group('runtime')
-    g.add_argument('--mode', default=d['mode'], choices=['hybrid', 'imperative'],
-                   help='hybrid = hybridize(static_alloc, static_shape)')
+    g.add_argument('--mode', default=d['mode'], choices=['auto', 'hybrid', 'imperative'],
+                   help='hybrid = hybridize(static_alloc, static_shape); auto (default) = whichever trained faster '
+                        'on CPU (bench/README.md, "Training mode"): imperative for the small GluonCV/WRN CIFAR '
+                        'ResNets, hybrid for every other network (our AFF networks, ImageNet models)')
     g.add_argument('--dtype', default='float32', choices=['float32', 'float16', 'bfloat16'],
                    help='float16 needs GPUs; bfloat16 = AMP on CPU (slower than float32 on AVX-512 without AMX)')
     g.add_argument('--gpus', default='', help='GPU ids, e.g. 0,1 (empty: CPU)')
@@ -238,6 +240,24 @@ def decay_epochs(args):
     return tuple(args.lr_decay_epoch)
 
 
+# --mode auto: measured on the 2-core CPU box (bench/bench_aff.py section 'mode', bench/README.md).
+# Training the small CIFAR ResNets imperatively was faster than hybridize(static_alloc,
+# static_shape); AFF networks and ImageNet-size networks train faster hybridized.
+IMPERATIVE_MODEL_PREFIXES = ('cifar_resnet', 'cifar_wideresnet', 'wrn')
+
+
+def resolve_mode(mode, model, ctx=None):
+    """``--mode`` -> 'hybrid' or 'imperative'. ``auto`` picks by model name (see
+    IMPERATIVE_MODEL_PREFIXES) on CPU; on GPUs it always hybridizes (fewer kernel launches)."""
+    if mode in ('hybrid', 'imperative'):
+        return mode
+    if mode != 'auto':
+        raise ConfigError("--mode must be auto, hybrid or imperative; got %r" % (mode,))
+    if ctx and any(getattr(c, 'device_type', 'cpu') == 'gpu' for c in ctx):
+        return 'hybrid'
+    return 'imperative' if str(model).startswith(IMPERATIVE_MODEL_PREFIXES) else 'hybrid'
+
+
 def fit_config(args):
     from .engine.trainer import FitConfig
     return FitConfig(num_epochs=args.num_epochs, optimizer=args.optimizer, lr=args.lr, momentum=args.momentum,
@@ -294,6 +314,7 @@ def run(args, preset, make_task=None, build_net=None, build_val=None):
         log.info('kvstore %s: worker rank %d of %d (pid %d); --lr is for the global batch of all workers',
                  args.kvstore, part_index, num_parts, os.getpid())
     ctx = resolve_ctx(args)
+    args.mode = resolve_mode(args.mode, args.model, ctx)
     setup_precision(args.dtype, ctx)
     seed_epoch(args.seed, -1)      # network initialisation is reproducible from --seed
     fit_cfg = fit_config(args)

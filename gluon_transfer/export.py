@@ -17,6 +17,7 @@ import numpy as np
 import mxnet as mx
 
 from .errors import CheckpointError, ConfigError
+from .nn import fused
 from .models.common import rebuild_without_taps
 
 __all__ = ['export_symbol', 'export_onnx', 'parse_shape']
@@ -63,7 +64,8 @@ def export_symbol(net, prefix, input_shape, ctx=None, epoch=0, dtype='float32', 
         Shape used to trace the graph and for the equality check.
     optimize : bool
         Partition the graph for the oneDNN (``MKLDNN``) backend (``optimize_for``) before
-        export -- a CPU inference fast path (conv+BN+ReLU+add fusion). It is kept only if its
+        export -- the CPU inference fast path (conv+BN+ReLU+add fusion; tools/export.py's
+        default, see bench/README.md). It is kept only if its
         outputs match the plain graph within ``rtol/atol``; otherwise the plain graph is
         exported and the report says why. Exported optimized symbols need an MKLDNN-enabled
         MXNet and cannot be converted to ONNX.
@@ -75,7 +77,16 @@ def export_symbol(net, prefix, input_shape, ctx=None, epoch=0, dtype='float32', 
     dict: ``symbol``, ``params`` (paths), ``input_shape``, ``optimized`` (bool),
     ``optimize_note``, ``max_abs_diff`` (re-import vs network; None without ``check``),
     ``taps_dropped`` (bool).
+
+    AFF/iAFF blocks are traced with their operator composition, not the fused kernel of
+    ``gluon_transfer.nn.fused`` (an external library the deployment side would need), so the
+    network is left hybridized with that graph.
     """
+    with fused.disabled():  # the exported graph must load without the AFF kernel library
+        return _export_symbol(net, prefix, input_shape, ctx, epoch, dtype, check, optimize, rtol, atol, seed, log)
+
+
+def _export_symbol(net, prefix, input_shape, ctx, epoch, dtype, check, optimize, rtol, atol, seed, log):
     say = log or (lambda msg: None)
     ctx = ctx or mx.cpu()
     student = rebuild_without_taps(net)

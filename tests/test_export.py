@@ -115,6 +115,37 @@ def test_export_tool(tmp_path, capsys):
     assert rc == 2 and '--params' in capsys.readouterr().err
 
 
+def _graph_ops(prefix):
+    with open(prefix + '-symbol.json') as f:
+        return {node['op'] for node in json.load(f)['nodes']}
+
+
+@pytest.mark.skipif(not mx.runtime.Features().is_enabled('MKLDNN'), reason='needs an MKLDNN build')
+def test_export_tool_fused_by_default(tmp_path, capsys):
+    """tools/export.py writes the oneDNN-fused graph unless --no-optimize; either file, re-imported,
+    reproduces the Gluon network (imperative, inference mode) on a new input."""
+    tool = load_tool('export')
+    net = small_net(fusion='aff', features=())
+    params = str(tmp_path / 'w.params')
+    net.save_parameters(params)
+    x = mx.nd.array(np.random.RandomState(3).uniform(-1, 1, size=(2, 3, 32, 32)))
+    want = net(x).asnumpy()  # not hybridized: the Gluon blocks themselves
+    common = ['--model', 'cifar_aff_resnet', '--blocks', '1', '--channel-times', '1', '--fusion', 'aff',
+              '--classes', '10', '--params', params, '--input-shape', '2,3,32,32']
+    for extra, fused in (([], True), (['--no-optimize'], False)):
+        prefix = str(tmp_path / ('fused' if fused else 'plain'))
+        assert tool.main(common + ['--out', prefix] + extra) == 0
+        out = capsys.readouterr().out
+        ops = _graph_ops(prefix)
+        assert ('_sg_mkldnn_conv' in ops) == fused, ops
+        assert ('MKLDNN graph kept' in out) == fused
+        assert 'gt_aff_fuse' not in ops  # exports never need the kernel library
+        with warnings.catch_warnings():
+            warnings.simplefilter('ignore', UserWarning)
+            imported = mx.gluon.SymbolBlock.imports(prefix + '-symbol.json', ['data'], prefix + '-0000.params')
+        np.testing.assert_allclose(imported(x).asnumpy(), want, rtol=1e-4, atol=1e-5)
+
+
 def test_visualize_tool_writes_png(tmp_path, capsys):
     tool = load_tool('visualize_fusion')
     out = str(tmp_path / 'vis' / 'f.png')
