@@ -1,30 +1,42 @@
 #!/usr/bin/env python
-"""Throughput of the AFF networks: training and inference images/s, ratios, GFLOP/s vs matmul peak.
+"""AFF speed, side by side in one run: ours vs the reference-style formulation vs plain adds.
 
-    python bench/bench_aff.py [--quick] [--out bench/out/aff.json]
+    python bench/bench_aff.py [--quick] [--sections block,cifar,...] [--rounds N] [--json PATH]
 
-Measures (CPU context, float32, hybridize(static_alloc=True, static_shape=True)):
-Every rate is the best of several timed iterations (after warm-up), since other jobs may share
-the CPU; the matmul peak is the best of runs at the start and the end.
-- training images/s (forward + backward + SGD-momentum update) of AFF-ResNet-32 (CIFAR, batch 64,
-  32x32) against the same network with fusion 'add', and AFF-ResNet-50 (batch 16, 224x224)
-  against 'add' (= GluonCV resnet50_v1d);
-- inference images/s (batch 64, 32x32) of AFF-ResNet-32: the Gluon network, the exported symbol
-  re-imported with SymbolBlock.imports, and the MKLDNN-partitioned graph;
-- multiply-accumulates per image (counted from the conv/dense layers' shapes; comparable to the
-  open-aff summary tool's "FLOPs", e.g. 1.13G for AFF-ResNet-32) and achieved GFLOP/s
-  (2 FLOP per MAC; training counted as 3x the forward pass) against the measured peak of a large
-  FullyConnected (matmul) in MXNet.
+Prints a Markdown table; ``--json PATH`` also writes the rows (a list of
+``{"section", "name", "value", "unit", "note"}``; ``run()`` returns the same list). The
+benchmark suite calls ``python bench/bench_aff.py --quick --json PATH``.
+
+Sections (CPU context, float32; every variant of a comparison is built first, warmed up, then
+timed round-robin -- one call of each per round -- so load from other jobs hits all of them
+alike; values are medians over the rounds and ratios are of those medians):
+
+- ``block``: one fusion block on (64, 64, 32, 32): forward (inference) and forward+backward
+  (training mode) ms for ``add``, ours (fused kernel, gluon_transfer/nn/fused.py), ours as
+  operator composition, and the reference-style block (bench/aff_reference.py).
+- ``cifar``: AFF-ResNet-32 (CIFAR-100: blocks 5, channel-times 4), batch 64: training step
+  (forward, backward, SGD-momentum update) and inference images/s of the same four variants,
+  hybridized (``static_alloc, static_shape``) and imperative.
+- ``imagenet``: AFF-ResNet-50 vs ResNet-50-D (``aff_resnet50`` with fusion add) training
+  images/s, batch 16 at 224 (quick: batch 4), hybridized.
+- ``mode``: training images/s of small CIFAR nets (and AFF-ResNet-32) imperative vs
+  ``hybridize(static_alloc, static_shape)`` vs plain ``hybridize()`` -- the measurement behind
+  ``--mode auto``.
+- ``deploy``: inference images/s of cifar_resnet56_v1 and AFF-ResNet-32 (batch 64): imperative,
+  hybridized, and the oneDNN-fused graph (``optimize_for(backend='MKLDNN')``, what
+  tools/export.py writes by default).
 """
 import argparse
+import contextlib
 import json
 import os
 import sys
-import tempfile
 import time
 import warnings
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(HERE))
+sys.path.insert(0, HERE)
 
 with warnings.catch_warnings():
     warnings.simplefilter('ignore', DeprecationWarning)
@@ -32,162 +44,260 @@ with warnings.catch_warnings():
     import mxnet as mx
     from mxnet import autograd, gluon
     import gluon_transfer as gt
-    from gluon_transfer.export import export_symbol
+    from gluon_transfer.nn import fused
+    from gluon_transfer.nn.fusion import AFF, DirectAdd
+    import aff_reference  # noqa: F401  (registers fusions aff_ref / iaff_ref)
+    from aff_reference import RefAFF
+
+SECTIONS = ('block', 'cifar', 'imagenet', 'mode', 'deploy')
+# variant -> (fusion name, use the fused kernel)
+VARIANTS = {'ours': ('aff', True), 'ours-composition': ('aff', False), 'reference-style': ('aff_ref', False),
+            'plain add': ('add', False)}
 
 
-def count_macs(net, shape):
-    """Multiply-accumulates of every Conv2D/Dense for one forward pass of ``shape`` (imperative)."""
-    total = [0]
-    handles = []
-
-    def conv_hook(block, inputs, output):
-        w = block.weight.shape  # (out, in/groups, kh, kw)
-        total[0] += int(np.prod(output.shape[1:])) * int(np.prod(w[1:]))
-
-    def dense_hook(block, inputs, output):
-        total[0] += int(np.prod(block.weight.shape))
-
-    def walk(block):
-        for child in block._children.values():
-            if isinstance(child, gluon.nn.Conv2D):
-                handles.append(child.register_forward_hook(conv_hook))
-            elif isinstance(child, gluon.nn.Dense):
-                handles.append(child.register_forward_hook(dense_hook))
-            walk(child)
-    walk(net)
-    net(mx.nd.zeros((1,) + tuple(shape[1:])))
-    for h in handles:
-        h.detach()
-    return total[0]
+def _ctx_for(kernel):
+    return contextlib.nullcontext() if kernel else fused.disabled()
 
 
-def matmul_peak(repeat):
-    """GFLOP/s of FullyConnected(2048x2048 data, 2048x2048 weight)."""
-    n = 2048
-    x = mx.nd.random.uniform(shape=(n, n))
-    w = mx.nd.random.uniform(shape=(n, n))
-    mx.nd.FullyConnected(x, w, no_bias=True, num_hidden=n).wait_to_read()
-    best = float('inf')
-    for _ in range(repeat):
-        t = time.time()
-        mx.nd.FullyConnected(x, w, no_bias=True, num_hidden=n).wait_to_read()
-        best = min(best, time.time() - t)
-    return 2.0 * n ** 3 / best / 1e9
+def timed(fns, warmup, rounds):
+    """``{name: fn}`` -> ``{name: median seconds}``; warm-up of each, then round-robin rounds."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    times = {name: [] for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            t = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t)
+    return {name: float(np.median(ts)) for name, ts in times.items()}
 
 
-def build(name, **kw):
+def train_step_fn(net, x, y, kernel=True):
+    trainer = gluon.Trainer(net.collect_params(), 'sgd', {'learning_rate': 0.01, 'momentum': 0.9, 'wd': 1e-4})
+    loss_fn = gluon.loss.SoftmaxCrossEntropyLoss()
+
+    def step():
+        with _ctx_for(kernel):
+            with autograd.record():
+                loss = loss_fn(net(x), y)
+            loss.backward()
+            trainer.step(x.shape[0])
+            mx.nd.waitall()
+    return step
+
+
+def infer_fn(net, x, kernel=True):
+    def call():
+        with _ctx_for(kernel):
+            net(x).wait_to_read()
+    return call
+
+
+def _data(batch, size, classes, seed=0):
+    rng = np.random.RandomState(seed)
+    return (mx.nd.array(rng.uniform(-1, 1, size=(batch, 3, size, size))),
+            mx.nd.array(rng.randint(0, classes, size=batch)))
+
+
+def _net(name, mode, **kw):
     net = gt.get_model(name, **kw)
     net.initialize(mx.init.Xavier(), ctx=mx.cpu())
+    if mode == 'hybrid':
+        net.hybridize(static_alloc=True, static_shape=True)
+    elif mode == 'hybrid-dynamic':
+        net.hybridize()
     return net
 
 
-def train_speed(net, batch, size, classes, warmup, iters):
-    net.hybridize(static_alloc=True, static_shape=True)
-    trainer = gluon.Trainer(net.collect_params(), 'sgd', {'learning_rate': 0.01, 'momentum': 0.9, 'wd': 1e-4})
-    loss_fn = gluon.loss.SoftmaxCrossEntropyLoss()
+class Rows(list):
+    def add(self, section, name, value, unit, note=''):
+        self.append({'section': section, 'name': name, 'value': float(value), 'unit': unit, 'note': note})
+        print('  %-10s %-62s %10.3f %s' % (section, name, value, unit), file=sys.stderr, flush=True)
+
+
+def bench_block(rows, warmup, rounds):
+    shape = (64, 64, 32, 32)
     rng = np.random.RandomState(0)
-    x = mx.nd.array(rng.uniform(-1, 1, size=(batch, 3, size, size)))
-    y = mx.nd.array(rng.randint(0, classes, size=batch))
+    x, y = mx.nd.array(rng.randn(*shape)), mx.nd.array(rng.randn(*shape))
+    x.attach_grad()
+    y.attach_grad()
+    blocks = {'plain add': (DirectAdd(), False), 'ours': (AFF(64), True), 'ours-composition': (AFF(64), False),
+              'reference-style': (RefAFF(64), False)}
+    for hybrid in (True, False):
+        fwd, fwdbwd = {}, {}
+        for name, (blk, kernel) in blocks.items():
+            blk = type(blk)(64) if name != 'plain add' else DirectAdd()
+            blk.initialize()
+            if hybrid:
+                blk.hybridize(static_alloc=True, static_shape=True)
 
-    def step():
-        with autograd.record():
-            loss = loss_fn(net(x), y)
-        loss.backward()
-        trainer.step(batch)
-    for _ in range(warmup):
-        step()
-    mx.nd.waitall()
-    return _best_rate(step, batch, iters)
+            def f(blk=blk, kernel=kernel):
+                with _ctx_for(kernel):
+                    blk(x, y).wait_to_read()
+
+            def fb(blk=blk, kernel=kernel):
+                with _ctx_for(kernel):
+                    with autograd.record():
+                        out = blk(x, y)
+                    out.backward()
+                    mx.nd.waitall()
+            fwd[name], fwdbwd[name] = f, fb
+        mode = 'hybrid' if hybrid else 'imperative'
+        for what, fns in (('forward', fwd), ('forward+backward', fwdbwd)):
+            t = timed(fns, warmup + 1, rounds + 2)
+            for name in fns:
+                rows.add('block', 'AFF block %s, %s, %s, %s' % (shape, what, mode, name) if name != 'plain add' else
+                         'plain add %s, %s, %s' % (shape, what, mode), t[name] * 1e3, 'ms', name)
+            rows.add('block', 'ratio AFF/add time, ours, %s, %s' % (what, mode), t['ours'] / t['plain add'], 'x',
+                     'goal <= 1.5 (reference 2.3 per issue 8)')
+            rows.add('block', 'ratio AFF/add time, reference-style, %s, %s' % (what, mode),
+                     t['reference-style'] / t['plain add'], 'x')
+            rows.add('block', 'speed-up ours vs reference-style, %s, %s' % (what, mode),
+                     t['reference-style'] / t['ours'], 'x', 'goal >= 1.5')
 
 
-def _best_rate(fn, batch, iters):
-    """images/s of the fastest of ``iters`` timed calls (robust to other jobs sharing the CPU)."""
-    best = float('inf')
-    for _ in range(iters):
-        t = time.time()
-        fn()
-        mx.nd.waitall()
-        best = min(best, time.time() - t)
-    return batch / best
+def bench_cifar(rows, warmup, rounds, quick):
+    batch = 64
+    x, y = _data(batch, 32, 100)
+    best = {}
+    for mode in ('hybrid', 'imperative'):
+        variants = VARIANTS if not quick else {k: v for k, v in VARIANTS.items() if k != 'ours-composition'}
+        nets = {name: (_net('cifar_aff_resnet', mode, blocks=5, channel_times=4, fusion=fu, classes=100), kernel)
+                for name, (fu, kernel) in variants.items()}
+        for what in ('train', 'inference'):
+            fns = {name: (train_step_fn(net, x, y, kernel) if what == 'train' else infer_fn(net, x, kernel))
+                   for name, (net, kernel) in nets.items()}
+            t = timed(fns, warmup, rounds)
+            for name in fns:
+                rate = batch / t[name]
+                best[(what, name)] = max(best.get((what, name), 0), rate)
+                rows.add('cifar', 'AFF-ResNet-32 %s, %s, %s' % (what, name, mode), rate, 'img/s',
+                         'CIFAR-100 config (blocks 5, channel-times 4), batch 64')
+            rows.add('cifar', 'ratio ours/reference-style img/s, %s, %s' % (what, mode),
+                     t['reference-style'] / t['ours'], 'x', 'goal >= 1.5')
+            rows.add('cifar', 'ratio AFF/add time, ours, %s, %s' % (what, mode), t['ours'] / t['plain add'], 'x',
+                     'goal <= 1.5')
+            rows.add('cifar', 'ratio AFF/add time, reference-style, %s, %s' % (what, mode),
+                     t['reference-style'] / t['plain add'], 'x')
+        del nets, fns
+    for what in ('train', 'inference'):
+        rows.add('cifar', 'ratio ours best mode / reference-style best mode, %s' % what,
+                 best[(what, 'ours')] / best[(what, 'reference-style')], 'x', 'each in its faster mode')
 
 
-def infer_speed(block, x, warmup, iters):
-    for _ in range(warmup):
-        block(x).wait_to_read()
-    return _best_rate(lambda: block(x), x.shape[0], iters)
+def bench_imagenet(rows, warmup, rounds, quick):
+    batch = 4 if quick else 16
+    x, y = _data(batch, 224, 1000)
+    nets = {'AFF-ResNet-50': _net('aff_resnet50', 'hybrid'),
+            'ResNet-50-D (fusion add)': _net('aff_resnet50', 'hybrid', fusion='add'),
+            'AFF-ResNet-50 reference-style': _net('aff_resnet50', 'hybrid', fusion='aff_ref')}
+    fns = {name: train_step_fn(net, x, y) for name, net in nets.items()}
+    t = timed(fns, warmup, rounds)
+    for name in fns:
+        rows.add('imagenet', '%s train, hybrid, batch %d, 224' % (name, batch), batch / t[name], 'img/s')
+    rows.add('imagenet', 'ratio AFF-ResNet-50/ResNet-50-D time, train', t['AFF-ResNet-50'] /
+             t['ResNet-50-D (fusion add)'], 'x', 'reference per issue 8: 2.5/2.1 = 1.19')
+    rows.add('imagenet', 'ratio ours/reference-style img/s, AFF-ResNet-50 train',
+             t['AFF-ResNet-50 reference-style'] / t['AFF-ResNet-50'], 'x')
+
+
+def bench_mode(rows, warmup, rounds, quick):
+    batch = 64
+    x, y10 = _data(batch, 32, 10)
+    models = [('cifar_resnet20_v1', {}), ('cifar_resnet56_v1', {}), ('wrn16_2', {})]
+    if not quick:
+        models.append(('cifar_aff_resnet32', {'classes': 10}))
+    for name, kw in models:
+        fns = {mode: train_step_fn(_net(name, mode, **kw), x, y10)
+               for mode in ('imperative', 'hybrid', 'hybrid-dynamic')}
+        t = timed(fns, warmup, rounds)
+        for mode in fns:
+            rows.add('mode', '%s train, %s' % (name, {'hybrid': 'hybrid static', 'hybrid-dynamic':
+                                                      'hybridize() (no static alloc)'}.get(mode, mode)),
+                     batch / t[mode], 'img/s', 'batch 64')
+        rows.add('mode', '%s ratio hybrid static / imperative img/s, train' % name, t['imperative'] / t['hybrid'], 'x',
+                 '--mode auto picks %s' % gt_mode(name))
+
+
+def gt_mode(name):
+    from gluon_transfer.cli import resolve_mode
+    return resolve_mode('auto', name, [mx.cpu()])
+
+
+def bench_deploy(rows, warmup, rounds):
+    batch = 64
+    x, _ = _data(batch, 32, 10)
+    for name, kw in (('cifar_resnet56_v1', {}), ('cifar_aff_resnet32', {})):
+        nets = {mode: _net(name, mode, **kw) for mode in ('imperative', 'hybrid', 'fused')}
+        for key, p in nets['imperative']._collect_params_with_prefix().items():
+            for other in ('hybrid', 'fused'):
+                nets[other]._collect_params_with_prefix()[key].set_data(p.data())
+        with fused.disabled(), warnings.catch_warnings():
+            warnings.simplefilter('ignore')
+            nets['fused'].optimize_for(x, backend='MKLDNN', static_alloc=True, static_shape=True)
+        want = nets['imperative'](x).asnumpy()
+        diff = float(np.abs(nets['fused'](x).asnumpy() - want).max())
+        t = timed({mode: infer_fn(net, x) for mode, net in nets.items()}, warmup, rounds)
+        for mode in nets:
+            label = {'fused': "optimize_for('MKLDNN') (export default)", 'hybrid': 'hybrid static'}.get(mode, mode)
+            rows.add('deploy', '%s inference, %s' % (name, label), batch / t[mode], 'img/s',
+                     'batch 64' + (', max |diff| vs imperative %.1e' % diff if mode == 'fused' else ''))
+        rows.add('deploy', '%s ratio fused/hybrid img/s, inference' % name, t['hybrid'] / t['fused'], 'x')
+
+
+def run(quick=False, sections=None, rounds=None):
+    """Run the chosen sections (default: all); returns the list of row dicts."""
+    sections = list(sections or SECTIONS)
+    for s in sections:
+        if s not in SECTIONS:
+            raise ValueError('unknown section %r; valid: %s' % (s, ', '.join(SECTIONS)))
+    warmup = 1
+    rounds = rounds or (3 if quick else 5)
+    rows = Rows()
+    kernel = fused.load_kernel()
+    rows.add('setup', 'fused AFF kernel loaded', float(kernel), 'bool',
+             'gluon_transfer/nn/fused.py' + ('' if kernel else ' (%s)' % fused._state['error']))
+    for s in sections:
+        if s == 'block':
+            bench_block(rows, warmup, rounds)
+        elif s == 'cifar':
+            bench_cifar(rows, warmup, rounds, quick)
+        elif s == 'imagenet':
+            bench_imagenet(rows, warmup, rounds if not quick else 2, quick)
+        elif s == 'mode':
+            bench_mode(rows, warmup, rounds, quick)
+        elif s == 'deploy':
+            bench_deploy(rows, warmup, rounds)
+    return list(rows)
+
+
+def markdown(rows):
+    lines = ['| section | measurement | value | unit | note |', '|---|---|---|---|---|']
+    for r in rows:
+        lines.append('| %s | %s | %.3g | %s | %s |' % (r['section'], r['name'], r['value'], r['unit'], r['note']))
+    return '\n'.join(lines)
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-    p.add_argument('--quick', action='store_true', help='fewer iterations (about 3 minutes on 2 cores)')
-    p.add_argument('--out', default=os.path.join('bench', 'out', 'aff.json'))
+    p.add_argument('--quick', action='store_true', help='fewer rounds, smaller ImageNet batch, fewer variants')
+    p.add_argument('--sections', default=','.join(SECTIONS), help='comma-separated subset of %(default)s')
+    p.add_argument('--rounds', type=int, help='timed rounds per variant (default 3 quick, 5 full)')
+    p.add_argument('--json', help='also write the rows to this JSON file')
     args = p.parse_args(argv)
-    warm, it_c, it_i, it_inf = (1, 3, 3, 5) if args.quick else (2, 10, 5, 10)
-    res = {'quick': args.quick, 'mxnet': mx.__version__, 'cpu_count': os.cpu_count(),
-           'omp_num_threads': os.environ.get('OMP_NUM_THREADS'), 'mkldnn': mx.runtime.Features().is_enabled('MKLDNN')}
-    res['matmul_peak_gflops'] = matmul_peak(5)
-    print('matmul peak (FullyConnected 2048^3): %.1f GFLOP/s' % res['matmul_peak_gflops'])
-
-    rows = []
-
-    def record(kind, label, imgs, macs, factor):
-        gflops = imgs * macs * 2 * factor / 1e9
-        rows.append({'kind': kind, 'model': label, 'images_per_s': imgs, 'gmacs_per_image': macs / 1e9,
-                     'gflops': gflops, 'pct_of_matmul_peak': 100 * gflops / res['matmul_peak_gflops']})
-        print('%-6s %-40s %7.1f img/s  %.2f GMAC/img  %6.1f GFLOP/s'
-              % (kind, label, imgs, macs / 1e9, gflops))
-
-    # training, CIFAR: AFF-ResNet-32 vs add
-    for fusion in ('aff', 'add'):
-        net = build('cifar_aff_resnet', blocks=5, channel_times=4, fusion=fusion, classes=100)
-        macs = count_macs(net, (1, 3, 32, 32))
-        record('train', 'cifar_aff_resnet32 fusion=%s b64' % fusion, train_speed(net, 64, 32, 100, warm, it_c), macs, 3)
-    # training, ImageNet: AFF-ResNet-50 vs add (resnet50_v1d)
-    for fusion in ('aff', 'add'):
-        net = build('aff_resnet', num_layers=50, fusion=fusion)
-        macs = count_macs(net, (1, 3, 224, 224))
-        record('train', 'aff_resnet50 fusion=%s b16 224' % fusion, train_speed(net, 16, 224, 1000, warm, it_i), macs, 3)
-
-    # inference: Gluon vs exported symbol vs MKLDNN-partitioned graph (AFF-ResNet-32, batch 64)
-    net = build('cifar_aff_resnet32')
-    macs = count_macs(net, (1, 3, 32, 32))
-    x = mx.nd.array(np.random.RandomState(1).uniform(-1, 1, size=(64, 3, 32, 32)))
-    net.hybridize(static_alloc=True, static_shape=True)
-    record('infer', 'cifar_aff_resnet32 gluon b64', infer_speed(net, x, warm, it_inf), macs, 1)
-    with tempfile.TemporaryDirectory() as tmp:
-        exp = export_symbol(net, os.path.join(tmp, 'aff32'), (64, 3, 32, 32))
-        with warnings.catch_warnings():
-            warnings.simplefilter('ignore')
-            sym = gluon.SymbolBlock.imports(exp['symbol'], ['data'], exp['params'])
-        sym.hybridize(static_alloc=True, static_shape=True)
-        record('infer', 'cifar_aff_resnet32 exported symbol b64', infer_speed(sym, x, warm, it_inf), macs, 1)
-        opt = export_symbol(net, os.path.join(tmp, 'aff32opt'), (64, 3, 32, 32), optimize=True)
-        res['mkldnn_note'] = opt['optimize_note']
-        with warnings.catch_warnings():
-            warnings.simplefilter('ignore')
-            symo = gluon.SymbolBlock.imports(opt['symbol'], ['data'], opt['params'])
-        symo.hybridize(static_alloc=True, static_shape=True)
-        record('infer', 'cifar_aff_resnet32 exported MKLDNN b64', infer_speed(symo, x, warm, it_inf), macs, 1)
-
-    speed = {r['model']: r['images_per_s'] for r in rows}
-    res['rows'] = rows
-    res['ratios'] = {
-        'cifar train aff/add': speed['cifar_aff_resnet32 fusion=aff b64'] / speed['cifar_aff_resnet32 fusion=add b64'],
-        'imagenet train aff/add': speed['aff_resnet50 fusion=aff b16 224'] / speed['aff_resnet50 fusion=add b16 224'],
-        'infer exported/gluon': speed['cifar_aff_resnet32 exported symbol b64'] / speed['cifar_aff_resnet32 gluon b64'],
-        'infer mkldnn/gluon': speed['cifar_aff_resnet32 exported MKLDNN b64'] / speed['cifar_aff_resnet32 gluon b64'],
-    }
-    res['matmul_peak_gflops'] = max(res['matmul_peak_gflops'], matmul_peak(5))  # re-measured at the end
-    for r in rows:
-        r['pct_of_matmul_peak'] = 100 * r['gflops'] / res['matmul_peak_gflops']
-    print('matmul peak, best of start/end: %.1f GFLOP/s' % res['matmul_peak_gflops'])
-    for k, v in res['ratios'].items():
-        print('ratio %-24s %.3f' % (k, v))
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, 'w') as f:
-        json.dump(res, f, indent=1)
-    print('wrote %s' % args.out)
+    sections = [s for s in args.sections.split(',') if s]
+    bad = [s for s in sections if s not in SECTIONS]
+    if bad:
+        p.error('unknown section(s) %s; valid: %s' % (', '.join(bad), ', '.join(SECTIONS)))
+    rows = run(quick=args.quick, sections=sections, rounds=args.rounds)
+    print(markdown(rows))
+    if args.json:
+        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
+        with open(args.json, 'w') as f:
+            json.dump(rows, f, indent=1)
+    return 0
 
 
 if __name__ == '__main__':
-    main()
+    sys.exit(main())
