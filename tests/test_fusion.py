@@ -1,10 +1,13 @@
 """Fusion blocks against an independent numpy computation (open-aff model/fusion.py math)."""
+import contextlib
+
 import numpy as np
 import pytest
 import mxnet as mx
 from mxnet import autograd
 
 from gluon_transfer.errors import ConfigError
+from gluon_transfer.nn import fused
 from gluon_transfer.nn.fusion import AFF, MSCAM, DirectAdd, create_fusion, iAFF
 from gluon_transfer.registry import FUSIONS
 
@@ -94,15 +97,24 @@ def run(block, args, train):
 
 # ---- tests ----------------------------------------------------------------------------
 
+@pytest.mark.parametrize('kernel', [True, False], ids=['fused-kernel', 'composition'])
 @pytest.mark.parametrize('hybrid', [False, True])
 @pytest.mark.parametrize('train', [False, True])
 @pytest.mark.parametrize('kind', ['aff', 'iaff', 'mscam'])
-def test_block_matches_numpy(kind, train, hybrid):
+def test_block_matches_numpy(kind, train, hybrid, kernel):
+    """Both formulations (nn/fused.py kernel where it loads, operator composition) = numpy."""
+    if kernel and not fused.load_kernel():
+        pytest.skip('fused AFF kernel unavailable: %s' % fused._state['error'])
     block = {'aff': AFF, 'iaff': iAFF, 'mscam': MSCAM}[kind](C, R)
     P = randomize(block)
     if hybrid:
         block.hybridize(static_alloc=True, static_shape=True)
     x, y = inputs()
+    with contextlib.nullcontext() if kernel else fused.disabled():
+        _check_block(block, kind, P, x, y, train)
+
+
+def _check_block(block, kind, P, x, y, train):
     if kind == 'mscam':
         got = run(block, [x], train)
         want = np_mscam(x.astype(np.float64), P, 'local_att', 'global_att', train)
