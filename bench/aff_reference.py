@@ -7,6 +7,7 @@ the reference's way of computing the same function in the same run as ours:
 
 - the attention input ``x + y`` and the local + global logits are added with broadcasting
   operators (``broadcast_add``), the global logits ``(N, C, 1, 1)`` broadcast over H x W;
+- the global branch pools with ``GlobalAvgPool2D`` (the ``Pooling`` operator);
 - the sigmoid is a parameter-free child ``HybridSequential(prefix='sig')`` holding
   ``Activation('sigmoid')``;
 - the fusion is evaluated literally: AFF ``2*x*w + 2*y*(1-w)`` and iAFF ``x*w + y*(1-w)``
@@ -32,8 +33,17 @@ def _sig():
     return seq
 
 
+def _ref_global(F, global_att, z):
+    """The reference's global branch starts with ``GlobalAvgPool2D`` (a Pooling operator); ours
+    uses ``mean`` (gluon_transfer.nn.fusion.GlobalMean). Same parameters, reference operator."""
+    g = F.Pooling(z, kernel=(1, 1), global_pool=True, pool_type='avg')
+    for blk in list(global_att._children.values())[1:]:
+        g = blk(g)
+    return g
+
+
 def _ref_weights(F, local_att, global_att, sig, z):
-    return sig(F.broadcast_add(local_att(z), global_att(z)))
+    return sig(F.broadcast_add(local_att(z), _ref_global(F, global_att, z)))
 
 
 class RefAFF(AFF):

@@ -42,6 +42,21 @@ def test_op_forward_backward_match_numpy(scale):
 
 
 @needs_kernel
+def test_global_mean_op_matches_numpy():
+    rng = np.random.RandomState(2)
+    z = rng.normal(size=(3, 4, 7, 5)).astype(np.float32)
+    dm = rng.normal(size=(3, 4, 1, 1))
+    zn = mx.nd.array(z)
+    zn.attach_grad()
+    with autograd.record():
+        m = getattr(mx.nd, fused.MEAN_OP)(zn)
+    m.backward(mx.nd.array(dm))
+    np.testing.assert_allclose(m.asnumpy(), z.astype(np.float64).mean(axis=(2, 3), keepdims=True), rtol=1e-5,
+                               atol=1e-6)
+    np.testing.assert_allclose(zn.grad.asnumpy(), np.broadcast_to(dm / 35.0, z.shape), rtol=1e-5, atol=1e-7)
+
+
+@needs_kernel
 def test_op_rejects_bad_shapes_and_types():
     x = mx.nd.zeros((2, 3, 4, 4))
     with pytest.raises(mx.base.MXNetError, match='g of shape'):

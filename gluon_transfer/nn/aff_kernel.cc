@@ -121,7 +121,7 @@ MXReturnValue fuse_type(const std::unordered_map<std::string, std::string>& attr
                         std::vector<int>* in_types, std::vector<int>* out_types) {
   for (size_t i = 0; i < in_types->size(); ++i) {
     if ((*in_types)[i] != kFloat32) {
-      MX_ERROR_MSG << "gt_aff_fuse supports float32 only (input " << i << ")";
+      MX_ERROR_MSG << "gluon_transfer AFF kernels support float32 only (input " << i << ")";
       return MX_FAIL;
     }
   }
@@ -152,6 +152,76 @@ REGISTER_OP(gt_aff_fuse)
 .setInferShape(fuse_shape)
 .setForward(fuse_forward, "cpu")
 .setBackward(fuse_backward, "cpu");
+
+// gt_global_mean(z): (N, C, H, W) -> (N, C, 1, 1), the mean over H x W (the MS-CAM global
+// branch's pooling). MXNet's Pooling backward on oneDNN-layout input and its generic ``mean``
+// reduction are both slow on CPU (bench/README.md); this is one read pass forward and one write
+// pass backward (dz = dm / (H*W) broadcast).
+MXReturnValue mean_forward(const std::unordered_map<std::string, std::string>& attrs,
+                           std::vector<MXTensor>* inputs, std::vector<MXTensor>* outputs,
+                           const OpResource& res) {
+  const float* z = (*inputs)[0].data<float>();
+  float* m = (*outputs)[0].data<float>();
+  const std::vector<int64_t>& sh = (*inputs)[0].shape;
+  const int64_t planes = sh[0] * sh[1];
+  const int64_t hw = (*inputs)[0].size() / planes;
+  const float inv = 1.0f / static_cast<float>(hw);
+#pragma omp parallel for schedule(static)
+  for (int64_t p = 0; p < planes; ++p) {
+    const float* zp = z + p * hw;
+    float acc = 0.0f;
+#pragma omp simd reduction(+:acc)
+    for (int64_t i = 0; i < hw; ++i) acc += zp[i];
+    m[p] = acc * inv;
+  }
+  return MX_SUCCESS;
+}
+
+// inputs: dm, z; outputs: dz
+MXReturnValue mean_backward(const std::unordered_map<std::string, std::string>& attrs,
+                            std::vector<MXTensor>* inputs, std::vector<MXTensor>* outputs,
+                            const OpResource& res) {
+  const float* dm = (*inputs)[0].data<float>();
+  float* dz = (*outputs)[0].data<float>();
+  const std::vector<int64_t>& sh = (*inputs)[1].shape;
+  const int64_t planes = sh[0] * sh[1];
+  const int64_t hw = (*inputs)[1].size() / planes;
+  const float inv = 1.0f / static_cast<float>(hw);
+#pragma omp parallel for schedule(static)
+  for (int64_t p = 0; p < planes; ++p) {
+    const float v = dm[p] * inv;
+    float* dp = dz + p * hw;
+#pragma omp simd
+    for (int64_t i = 0; i < hw; ++i) dp[i] = v;
+  }
+  return MX_SUCCESS;
+}
+
+MXReturnValue mean_parse(const std::unordered_map<std::string, std::string>& attrs,
+                         int* num_in, int* num_out) {
+  *num_in = 1;
+  *num_out = 1;
+  return MX_SUCCESS;
+}
+
+MXReturnValue mean_shape(const std::unordered_map<std::string, std::string>& attrs,
+                         std::vector<std::vector<unsigned int> >* in_shapes,
+                         std::vector<std::vector<unsigned int> >* out_shapes) {
+  const std::vector<unsigned int>& a = (*in_shapes)[0];
+  if (a.size() != 4) {
+    MX_ERROR_MSG << "gt_global_mean needs an (N, C, H, W) input";
+    return MX_FAIL;
+  }
+  (*out_shapes)[0] = {a[0], a[1], 1, 1};
+  return MX_SUCCESS;
+}
+
+REGISTER_OP(gt_global_mean)
+.setParseAttrs(mean_parse)
+.setInferType(fuse_type)
+.setInferShape(mean_shape)
+.setForward(mean_forward, "cpu")
+.setBackward(mean_backward, "cpu");
 
 MXReturnValue initialize(int version) {
   if (version >= 10900) return MX_SUCCESS;

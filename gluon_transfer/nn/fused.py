@@ -3,7 +3,8 @@
 ``gt_aff_fuse(x, y, l, g, scale)`` computes ``scale * (y + sigmoid(l + g) * (x - y))`` (``g``
 of shape (N, C, 1, 1) broadcast over H x W) and its backward in one pass each, where the
 operator composition needs about seven forward and eight backward passes over the full map
-(bench/README.md, AFF section). It is an MXNet external operator library
+(bench/README.md, AFF section); ``gt_global_mean(z)`` is the global branch's H x W average
+(MXNet's Pooling backward on oneDNN-layout input took ~200 ms per block). It is an MXNet external operator library
 (``mx.library.load``), compiled once per machine with ``g++ -O3 -fopenmp -march=native`` against the headers
 shipped in the mxnet wheel (about 20 s) and cached in ``$GLUON_TRANSFER_CACHE`` (default
 ``~/.cache/gluon_transfer``).
@@ -26,9 +27,10 @@ import warnings
 
 import numpy as np
 
-__all__ = ['load_kernel', 'kernel_active', 'disabled', 'OP_NAME']
+__all__ = ['load_kernel', 'kernel_active', 'disabled', 'OP_NAME', 'MEAN_OP']
 
 OP_NAME = 'gt_aff_fuse'
+MEAN_OP = 'gt_global_mean'
 _SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'aff_kernel.cc')
 _FLAGS = ['-O3', '-fopenmp', '-march=native', '-std=c++17', '-shared', '-fPIC']
 _state = {'tried': False, 'loaded': False, 'error': None}
@@ -100,9 +102,9 @@ def load_kernel():
             if not os.path.isfile(path):
                 _build(mx, path)
             mx.library.load(path, verbose=False)
-            _state['loaded'] = hasattr(mx.nd, OP_NAME)
+            _state['loaded'] = hasattr(mx.nd, OP_NAME) and hasattr(mx.nd, MEAN_OP)
             if not _state['loaded']:
-                raise RuntimeError('%s did not register %s' % (path, OP_NAME))
+                raise RuntimeError('%s did not register %s and %s' % (path, OP_NAME, MEAN_OP))
         except Exception as err:  # any build/load problem: fall back, say why once
             _state['error'] = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             warnings.warn('gluon_transfer: fused AFF kernel unavailable (%s); using the slower operator '

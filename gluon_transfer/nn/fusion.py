@@ -17,12 +17,16 @@ All four 1x1 convolutions have a bias; BN uses Gluon defaults (eps 1e-5, momentu
 Child layout (index = position in the HybridSequential, hence the checkpoint key)::
 
     local_att  = [0 Conv, 1 BN, 2 ReLU, 3 Conv, 4 BN]
-    global_att = [0 GAP, 1 Conv, 2 BN, 3 ReLU, 4 Conv, 5 BN]
+    global_att = [0 GAP (GlobalMean), 1 Conv, 2 BN, 3 ReLU, 4 Conv, 5 BN]
 
-Speed: the sigmoid is ``F.Activation(act_type='sigmoid')`` (``F.sigmoid`` measured about 6x
-slower on CPU), the global logits are broadcast with ``broadcast_like`` (see ``_ms_cam``), and
-the fusions are rewritten to need as few elementwise passes over the full map as the algebra
-allows (AFF: ``2 * (y + w * (x - y))``; iAFF reuses ``x - y`` in both steps).
+Speed (bench/bench_aff.py, bench/README.md): on float32 CPU the AFF/iAFF tail -- sigmoid of the
+local + broadcast global logits and the weighted sum -- runs as one fused kernel
+(``gt_aff_fuse``, gluon_transfer/nn/fused.py: one pass forward, one backward). Where the kernel
+is unavailable (no compiler, GPU, float16/AMP, export) the blocks use an operator composition
+with as few passes as the algebra allows: ``Activation(act_type='sigmoid')`` (``F.sigmoid``
+measured about 6x slower on CPU), the global logits broadcast with ``broadcast_like`` (see
+``_ms_cam``), and AFF as ``2 * (y + w * (x - y))`` (iAFF reuses ``x - y`` in both steps). Both
+give the same outputs and parameter keys.
 """
 from mxnet.gluon import nn
 from mxnet.gluon.block import HybridBlock
@@ -57,10 +61,21 @@ def _local_branch(channels, inter, prefix):
     return seq
 
 
+class GlobalMean(HybridBlock):
+    """Global average over H x W, ``(N, C, H, W) -> (N, C, 1, 1)``, as ``mean``: same values as
+    ``nn.GlobalAvgPool2D`` and no parameters, but on CPU the oneDNN pooling backward took about
+    200 ms per AFF block of AFF-ResNet-32 (3.8 s of a 64-image training step; bench/README.md)
+    when its input is in oneDNN's blocked layout, which ``x + y`` of two conv outputs is."""
+
+    def hybrid_forward(self, F, x):
+        # over the flattened H*W axis: MXNet's reduction over two axes measured 2x slower
+        return F.expand_dims(F.mean(F.reshape(x, shape=(0, 0, -1)), axis=2, keepdims=True), axis=3)
+
+
 def _global_branch(channels, inter, prefix):
     seq = nn.HybridSequential(prefix=prefix)
     with seq.name_scope():
-        seq.add(nn.GlobalAvgPool2D())
+        seq.add(GlobalMean())
         seq.add(nn.Conv2D(inter, 1, in_channels=channels, use_bias=True))
         seq.add(nn.BatchNorm(in_channels=inter))
         seq.add(nn.Activation('relu'))
@@ -80,9 +95,13 @@ def _ms_cam(F, local_att, global_att, z):
 
 
 def _fused_tail(F, x, y, local_att, global_att, z, scale):
-    """``scale * (y + M(z) * (x - y))`` in one kernel pass (nn/fused.py; same math as the
-    composition: sigmoid of local + broadcast global logits, then the weighted sum)."""
-    return getattr(F, fused.OP_NAME)(x, y, local_att(z), global_att(z), scale=scale)
+    """``scale * (y + M(z) * (x - y))`` with the kernels of nn/fused.py: the global pooling
+    (``gt_global_mean``) and the tail (``gt_aff_fuse``: sigmoid of local + broadcast global
+    logits, then the weighted sum) are one pass each; same math as the composition."""
+    g = getattr(F, fused.MEAN_OP)(z)  # the kernel's pooling instead of global_att[0] (same values)
+    for blk in list(global_att._children.values())[1:]:
+        g = blk(g)
+    return getattr(F, fused.OP_NAME)(x, y, local_att(z), g, scale=scale)
 
 
 class DirectAdd(HybridBlock):
