@@ -17,8 +17,9 @@ alike; values are medians over the rounds and ratios are of those medians):
 - ``cifar``: AFF-ResNet-32 (CIFAR-100: blocks 5, channel-times 4), batch 64: training step
   (forward, backward, SGD-momentum update) and inference images/s of the same four variants,
   hybridized (``static_alloc, static_shape``) and imperative.
-- ``imagenet``: AFF-ResNet-50 vs ResNet-50-D (``aff_resnet50`` with fusion add) training
-  images/s, batch 16 at 224 (quick: batch 4), hybridized.
+- ``imagenet``: AFF-ResNet-50 vs ResNet-50-D (``aff_resnet50`` with fusion add) vs the
+  reference-style AFF-ResNet-50, training images/s, batch 16 at 224 (quick: batch 4), hybridized;
+  and AFF-ResNet-50 imperative.
 - ``mode``: training images/s of small CIFAR nets (and AFF-ResNet-32) imperative vs
   ``hybridize(static_alloc, static_shape)`` vs plain ``hybridize()`` -- the measurement behind
   ``--mode auto``.
@@ -191,11 +192,14 @@ def bench_imagenet(rows, warmup, rounds, quick):
     x, y = _data(batch, 224, 1000)
     nets = {'AFF-ResNet-50': _net('aff_resnet50', 'hybrid'),
             'ResNet-50-D (fusion add)': _net('aff_resnet50', 'hybrid', fusion='add'),
-            'AFF-ResNet-50 reference-style': _net('aff_resnet50', 'hybrid', fusion='aff_ref')}
+            'AFF-ResNet-50 reference-style': _net('aff_resnet50', 'hybrid', fusion='aff_ref'),
+            'AFF-ResNet-50 imperative': _net('aff_resnet50', 'imperative')}
     fns = {name: train_step_fn(net, x, y) for name, net in nets.items()}
     t = timed(fns, warmup, rounds)
     for name in fns:
-        rows.add('imagenet', '%s train, hybrid, batch %d, 224' % (name, batch), batch / t[name], 'img/s')
+        rows.add('imagenet', '%s train, %s, batch %d, 224' % (name.replace(' imperative', ''),
+                                                               'imperative' if 'imperative' in name else 'hybrid',
+                                                               batch), batch / t[name], 'img/s')
     rows.add('imagenet', 'ratio AFF-ResNet-50/ResNet-50-D time, train', t['AFF-ResNet-50'] /
              t['ResNet-50-D (fusion add)'], 'x', 'reference per issue 8: 2.5/2.1 = 1.19')
     rows.add('imagenet', 'ratio ours/reference-style img/s, AFF-ResNet-50 train',
