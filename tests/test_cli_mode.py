@@ -18,8 +18,9 @@ def test_default_is_auto_and_explicit_modes_parse(preset):
 @pytest.mark.parametrize('model, want', [
     ('cifar_resnet20_v1', 'imperative'), ('cifar_resnet56_v1', 'imperative'),
     ('cifar_wideresnet16_10', 'imperative'), ('wrn16_1', 'imperative'),
-    ('cifar_aff_resnet', 'hybrid'), ('cifar_aff_resnet32', 'hybrid'), ('cifar_iaff_resnet32', 'hybrid'),
-    ('cifar_aff_resnext', 'hybrid'), ('aff_resnet50', 'hybrid'), ('resnet50_v1b', 'hybrid'),
+    ('cifar_aff_resnet', 'imperative'), ('cifar_aff_resnet32', 'imperative'),
+    ('cifar_iaff_resnet32', 'imperative'), ('cifar_aff_resnext47_32x4d', 'imperative'), ('aff_resnet50', 'hybrid'),
+    ('iaff_resnext50_32x4d', 'hybrid'), ('resnet50_v1b', 'hybrid'),
     ('resnet101_v1b', 'hybrid'), ('mobilenet1.0', 'hybrid'),
 ])
 def test_auto_resolves_by_model_on_cpu(model, want):
@@ -30,7 +31,7 @@ def test_auto_resolves_by_model_on_cpu(model, want):
 def test_auto_hybridizes_on_gpu_and_explicit_modes_win():
     assert cli.resolve_mode('auto', 'cifar_resnet20_v1', [mx.gpu(0)]) == 'hybrid'
     assert cli.resolve_mode('hybrid', 'cifar_resnet20_v1', [mx.cpu()]) == 'hybrid'
-    assert cli.resolve_mode('imperative', 'cifar_aff_resnet32', [mx.cpu()]) == 'imperative'
+    assert cli.resolve_mode('imperative', 'aff_resnet50', [mx.cpu()]) == 'imperative'
 
 
 def test_bad_mode_is_one_line_error():
