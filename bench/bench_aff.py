@@ -234,6 +234,9 @@ def bench_deploy(rows, warmup, rounds):
     x, _ = _data(batch, 32, 10)
     for name, kw in (('cifar_resnet56_v1', {}), ('cifar_aff_resnet32', {})):
         nets = {mode: _net(name, mode, **kw) for mode in ('imperative', 'hybrid', 'fused')}
+        with fused.disabled():
+            for net in nets.values():  # finishes deferred initialisation (GluonCV models)
+                net(x)
         for key, p in nets['imperative']._collect_params_with_prefix().items():
             for other in ('hybrid', 'fused'):
                 nets[other]._collect_params_with_prefix()[key].set_data(p.data())

@@ -132,8 +132,8 @@ def build_parser(preset, description):
     g = p.add_argument_group('runtime')
     g.add_argument('--mode', default=d['mode'], choices=['auto', 'hybrid', 'imperative'],
                    help='hybrid = hybridize(static_alloc, static_shape); auto (default) = whichever trained faster '
-                        'on CPU (bench/README.md, "Training mode"): imperative for CIFAR-size networks (GluonCV '
-                        'CIFAR ResNets, WRNs, cifar_aff_*/cifar_iaff_*), hybrid for ImageNet-size ones and on GPUs')
+                        'on CPU (bench/README.md, "Training mode"): imperative for GluonCV\'s cifar_resnet*, hybrid for '
+                        'every other network (WRNs, AFF networks, ImageNet models) and on GPUs')
     g.add_argument('--dtype', default='float32', choices=['float32', 'float16', 'bfloat16'],
                    help='float16 needs GPUs; bfloat16 = AMP on CPU (slower than float32 on AVX-512 without AMX)')
     g.add_argument('--gpus', default='', help='GPU ids, e.g. 0,1 (empty: CPU)')
@@ -240,12 +240,11 @@ def decay_epochs(args):
     return tuple(args.lr_decay_epoch)
 
 
-# --mode auto, measured on the 2-core CPU box (bench/bench_aff.py sections cifar/mode, bench/README.md
-# "Training mode"): CIFAR-size networks -- GluonCV's CIFAR ResNets, WRNs, our CIFAR AFF/iAFF
-# ResNets/ResNeXts -- trained faster imperatively than with hybridize(static_alloc, static_shape)
-# (static buffers force oneDNN layout reorders around non-oneDNN operators); ImageNet-size
-# networks train faster hybridized (ResNet-50: 1.45x).
-IMPERATIVE_MODEL_PREFIXES = ('cifar_resnet', 'cifar_wideresnet', 'wrn', 'cifar_aff_', 'cifar_iaff_')
+# --mode auto, measured on the 2-core CPU box (bench/bench_aff.py section mode, bench/README.md
+# "Training mode"): GluonCV's CIFAR ResNets trained faster imperatively than with
+# hybridize(static_alloc, static_shape) (hybrid/imperative 0.76-0.81); our WRNs (1.34), CIFAR AFF
+# ResNets (1.05) and ImageNet-size networks (ResNet-50: 1.45) train faster hybridized.
+IMPERATIVE_MODEL_PREFIXES = ('cifar_resnet',)
 
 
 def resolve_mode(mode, model, ctx=None):

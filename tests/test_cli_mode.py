@@ -17,9 +17,9 @@ def test_default_is_auto_and_explicit_modes_parse(preset):
 
 @pytest.mark.parametrize('model, want', [
     ('cifar_resnet20_v1', 'imperative'), ('cifar_resnet56_v1', 'imperative'),
-    ('cifar_wideresnet16_10', 'imperative'), ('wrn16_1', 'imperative'),
-    ('cifar_aff_resnet', 'imperative'), ('cifar_aff_resnet32', 'imperative'),
-    ('cifar_iaff_resnet32', 'imperative'), ('cifar_aff_resnext47_32x4d', 'imperative'), ('aff_resnet50', 'hybrid'),
+    ('cifar_resnet110_v2', 'imperative'), ('wrn16_1', 'hybrid'), ('wrn40_2', 'hybrid'),
+    ('cifar_aff_resnet', 'hybrid'), ('cifar_aff_resnet32', 'hybrid'),
+    ('cifar_iaff_resnet32', 'hybrid'), ('cifar_aff_resnext47_32x4d', 'hybrid'), ('aff_resnet50', 'hybrid'),
     ('iaff_resnext50_32x4d', 'hybrid'), ('resnet50_v1b', 'hybrid'),
     ('resnet101_v1b', 'hybrid'), ('mobilenet1.0', 'hybrid'),
 ])

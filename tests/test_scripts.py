@@ -236,7 +236,7 @@ def test_train_cifar_aff_model_with_open_aff_flags(cifar_dir, tmp_path, capsys):
     rc, out, err = run_cli('cifar', argv, capsys)
     assert rc == 0, err
     assert 'model cifar_aff_resnet' in out
-    assert 'float32, imperative mode' in out  # --mode auto: CIFAR AFF networks train faster imperatively
+    assert 'float32, hybrid mode' in out  # --mode auto hybridizes the AFF networks
     import mxnet as mx
     keys = set(mx.nd.load(os.path.join(save, 'cifar10-cifar_aff_resnet-0001.params')))
     # start layer 2: stage 1 adds plainly, stages 2-3 carry AFF attention weights.
