@@ -190,10 +190,10 @@ def bench_cifar(rows, warmup, rounds, quick):
 def bench_imagenet(rows, warmup, rounds, quick):
     batch = 4 if quick else 16
     x, y = _data(batch, 224, 1000)
-    nets = {'AFF-ResNet-50': _net('aff_resnet50', 'hybrid'),
-            'ResNet-50-D (fusion add)': _net('aff_resnet50', 'hybrid', fusion='add'),
-            'AFF-ResNet-50 reference-style': _net('aff_resnet50', 'hybrid', fusion='aff_ref'),
-            'AFF-ResNet-50 imperative': _net('aff_resnet50', 'imperative')}
+    nets = {'AFF-ResNet-50': _net('aff_resnet', 'hybrid', num_layers=50, fusion='aff'),
+            'ResNet-50-D (fusion add)': _net('aff_resnet', 'hybrid', num_layers=50, fusion='add'),
+            'AFF-ResNet-50 reference-style': _net('aff_resnet', 'hybrid', num_layers=50, fusion='aff_ref'),
+            'AFF-ResNet-50 imperative': _net('aff_resnet', 'imperative', num_layers=50, fusion='aff')}
     fns = {name: train_step_fn(net, x, y) for name, net in nets.items()}
     t = timed(fns, warmup, rounds)
     for name in fns:
