@@ -11,19 +11,19 @@ shipped in the mxnet wheel (about 20 s) and cached in ``$GLUON_TRANSFER_CACHE`` 
 
 The fusion blocks use it only where it applies: float32 on CPU, no AMP, and not while exporting
 (exported graphs must load without the library; :func:`disabled`). Everywhere else -- no
-compiler, a failed build (one warning says why), ``GLUON_TRANSFER_AFF_KERNEL=0`` -- they use the
+compiler, a failed build (one log line says why), ``GLUON_TRANSFER_AFF_KERNEL=0`` -- they use the
 operator composition, which computes the same function (tests/test_fusion.py checks both
 against numpy).
 """
 import contextlib
 import hashlib
+import logging
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
 import threading
-import warnings
 
 import numpy as np
 
@@ -85,8 +85,8 @@ def _build(mx, path):
 def load_kernel():
     """Build (once per machine) and load the kernel library; True if ``gt_aff_fuse`` is usable.
 
-    Never raises: a failure is reported once as a warning and the fusion blocks fall back to
-    the operator composition."""
+    Never raises: a failure is logged once (logger ``gluon_transfer``, level WARNING) and the
+    fusion blocks fall back to the operator composition."""
     if _state['tried']:
         return _state['loaded']
     with _lock:
@@ -107,8 +107,8 @@ def load_kernel():
                 raise RuntimeError('%s did not register %s and %s' % (path, OP_NAME, MEAN_OP))
         except Exception as err:  # any build/load problem: fall back, say why once
             _state['error'] = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            warnings.warn('gluon_transfer: fused AFF kernel unavailable (%s); using the slower operator '
-                          'composition' % _state['error'], RuntimeWarning, stacklevel=2)
+            logging.getLogger('gluon_transfer').warning(
+                'fused AFF kernel unavailable (%s); using the slower operator composition', _state['error'])
         return _state['loaded']
 
 
