@@ -26,6 +26,8 @@ alike; values are medians over the rounds and ratios are of those medians):
 - ``deploy``: inference images/s of cifar_resnet56_v1 and AFF-ResNet-32 (batch 64): imperative,
   hybridized, and the oneDNN-fused graph (``optimize_for(backend='MKLDNN')``, what
   tools/export.py writes by default).
+- ``groups`` (only when named): AFF-ResNet-32 training in two smaller round-robin groups that
+  mix modes (ours + reference-style, ours + plain add), see bench/README.md.
 """
 import argparse
 import contextlib
@@ -50,7 +52,8 @@ with warnings.catch_warnings():
     import aff_reference  # noqa: F401  (registers fusions aff_ref / iaff_ref)
     from aff_reference import RefAFF
 
-SECTIONS = ('block', 'cifar', 'imagenet', 'mode', 'deploy')
+SECTIONS = ('block', 'cifar', 'imagenet', 'mode', 'deploy', 'groups')
+DEFAULT_SECTIONS = SECTIONS[:-1]  # 'groups' only on request
 # variant -> (fusion name, use the fused kernel)
 VARIANTS = {'ours': ('aff', True), 'ours-composition': ('aff', False), 'reference-style': ('aff_ref', False),
             'plain add': ('add', False)}
@@ -187,6 +190,28 @@ def bench_cifar(rows, warmup, rounds, quick):
                  best[(what, 'ours')] / best[(what, 'reference-style')], 'x', 'each in its faster mode')
 
 
+def bench_groups(rows, warmup, rounds):
+    """AFF-ResNet-32 training in two small round-robin groups mixing modes (ours + reference-style,
+    ours + plain add; each hybrid and imperative): the 'cifar' section's all-hybrid group slows ours."""
+    x, y = _data(64, 32, 100)
+    for group in (('aff', 'aff_ref'), ('aff', 'add')):
+        fns = {}
+        for fu in group:
+            for mode in ('imperative', 'hybrid'):
+                net = _net('cifar_aff_resnet', mode, blocks=5, channel_times=4, fusion=fu, classes=100)
+                fns[(fu, mode)] = train_step_fn(net, x, y)
+        t = timed(fns, warmup, rounds)
+        label = {'aff': 'ours', 'aff_ref': 'reference-style', 'add': 'plain add'}
+        for (fu, mode), v in t.items():
+            rows.add('groups', 'AFF-ResNet-32 train, %s, %s (group %s)' % (label[fu], mode, '+'.join(group)),
+                     64 / v, 'img/s')
+        other = group[1]
+        for mode in ('hybrid', 'imperative'):
+            rows.add('groups', 'ratio %s/ours time, train, %s (group %s)' % (label[other], mode, '+'.join(group)),
+                     t[(other, mode)] / t[('aff', mode)] if other == 'aff_ref' else t[('aff', mode)] / t[(other, mode)],
+                     'x', 'ours/ref img/s' if other == 'aff_ref' else 'AFF/add time')
+
+
 def bench_imagenet(rows, warmup, rounds, quick):
     batch = 4 if quick else 16
     x, y = _data(batch, 224, 1000)
@@ -255,7 +280,7 @@ def bench_deploy(rows, warmup, rounds):
 
 def run(quick=False, sections=None, rounds=None):
     """Run the chosen sections (default: all); returns the list of row dicts."""
-    sections = list(sections or SECTIONS)
+    sections = list(sections or DEFAULT_SECTIONS)
     for s in sections:
         if s not in SECTIONS:
             raise ValueError('unknown section %r; valid: %s' % (s, ', '.join(SECTIONS)))
@@ -276,6 +301,8 @@ def run(quick=False, sections=None, rounds=None):
             bench_mode(rows, warmup, rounds, quick)
         elif s == 'deploy':
             bench_deploy(rows, warmup, rounds)
+        elif s == 'groups':
+            bench_groups(rows, warmup, rounds)
     return list(rows)
 
 
@@ -289,7 +316,8 @@ def markdown(rows):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     p.add_argument('--quick', action='store_true', help='fewer rounds, smaller ImageNet batch, fewer variants')
-    p.add_argument('--sections', default=','.join(SECTIONS), help='comma-separated subset of %(default)s')
+    p.add_argument('--sections', default=','.join(DEFAULT_SECTIONS),
+                   help='comma-separated subset of %s (default %%(default)s)' % ','.join(SECTIONS))
     p.add_argument('--rounds', type=int, help='timed rounds per variant (default 3 quick, 5 full)')
     p.add_argument('--json', help='also write the rows to this JSON file')
     args = p.parse_args(argv)
