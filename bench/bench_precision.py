@@ -110,11 +110,12 @@ def trained_checkpoint(a, data_dir):
 
 
 def evaluate(net, val, limit):
+    import mxnet as mx
     correct = n = 0
     val.set_epoch(0)
     for b in val:
         keep = b.data.shape[0] - int(b.pad)
-        pred = net(b.data).astype('float32').asnumpy()[:keep].argmax(1)
+        pred = net(b.data.as_in_context(mx.cpu())).astype('float32').asnumpy()[:keep].argmax(1)
         correct += int((pred == b.label.asnumpy()[:keep].astype(np.int64)).sum())
         n += keep
         if limit and n >= limit:
