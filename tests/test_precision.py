@@ -278,3 +278,13 @@ def test_skipped_step_leaves_parameters_unchanged():
     assert eng.scaler.scale == 4.0 and eng.scaler.skipped == 1
     for k, v in net.collect_params().items():
         np.testing.assert_array_equal(v.data().asnumpy(), before[k], err_msg=k)
+
+
+def test_bfloat16_engine_attaches_no_loss_scaler():
+    """bfloat16 needs no loss scaling: no scaler, and no mx.contrib.amp scaler on the trainer
+    (amp.init itself is not run here -- it patches MXNet's operators for the whole process)."""
+    eng = Engine(tiny_net(), Classify(), [mx.cpu()], FitConfig(dtype='bfloat16'), tiny_data(), num_classes=3)
+    eng._build_trainer()
+    assert eng.scaler is None
+    assert getattr(eng.trainer, '_amp_loss_scaler', None) is None
+    assert eng.trainer._optimizer.multi_precision is False
