@@ -162,7 +162,8 @@ def markdown(result):
 
 
 def write_png(rows, path):
-    """Bar chart of the ratio rows (unit ``x``): each measured side by side in its section."""
+    """Bar chart of the ratio rows (unit ``x``, each measured side by side in its section),
+    on a log scale around 1."""
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
@@ -171,7 +172,11 @@ def write_png(rows, path):
     if ratios:
         labels = ['%s: %s' % (r['section'], r['name']) for r in ratios]
         vals = [r['value'] for r in ratios]
-        ax.barh(range(len(vals)), vals, color=['#4c72b0' if v >= 1 else '#dd8452' for v in vals])
+        # log scale, bars from 1: faster/larger to the right, slower to the left
+        vals = [max(v, 1e-3) for v in vals]
+        ax.barh(range(len(vals)), [v - 1 for v in vals], left=1,
+                color=['#4c72b0' if v >= 1 else '#dd8452' for v in vals])
+        ax.set_xscale('log')
         ax.set_yticks(range(len(vals)))
         ax.set_yticklabels(labels, fontsize=8)
         ax.invert_yaxis()
@@ -180,7 +185,7 @@ def write_png(rows, path):
             ax.text(v, i, ' %.2f' % v, va='center', fontsize=7)
     else:
         ax.text(0.5, 0.5, 'no ratio rows', ha='center', va='center')
-    ax.set_xlabel('ratio (measured side by side)')
+    ax.set_xlabel('ratio (measured side by side; log scale, 1 = parity)')
     ax.set_title('gluon_transfer benchmark ratios', fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
