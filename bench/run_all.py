@@ -14,8 +14,9 @@ sections still run; the exit status is 1 if any section failed. ``--update-readm
 the block between ``<!-- bench-results:start -->`` and ``<!-- bench-results:end -->`` in
 README.md with the table and the command that produced it.
 
-``--quick`` takes about 3-5 minutes on 2 idle cores (plus about 3 minutes once, when
-bench_precision.py trains its cached float32 checkpoint); the full run about 10-15.
+``--quick`` took 3.5 minutes on the 2 shared cores without the AFF section (plus about 3
+minutes once, when bench_precision.py trains its cached float32 checkpoint; bench_aff.py
+--quick adds its own few minutes); the full run takes about 10-15 minutes.
 Speed is measured, never asserted: numbers from a shared machine vary by +-15 %; compare
 the ratios, which are measured side by side within one section.
 """
@@ -42,11 +43,12 @@ SECTIONS = [
     ('precision', 'bench_precision.py', ['--quick'], [], 'bf16 AMP vs fp32: train/infer img/s, val accuracy, decision'),
     ('aff', 'bench_aff.py', ['--quick'], [], 'AFF vs plain add, hybrid vs imperative'),
     ('engine', 'bench_engine.py', ['--iters', '5', '--rounds', '2'], [], 'engine vs minimal Gluon loop'),
-    ('loader', 'bench_loader.py', ['--seconds', '3', '--skip-index', '--imagenet-train-batch', '4'], ['--skip-index'],
-     'loader img/s vs training img/s per preset'),
+    ('loader', 'bench_loader.py', ['--seconds', '3', '--skip-index', '--imagenet-train-batch', '4'],
+     ['--skip-index', '--seconds', '5'], 'loader img/s vs training img/s per preset'),
     ('distill', 'bench_distill.py', ['--batch-size', '64', '--iters', '2', '--rounds', '3'], [],
      'distillation step vs student step + teacher inference'),
-    ('transfer', 'bench_transfer.py', ['--quick', '--steps', '3'], [], 'DELTA / L2-SP step vs plain fine-tuning'),
+    ('transfer', 'bench_transfer.py', ['--quick', '--steps', '3'], ['--steps', '3'],
+     'DELTA / L2-SP step vs plain fine-tuning'),
     ('gflops', 'bench_gflops.py', ['--quick'], [], 'achieved GFLOP/s vs matmul peak'),
     ('dist', 'bench_dist.py', ['--steps', '10', '--warmup', '3'], [], 'dist_sync 1 vs 2 local workers'),
 ]

@@ -288,3 +288,10 @@ def test_bfloat16_engine_attaches_no_loss_scaler():
     assert eng.scaler is None
     assert getattr(eng.trainer, '_amp_loss_scaler', None) is None
     assert eng.trainer._optimizer.multi_precision is False
+
+
+def test_bad_scale_values_refused_even_without_scaling():
+    with pytest.raises(ConfigError, match='--amp-init-scale'):
+        Engine(tiny_net(), Classify(), [mx.cpu()], FitConfig(amp_init_scale=0.0), tiny_data(), num_classes=3)
+    with pytest.raises(ConfigError, match='--amp-scale-window'):
+        Engine(tiny_net(), Classify(), [mx.cpu()], FitConfig(amp_scale_window=0), tiny_data(), num_classes=3)

@@ -60,9 +60,8 @@ def resolve_loss_scale(mode, dtype):
 def make_loss_scaler(mode, dtype, init_scale=DEFAULT_INIT_SCALE, scale_window=DEFAULT_SCALE_WINDOW):
     """The :class:`LossScaler` for ``--amp-loss-scale mode`` and ``--dtype dtype``, or None."""
     mode = resolve_loss_scale(mode, dtype)
-    if mode == 'none':
-        return None
-    return LossScaler(init_scale, scale_window, dynamic=(mode == 'dynamic'))
+    scaler = LossScaler(init_scale, scale_window, dynamic=(mode == 'dynamic'))   # validates the values
+    return None if mode == 'none' else scaler
 
 
 class LossScaler:
