@@ -180,7 +180,8 @@ def main():
             row(S, 'training bf16 AMP', train['bfloat16'], 'img/s', 'amp.init in its own process'),
             row(S, 'training bf16 / fp32', train['bfloat16'] / train['float32'], 'x',
                 'medians of %d processes each, ABBA order' % a.rounds),
-            row(S, 'val top-1 fp32', acc32, '%', '%d val images of %s; checkpoint %s' % (n, data_dir, how)),
+            row(S, 'val top-1 fp32', acc32, '%', '%d val images of %s; checkpoint %s' % (
+                n, os.path.relpath(data_dir, ROOT), how)),
             row(S, 'val top-1 bf16', acc16, '%', 'same checkpoint, same images'),
             row(S, 'val top-1 diff bf16 - fp32', diff, 'points', 'rule: abs(diff) < %.1f' % MAX_ACC_DIFF),
             row(S, 'bf16 default for inference benchmarks', float(use_bf16), 'bool', why)]
