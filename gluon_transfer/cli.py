@@ -133,8 +133,7 @@ def build_parser(preset, description):
     g.add_argument('--mode', default=d['mode'], choices=['hybrid', 'imperative'],
                    help='hybrid = hybridize(static_alloc, static_shape)')
     g.add_argument('--dtype', default='float32', choices=['float32', 'float16', 'bfloat16'],
-                   help='float16 (GPUs): network cast, BatchNorm kept float32, multi_precision optimizer; '
-                        'bfloat16: mx.contrib.amp on CPU (measure it: bench/bench_precision.py)')
+                   help='float16 needs GPUs; bfloat16 = AMP on CPU (slower than float32 on AVX-512 without AMX)')
     g.add_argument('--amp-loss-scale', default='auto', choices=['auto', 'none', 'static', 'dynamic'],
                    help='loss scaling; auto = dynamic for float16, none for float32/bfloat16')
     g.add_argument('--amp-init-scale', type=float, default=2.0 ** 16,
