@@ -302,7 +302,7 @@ def run(args, preset, make_task=None, build_net=None, build_val=None):
         log.info('kvstore %s: worker rank %d of %d (pid %d); --lr is for the global batch of all workers',
                  args.kvstore, part_index, num_parts, os.getpid())
     ctx = resolve_ctx(args)
-    setup_precision(args.dtype, ctx, log)
+    setup_precision(args.dtype, ctx)
     seed_epoch(args.seed, -1)      # network initialisation is reproducible from --seed
     fit_cfg = fit_config(args)
     fit_cfg.kvstore = kv
