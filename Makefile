@@ -8,12 +8,13 @@ PYTHON := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DEMO_DIR ?= runs/demo
 
-.PHONY: venv demo test test-fast bench clean help
+.PHONY: venv demo test test-fast bench bench-quick clean help
 
 help:
 	@echo "make demo   - set up .venv and train a small CIFAR-10 network on the bundled sample (~3 min)"
 	@echo "make test   - set up .venv and run the whole test suite"
-	@echo "make bench  - run the benchmarks in bench/ (minutes; writes bench/out/)"
+	@echo "make bench  - run the benchmark suite (~10-15 min; writes bench/results/results.{md,json,png})"
+	@echo "make bench-quick - the same, short runs (~3-5 min)"
 
 venv: $(STAMP)
 
@@ -34,6 +35,9 @@ test-fast: $(STAMP)
 
 bench: $(STAMP)
 	$(PYTHON) bench/run_all.py
+
+bench-quick: $(STAMP)
+	$(PYTHON) bench/run_all.py --quick
 
 clean:
 	rm -rf runs .pytest_cache

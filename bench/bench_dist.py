@@ -121,7 +121,7 @@ def main():
     p.add_argument('--steps', type=int, default=30)
     p.add_argument('--warmup', type=int, default=5)
     p.add_argument('--model', default='tiny', help="'tiny' (3 convs + dense) or a model name")
-    p.add_argument('--json', default=None, help='also write the rows here')
+    p.add_argument('--json', default=None, help='also write the results as suite rows (section, name, value, unit, note)')
     a = p.parse_args()
     if a.worker:
         return worker(a)
@@ -139,8 +139,21 @@ def main():
             r['kvstore'], r['workers'], r['batch_per_worker'], r['compute_ms'], r['comm_ms'], r['update_ms'],
             r['step_ms'], r['images_per_sec'], '{:,}'.format(r['comm_bytes_per_step'])))
     if a.json:
-        with open(a.json, 'w') as f:
-            json.dump(rows, f, indent=1)
+        from bench.common import row, write_rows
+        out = []
+        for r in rows:
+            name = '%s, %d worker%s' % (r['kvstore'], r['workers'], 's' if r['workers'] > 1 else '')
+            cfg = 'batch %d/worker, %s' % (r['batch_per_worker'], a.model)
+            out += [row('dist', '%s: step' % name, r['step_ms'], 'ms', cfg),
+                    row('dist', '%s: img/s' % name, r['images_per_sec'], 'img/s', '')]
+            if r['kvstore'] != 'none':
+                out += [row('dist', '%s: comm' % name, r['comm_ms'], 'ms', 'allreduce_grads (push + pull)'),
+                        row('dist', '%s: comm bytes' % name, r['comm_bytes_per_step'], 'bytes',
+                            'per step and worker')]
+        base = rows[0]['images_per_sec']
+        out.append(row('dist', 'speed-up 2 workers / no kvstore', rows[-1]['images_per_sec'] / base, 'x',
+                       'strong scaling, same global batch, %d cores' % os.cpu_count()))
+        write_rows(a.json, out)
 
 
 if __name__ == '__main__':

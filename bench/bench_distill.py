@@ -28,6 +28,8 @@ warnings.simplefilter('ignore', DeprecationWarning)
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np  # noqa: E402
+
+from bench.common import add_json_arg, row, write_rows  # noqa: E402
 import mxnet as mx  # noqa: E402
 from mxnet import autograd, gluon  # noqa: E402
 
@@ -104,7 +106,9 @@ def main():
     p.add_argument('--rounds', type=int, default=5)
     p.add_argument('--grad-at', action='store_true')
     p.add_argument('--before', default=None, metavar='REV', help="also time REV's Distill (AT + KD)")
+    add_json_arg(p)
     a = p.parse_args()
+    rows = []
     data = batches(4, a.batch_size)
     bs = a.batch_size
     teacher = build_teacher(a.teacher, None, 10, [mx.cpu()], features=TAPS, allow_random=True)
@@ -143,6 +147,11 @@ def main():
         else:   # median over rounds of the same round's ratio
             rel = '%+.1f %%' % (100 * (np.median([d / b for d, b in zip(per_round[name], base)]) - 1))
         print('| %s | %.1f | %.0f | %s |' % (name, 1e3 * t, bs / t, rel))
+        rows.append(row('distill', name, bs / t, 'img/s', '%s <- %s, batch %d' % (a.student, a.teacher, bs)))
+        if rel:
+            rows.append(row('distill', '%s: overhead' % name, float(rel.split()[0]), '%',
+                            'beyond student step + teacher inference'))
+    write_rows(a.json, rows)
     print('| student step + teacher inference (sum) | %.1f | %.0f | |' % (1e3 * np.median(base), bs / np.median(base)))
     if a.before:
         new, old = per_round['distill: AT (beta 1e3) + KD (alpha 0.9)'], per_round[before_name]

@@ -26,6 +26,7 @@ from gluon_transfer import get_model  # noqa: E402
 from gluon_transfer.data.base import ArrayIter  # noqa: E402
 from gluon_transfer.engine.tasks import Classify  # noqa: E402
 from gluon_transfer.engine.trainer import Engine, FitConfig  # noqa: E402
+from bench.common import add_json_arg, row, write_rows  # noqa: E402
 
 
 def make_iter(n, bs, size=32):
@@ -92,7 +93,9 @@ def main():
     ap.add_argument('--rounds', type=int, default=3)
     ap.add_argument('--modes', default='hybrid,imperative')
     ap.add_argument('--bf16', action='store_true')
+    add_json_arg(ap)
     args = ap.parse_args()
+    rows = []
     size = 32
     it = make_iter(args.iters * args.batch_size, args.batch_size, size)
     print('model %s, batch %d, %d iterations per round, %d rounds, OPENBLAS_CORETYPE=%s' % (
@@ -107,6 +110,11 @@ def main():
             engs.append(engine_loop(args.model, it, hyb, size)[0])
         m, e = float(np.median(mins)), float(np.median(engs))
         print('| %s | %.1f | %.1f | %.3f |' % (mode, m, e, e / m))
+        cfg = '%s, batch %d, %s' % (args.model, args.batch_size, mode)
+        rows += [row('engine', 'minimal Gluon loop (%s)' % mode, m, 'img/s', cfg),
+                 row('engine', 'engine (%s)' % mode, e, 'img/s', cfg),
+                 row('engine', 'engine / minimal (%s)' % mode, e / m, 'x', 'median of %d rounds' % args.rounds)]
+    write_rows(args.json, rows)
     if args.bf16:
         import subprocess
         # AMP must be initialised before any network is built: run it in a fresh process.

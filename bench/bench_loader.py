@@ -74,7 +74,13 @@ def main():
     p.add_argument('--seconds', type=float, default=8.0, help='time per measurement')
     p.add_argument('--skip-index', action='store_true')
     p.add_argument('--cifar-only', action='store_true', help='only the CIFAR rows')
+    p.add_argument('--no-train', action='store_true', help='skip the training images/s of each preset')
+    p.add_argument('--imagenet-train-batch', type=int, default=16,
+                   help='batch of the resnet50_v1b training step compared with the imagenet loader')
+    from bench.common import add_json_arg
+    add_json_arg(p)
     args = p.parse_args()
+    best = {}    # preset -> best loader img/s over threads/procs (for the suite rows)
     from gluon_transfer.data import build_data, pack
     from gluon_transfer.data.recordio import inspect_recordio, verify_decode
 
@@ -92,8 +98,10 @@ def main():
     t_decode = time.time() - t
     for threads in (1, 2):
         data = build_data('cifar10', data_dir=cifar, batch_size=128, num_workers=threads, verify=False)
+        rate = iter_rate(data.train, args.seconds)
+        best['cifar'] = max(best.get('cifar', 0), rate)
         rows.append(('cifar10 train (pad-4 crop, mirror), batch 128, %d records' % data.num_train,
-                     threads, '%.0f img/s' % iter_rate(data.train, args.seconds)))
+                     threads, '%.0f img/s' % rate))
     for procs in (1, 2):
         for mode in ('constant', 'reflect'):
             data = build_data('cifar10', data_dir=cifar, batch_size=128, num_workers=procs, verify=False,
@@ -105,7 +113,7 @@ def main():
                  '%.3f s' % t_inspect))
     rows.append(('cifar10 train: full decode check (verify=True)', '-', '%.2f s' % t_decode))
     if args.cifar_only:
-        return _print(rows)
+        return _finish(rows, best, args)
 
     with tempfile.TemporaryDirectory() as tmp:
         make_jpegs(os.path.join(tmp, 'imgs'))
@@ -119,8 +127,10 @@ def main():
         for threads in (1, 2):
             data = build_data('imagenet', data_dir=os.path.join(tmp, 'rec'), batch_size=32,
                               num_workers=threads)
+            rate = iter_rate(data.train, args.seconds)
+            best['imagenet'] = max(best.get('imagenet', 0), rate)
             rows.append(('imagenet train (rand. resized crop 224, jitter, PCA), batch 32', threads,
-                         '%.0f img/s' % iter_rate(data.train, args.seconds)))
+                         '%.0f img/s' % rate))
             rows.append(('imagenet val (resize 256, centre crop 224), batch 32', threads,
                          '%.0f img/s' % iter_rate(data.val, args.seconds)))
 
@@ -135,7 +145,36 @@ def main():
             rows.append(('inspect_recordio, 1M records (idx parse + header checks + labels)', '-',
                          '%.2f s per million records' % dt))
 
+    _finish(rows, best, args)
+
+
+# preset -> (model trained by default, batch, input size, classes)
+TRAIN_MODELS = {'cifar': ('cifar_resnet20_v1', 128, 32, 10), 'imagenet': ('resnet50_v1b', 16, 224, 1000)}
+
+
+def _finish(rows, best, args):
+    """Training images/s of each preset's default model (hybridized, fp32, random data)
+    beside the best loader rate: loader / training > 1 means the loader keeps up."""
+    from bench.common import median_rate, row, train_step_fn, write_rows
+    out = []
+    for preset, rate in best.items():
+        out.append(row('loader', '%s loader' % preset, rate, 'img/s', 'best of 1-2 threads, training augmentation'))
+        if args.no_train:
+            continue
+        import mxnet as mx
+        from gluon_transfer import get_model
+        model, batch, size, classes = TRAIN_MODELS[preset]
+        if preset == 'imagenet':
+            batch = args.imagenet_train_batch
+        net = get_model(model, classes=classes)
+        net.initialize(mx.init.Xavier())
+        net.hybridize(static_alloc=True, static_shape=True)
+        train = median_rate(train_step_fn(net, batch, size, classes), batch, 3, warmup=1)
+        rows.append(('%s training step of %s, batch %d (hybrid, fp32)' % (preset, model, batch), '-', '%.1f img/s' % train))
+        out += [row('loader', '%s training (%s)' % (preset, model), train, 'img/s', 'batch %d, hybrid fp32' % batch),
+                row('loader', '%s loader / training' % preset, rate / train, 'x', '> 1: the loader keeps up')]
     _print(rows)
+    write_rows(args.json, out)
 
 
 def _print(rows):

@@ -24,6 +24,8 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np  # noqa: E402
+
+from bench.common import add_json_arg, row, write_rows  # noqa: E402
 import mxnet as mx  # noqa: E402
 from mxnet import autograd, gluon  # noqa: E402
 
@@ -87,6 +89,7 @@ def main(argv=None):
     p.add_argument('--warmup', type=int, default=2)
     p.add_argument('--quick', action='store_true', help='batch 4 at 112 px')
     p.add_argument('--out', default=os.path.join(os.path.dirname(os.path.abspath(__file__)), 'out', 'transfer.json'))
+    add_json_arg(p)
     args = p.parse_args(argv)
     if args.quick:
         args.batch_size, args.size = 4, 112
@@ -123,6 +126,14 @@ def main(argv=None):
     with open(args.out, 'w') as f:
         json.dump({'model': args.model, 'batch_size': args.batch_size, 'size': args.size, 'steps': args.steps,
                    'results': results}, f, indent=1)
+    cfg = '%s, batch %d, %dpx' % (args.model, args.batch_size, args.size)
+    rows = [row('transfer', '%s step' % k, v['images_per_s'], 'img/s', cfg if k == 'plain' else '')
+            for k, v in results.items()]
+    rows += [row('transfer', 'l2sp-official overhead', 100 * results['l2sp-official']['overhead'], '%', 'vs plain step'),
+             row('transfer', 'l2sp-all overhead', 100 * results['l2sp-all']['overhead'], '%', 'vs plain step'),
+             row('transfer', 'delta overhead', 100 * d['overhead_beyond_source'], '%',
+                 'beyond the source forward (%+.1f %% in total)' % (100 * d['overhead_total']))]
+    write_rows(args.json, rows)
     return 0
 
 

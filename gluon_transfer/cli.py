@@ -136,6 +136,12 @@ def build_parser(preset, description):
                         'every other network (WRNs, AFF networks, ImageNet models) and on GPUs')
     g.add_argument('--dtype', default='float32', choices=['float32', 'float16', 'bfloat16'],
                    help='float16 needs GPUs; bfloat16 = AMP on CPU (slower than float32 on AVX-512 without AMX)')
+    g.add_argument('--amp-loss-scale', default='auto', choices=['auto', 'none', 'static', 'dynamic'],
+                   help='loss scaling; auto = dynamic for float16, none for float32/bfloat16')
+    g.add_argument('--amp-init-scale', type=float, default=2.0 ** 16,
+                   help='initial (static: constant) loss scale (default 65536)')
+    g.add_argument('--amp-scale-window', type=int, default=2000,
+                   help='dynamic: double the scale after this many steps without overflow')
     g.add_argument('--gpus', default='', help='GPU ids, e.g. 0,1 (empty: CPU)')
     g.add_argument('--num-gpus', type=int, default=0, help='use GPUs 0..N-1')
     g.add_argument('--ctx', default='', help='explicit contexts, e.g. cpu:0,cpu:1 or gpu:0,gpu:1')
@@ -268,7 +274,9 @@ def fit_config(args):
                      mixup_alpha=args.mixup_alpha if args.mixup else 0.0, mixup_off_epoch=args.mixup_off_epoch,
                      dtype=args.dtype, kvstore=args.kvstore, mode=args.mode, log_interval=args.log_interval,
                      seed=args.seed, save_frequency=args.save_frequency, max_iters=args.max_iter,
-                     reset_momentum_at_drops=getattr(args, 'reset_momentum', False))
+                     reset_momentum_at_drops=getattr(args, 'reset_momentum', False),
+                     amp_loss_scale=args.amp_loss_scale, amp_init_scale=args.amp_init_scale,
+                     amp_scale_window=args.amp_scale_window)
 
 
 def build_network(args, num_classes, ctx, log):

@@ -24,45 +24,6 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
-def read_images(rec, count, size):
-    """``count`` RGB uint8 images (size, size, 3) from a RecordIO file."""
-    import cv2
-    import mxnet as mx
-    from gluon_transfer.errors import DataError
-    if not os.path.isfile(rec):
-        raise DataError('RecordIO file not found: %s' % rec)
-    reader = mx.recordio.MXRecordIO(rec, 'r')
-    images = []
-    try:
-        while len(images) < count:
-            item = reader.read()
-            if item is None:
-                break
-            _, img = mx.recordio.unpack_img(item, cv2.IMREAD_COLOR)
-            if img is None:
-                raise DataError('%s: record %d is not a decodable image' % (rec, len(images)))
-            images.append(cv2.resize(img, (size, size), interpolation=cv2.INTER_AREA)[:, :, ::-1])
-    finally:
-        reader.close()
-    if not images:
-        raise DataError('%s holds no records' % rec)
-    return images
-
-
-def generated_images(count, size, seed):
-    """Smooth random images (blurred noise plus a bright disc), so maps have structure."""
-    import cv2
-    import numpy as np
-    rng = np.random.RandomState(seed)
-    out = []
-    for _ in range(count):
-        img = cv2.GaussianBlur(rng.randint(0, 256, (size, size, 3)).astype(np.uint8), (0, 0), size / 16.0)
-        cy, cx = rng.randint(size // 4, 3 * size // 4, 2)
-        cv2.circle(img, (int(cx), int(cy)), size // 6, (255, 240, 200), -1)
-        out.append(img)
-    return out
-
-
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     p.add_argument('--model', default='resnet101_v1b')
@@ -79,7 +40,6 @@ def main(argv=None):
     with warnings.catch_warnings():
         warnings.simplefilter('ignore', DeprecationWarning)
         import cv2
-        import numpy as np
         import mxnet as mx
         import matplotlib
         matplotlib.use('Agg')
@@ -92,6 +52,7 @@ def main(argv=None):
         from gluon_transfer.finetune import source_head_classes
         from gluon_transfer.losses.transfer_common import bottleneck_taps
         from gluon_transfer.weights import load_params
+        from gluon_transfer.data.images import read_record_images, generated_images, to_batch
     try:
         if args.num_images < 1:
             raise ConfigError('--num-images must be >= 1')
@@ -112,10 +73,9 @@ def main(argv=None):
         if args.afa_params:
             load_blocks(reg.blocks(), args.afa_params)
         size = args.input_size
-        images = read_images(args.rec, args.num_images, size) if args.rec else \
+        images = read_record_images(args.rec, args.num_images, size) if args.rec else \
             generated_images(args.num_images, size, args.seed)
-        batch = (np.stack(images).astype(np.float32) / 255.0 - np.array(IMAGENET_MEAN)) / np.array(IMAGENET_STD)
-        x = mx.nd.array(batch.transpose(0, 3, 1, 2))
+        x = mx.nd.array(to_batch(images, IMAGENET_MEAN, IMAGENET_STD))
         with mx.autograd.predict_mode():
             feats = bottleneck_taps(net, taps, with_logits=False)(x)
         panels = []

@@ -27,20 +27,10 @@ NORMALISE = {'cifar': ((125.3, 123.0, 113.9), (63.0, 62.1, 66.7)),      # attent
 
 
 def load_images(paths, size, dataset):
-    import cv2
-    import numpy as np
-    from gluon_transfer.errors import DataError
-    mean, std = (np.array(v, np.float32).reshape(1, 3, 1, 1) for v in NORMALISE[dataset])
-    raw, batch = [], []
-    for path in paths:
-        img = cv2.imread(path, cv2.IMREAD_COLOR)
-        if img is None:
-            raise DataError('cannot read image %s' % path)
-        img = cv2.resize(cv2.cvtColor(img, cv2.COLOR_BGR2RGB), (size, size), interpolation=cv2.INTER_AREA)
-        raw.append(img)
-        batch.append(img.transpose(2, 0, 1))
-    x = (np.stack(batch).astype(np.float32) - mean) / std
-    return raw, x
+    from gluon_transfer.data.images import read_image_files, to_batch
+    raw = read_image_files(paths, size)
+    mean, std = NORMALISE[dataset]           # on the 0-255 scale
+    return raw, to_batch(raw, mean, std, scale=1.0)
 
 
 def build(name, params, classes, taps, ctx):

@@ -6,7 +6,7 @@
 
 Each row is one image: the input, then for every chosen fusion block its MS-CAM weight map
 ``mean_c w[c, h, w]`` (AFF: w = M(x + y); iAFF: w1 and w2). ``w`` near 1 favours the residual
-branch x, near 0 the shortcut y. Images come from a RecordIO file (read with mx.recordio + cv2)
+branch x, near 0 the shortcut y. Images come from a RecordIO file (gluon_transfer.data.images)
 or, without --rec, are random. Errors are one line (``error: ...``, exit status 2).
 """
 import argparse
@@ -35,33 +35,6 @@ def fusion_blocks(net):
     return found
 
 
-def read_images(rec, count, size):
-    """``count`` RGB uint8 images (H, W, 3) from a RecordIO file, resized to ``size``."""
-    import cv2
-    import mxnet as mx
-    from gluon_transfer.errors import DataError
-    if not os.path.isfile(rec):
-        raise DataError('RecordIO file not found: %s' % rec)
-    reader = mx.recordio.MXRecordIO(rec, 'r')
-    images = []
-    try:
-        while len(images) < count:
-            item = reader.read()
-            if item is None:
-                break
-            _, img = mx.recordio.unpack_img(item, cv2.IMREAD_COLOR)
-            if img is None:
-                raise DataError('%s: record %d is not a decodable image' % (rec, len(images)))
-            if img.shape[:2] != (size, size):
-                img = cv2.resize(img, (size, size), interpolation=cv2.INTER_AREA)
-            images.append(img[:, :, ::-1])
-    finally:
-        reader.close()
-    if not images:
-        raise DataError('%s holds no records' % rec)
-    return images
-
-
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     p.add_argument('--model', default='cifar_aff_resnet32')
@@ -80,7 +53,6 @@ def main(argv=None):
     args = p.parse_args(argv)
     with warnings.catch_warnings():
         warnings.simplefilter('ignore', DeprecationWarning)
-        import numpy as np
         import mxnet as mx
         import matplotlib
         matplotlib.use('Agg')
@@ -88,6 +60,7 @@ def main(argv=None):
         import gluon_transfer as gt
         from gluon_transfer.errors import ConfigError, GluonTransferError
         from gluon_transfer.weights import load_params
+        from gluon_transfer.data.images import read_record_images, generated_images, to_batch
     try:
         if args.num_images < 1:
             raise ConfigError('--num-images must be >= 1')
@@ -109,14 +82,11 @@ def main(argv=None):
         else:
             chosen = [blocks[0]] if len(blocks) == 1 else [blocks[0], blocks[-1]]
         if args.rec:
-            images = read_images(args.rec, args.num_images, args.size)
+            images = read_record_images(args.rec, args.num_images, args.size)
         else:
-            rng = np.random.RandomState(args.seed)
-            images = [rng.randint(0, 256, size=(args.size, args.size, 3)).astype(np.uint8)
-                      for _ in range(args.num_images)]
+            images = generated_images(args.num_images, args.size, args.seed, smooth=False)
         mean, std = (CIFAR_MEAN, CIFAR_STD) if args.size <= 64 else (IMAGENET_MEAN, IMAGENET_STD)
-        batch = (np.stack(images).astype(np.float32) / 255.0 - np.array(mean)) / np.array(std)
-        x = mx.nd.array(batch.transpose(0, 3, 1, 2))
+        x = mx.nd.array(to_batch(images, mean, std))
 
         captured = {}
         handles = []

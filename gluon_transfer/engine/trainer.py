@@ -12,7 +12,9 @@ Multi-device is a context list (gradients are summed over devices by the kvstore
 divided by the global batch); distributed is a kvstore name or a ``dist_sync`` kvstore
 (gradients are summed over workers too, so the step divides by ``batch * num_workers``;
 all workers run the same number of iterations per epoch; only rank 0 writes checkpoints
-and the metrics log; see ``engine/distributed.py``); precision is ``cfg.dtype``.
+and the metrics log; see ``engine/distributed.py``); precision is ``cfg.dtype``, with an
+optional loss scaler (``cfg.amp_loss_scale``; its state is checkpointed; see
+``engine/precision.py``).
 
 ``cfg.reset_momentum_at_drops`` (``--reset-momentum``; SGD/NAG with the step schedule) zeroes
 the momentum buffers right before the update of each iteration where the step schedule
@@ -72,6 +74,9 @@ class FitConfig:
     save_frequency: int = 0           # keep every N-th epoch's checkpoint (0: latest only)
     max_iters: int = 0                # stop after this many iterations (0: num_epochs)
     reset_momentum_at_drops: bool = False   # zero SGD momentum when the step schedule drops the LR
+    amp_loss_scale: str = 'auto'      # auto | none | static | dynamic (see engine/precision.py)
+    amp_init_scale: float = precision.DEFAULT_INIT_SCALE
+    amp_scale_window: int = precision.DEFAULT_SCALE_WINDOW
     extra: dict = field(default_factory=dict)
 
 
@@ -108,6 +113,8 @@ class Engine:
         if cfg.mode not in ('hybrid', 'imperative'):
             raise ConfigError("--mode must be 'hybrid' or 'imperative', got %r" % cfg.mode)
         precision.check_precision(cfg.dtype, self.ctx)
+        self.scaler = precision.make_loss_scaler(cfg.amp_loss_scale, cfg.dtype, cfg.amp_init_scale,
+                                                 cfg.amp_scale_window)
         self.kv, self.rank, self.num_workers = self._make_kvstore(cfg.kvstore)
         # Iterations per epoch: this worker's shard, equal on all workers of a dist job.
         self.iters_per_epoch = len(train) if train is not None else 0
@@ -163,13 +170,11 @@ class Engine:
         opt = {'learning_rate': self.schedule(0), 'wd': cfg.wd}
         if cfg.optimizer in ('sgd', 'nag'):
             opt['momentum'] = cfg.momentum
-        if cfg.dtype == 'float16':
-            opt['multi_precision'] = True
+        opt.update(precision.optimizer_kwargs(cfg.dtype))
         # Updates run on the workers (update_on_kvstore=False) so the per-iteration LR
         # schedule applies everywhere; with dist_sync the kvstore then only sums gradients.
         # (Asynchronous kvstores need server-side updates and are refused by create_kvstore.)
         self.trainer = gluon.Trainer(params, cfg.optimizer, opt, kvstore=self.kv, update_on_kvstore=False)
-        precision.prepare_trainer(self.trainer, cfg.dtype)
 
     # ------------------------------------------------------------------ resume
     def resume(self, path):
@@ -183,6 +188,11 @@ class Engine:
         self.trainer.load_states(os.path.join(d, files['states']))
         if 'extra' in files:
             load_blocks(self.task.blocks(), os.path.join(d, files['extra']))
+        if self.scaler is not None and 'loss_scaler' in meta:
+            self.scaler.load_state_dict(meta['loss_scaler'])
+        elif self.scaler is not None:
+            self.log.info('%s has no loss-scaler state (saved without loss scaling): starting at scale %g',
+                          path, self.scaler.scale)
         self.start_epoch = int(meta['epoch'])
         self.global_step = int(meta['global_step'])
         self.best_top1 = float(meta.get('best_top1', -1.0))
@@ -262,10 +272,12 @@ class Engine:
             ys = gluon.utils.split_and_load(batch.label, self.ctx, even_split=False)
             if self._dist_init_pending:
                 self._broadcast_initial_params()
+            scale = self.scaler.scale if self.scaler is not None else 1.0
             with autograd.record():
                 results = [self.task.loss(self.net, x.astype(in_dtype, copy=False), t, y)
                            for x, t, y in zip(xs, ts, ys)]
-            autograd.backward([r[0] for r in results])
+                heads = [r[0] * scale for r in results] if self.scaler is not None else [r[0] for r in results]
+            autograd.backward(heads)
             self.task.after_backward(self.net)
             if self._dist_init_pending:
                 self._broadcast_initial_params()
@@ -273,7 +285,10 @@ class Engine:
                 reset_momentum(self.trainer)
                 self.log.info('LR drop at global step %d (lr %g): momentum buffers zeroed', self.global_step, lr)
             # dist_sync sums the gradients of all workers: normalise by the global batch.
-            self.trainer.step(distributed.global_batch_size(n, self.num_workers))
+            if self.scaler is None:
+                self.trainer.step(distributed.global_batch_size(n, self.num_workers))
+            else:
+                self._scaled_update(scale, distributed.global_batch_size(n, self.num_workers))
             step_loss = mx.nd.add_n(*[r[0].reshape((1,)).as_in_context(c0) for r in results])
             loss_sum += step_loss
             window.append((self.global_step, i, step_loss))
@@ -301,6 +316,18 @@ class Engine:
                  'terms': {k: _to_float(v) / seen for k, v in sorted(term_sums.items())},
                  'images_per_sec': seen / max(elapsed, 1e-9), 'time': elapsed, 'global_step': self.global_step}
         return stats
+
+    def _scaled_update(self, scale, batch):
+        """Loss-scaled step: sum the gradients (kvstore), check them all for inf/NaN (after the
+        sum, so every worker decides alike), skip the update on overflow, and otherwise
+        update with the gradients divided by ``scale`` (folded into ``rescale_grad``)."""
+        self.trainer.allreduce_grads()
+        overflow = self.scaler.has_overflow(self.trainer._params)
+        if self.scaler.update(overflow):
+            self.trainer.update(batch * scale)
+        else:
+            self.log.info('loss-scale overflow at global step %d: update skipped, scale %g -> %g',
+                          self.global_step, scale, self.scaler.scale)
 
     def _broadcast_initial_params(self):
         """dist kvstores: rank 0's weights to every worker, waited for (see
@@ -378,6 +405,8 @@ class Engine:
         if self.ckpt is not None:
             meta = dict(self.run_info, global_step=self.global_step, best_top1=self.best_top1,
                         seed=self.cfg.seed, config=_config_dict(self.cfg))
+            if self.scaler is not None:
+                meta['loss_scaler'] = self.scaler.state_dict()
             self.ckpt.save(epoch + 1, self.net, self.trainer, meta, self.task.blocks())
             if is_best:
                 self.ckpt.save_best(epoch + 1, self.net, self.best_top1)
