@@ -168,7 +168,8 @@ def collect_gate_statistics(net, holdout, ctx=None, max_batches=None):
     """Per gate ``{'mean': (C,), 'var': (C,), 'count': n}`` (float64) of the gate values
     ``pi`` over the held-out training samples (module docstring, step 2). The network runs
     imperatively in inference mode with every mask 1; its masks and hybridization are
-    restored afterwards. ``Batch.pad`` rows are ignored."""
+    restored afterwards. ``Batch.pad`` rows are ignored. A non-finite gate value is a
+    DataError (a diverged network), never skipped."""
     _require_holdout(holdout)
     gates = _gated(net)
     if not gates:
@@ -196,6 +197,11 @@ def collect_gate_statistics(net, holdout, ctx=None, max_batches=None):
                 net(batch.data.as_in_context(ctx))
             for name, g in gates:
                 pi = g.collecting[0].asnumpy().astype(np.float64)[:keep]
+                if not np.isfinite(pi).all():
+                    # Never skipped: a mask chosen from the finite part would hide a diverged network.
+                    raise DataError('AFS gate %s: %d non-finite gate values on the held-out training split (the '
+                                    'network diverged; lower --lr or --afs-gate-lr-mult)'
+                                    % (name, int((~np.isfinite(pi)).sum())))
                 a = acc[name]
                 a[0] = a[0] + pi.sum(axis=0)
                 a[1] = a[1] + (pi * pi).sum(axis=0)
