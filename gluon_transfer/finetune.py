@@ -3,7 +3,7 @@ weights with a registered regularizer, on the shared engine.
 
 Flow (:func:`main`): parse the ``transfer`` preset's options
 (:func:`gluon_transfer.cli.add_transfer_args`), resolve the reference defaults
-(:func:`resolve_args`), then :func:`gluon_transfer.cli.run` with three hooks of a
+(:func:`resolve_args`), then :func:`gluon_transfer.cli.run` with the hooks of a
 :class:`FineTune` object:
 
 * ``build_net``: the **source** network is built with the classifier size found in the
@@ -20,6 +20,12 @@ Flow (:func:`main`): parse the ``transfer`` preset's options
   preset where ``--lr``/``--alpha`` are not given; ``--init-from STAGE1.params`` (stage 2)
   replaces the source file: the target loads the whole stage-1 network and the frozen
   source is the same network without its classifier; ``--afa-two-stage`` runs both.
+* AFDS (``--reg afd``, optionally ``--afs``; :mod:`gluon_transfer.afds`): with ``--afs``
+  ``prepare`` holds out ``--holdout-fraction`` of the training records (training uses the
+  rest), ``build_net`` converts the target into the AFS ResNet (gates after every ConvBN,
+  identity-initialised, lr x``--afs-gate-lr-mult``), and the ``fit`` hook runs phase 1,
+  the mask update on the holdout and phase 2, then writes ``afds_report.json`` /
+  ``afds_masks.json``. ``--max-iter`` counts both phases.
 * ``build_val`` (``--eval-ten-crop``): the evaluation images at ``input/crop_ratio``
   (256 for 224) for ten-crop evaluation.
 
