@@ -563,6 +563,10 @@ def resolve_afds_args(args):
     if args.resume_params or args.resume_states or args.resume_epoch:
         raise ConfigError('--afs resumes with --resume SAVE_DIR (the checkpoint records the phase), not '
                           '--resume-params/--resume-states/--resume-epoch')
+    from .finetune import _regularizer_class
+    if getattr(_regularizer_class(args.reg), 'uses_w0', False):
+        raise ConfigError('--afs with --reg %s: the AFS gates have no source weights for its anchor; use --reg afd, '
+                          'fea_map, delta or l2' % args.reg)
     from .cli import model_kwargs
     check_afs_model(args.model, model_kwargs(args))
     for key, value in AFS_DEFAULTS.items():

@@ -215,6 +215,7 @@ def test_errors_are_one_line(task_dir, tmp_path, capsys):
         (a('--afs', '--density', '0'), '--density must be in (0, 1], got 0.0'),
         (a('--afs', '--holdout-fraction', '1'), '--holdout-fraction must be in (0, 1), got 1.0'),
         (a('--afs', '--resume-epoch', '2'), '--afs resumes with --resume SAVE_DIR'),
+        (_argv(task_dir, tmp_path, '--reg', 'l2sp', '--afs'), '--afs with --reg l2sp: the AFS gates have no source'),
         (_argv(task_dir, tmp_path, '--reg', 'l2', '--afd-norm', 'sq'), '--afd-norm: option of --reg afd, not --reg l2'),
     ]
     for argv, msg in cases:
