@@ -461,6 +461,13 @@ def selection_summary(selection, holdout=None, mask_options=None):
     for k, v in (mask_options or {}).items():
         if k not in out and isinstance(v, (str, int, float, type(None))):
             out[k] = v
+    stats = selection.get('stats')
+    if stats:
+        # how far the gates moved from their identity start (value 1, variance 0)
+        means = np.concatenate([st['mean'] for st in stats.values()])
+        var = np.concatenate([st['var'] for st in stats.values()])
+        out['gate_mean_quantiles'] = np.quantile(means, [0, 0.05, 0.5, 0.95, 1]).tolist()
+        out['gate_var_quantiles'] = np.quantile(var, [0, 0.05, 0.5, 0.95, 1]).tolist()
     mc = selection.get('macs')
     if mc:
         out['macs'] = {k: float(mc[k]) for k in ('baseline', 'static', 'expected')}
