@@ -94,14 +94,14 @@ def load_run(run_dir):
     plain = get_model(meta['model'], classes=classes)
     plain.initialize(mx.init.Xavier())
     plain(mx.nd.zeros((1, 3, 32, 32)))
-    net = afs_from_gluoncv(plain)
+    net = afs_from_gluoncv(plain, gate_input_norm=meta.get('afds', {}).get('gate_input_norm', 'none'))
     load_params(net, params, ctx=mx.cpu())
     return net, plain, meta['model'], params
 
 
 def static_only(net):
     """Copy of ``net`` with the same ``m`` and ``s = 0`` everywhere (no runtime gate survives pruning)."""
-    twin = afs_from_gluoncv(net)
+    twin = afs_from_gluoncv(net, gate_input_norm=net._config['gate_input_norm'])
     src = net._collect_params_with_prefix()
     for key, p in twin._collect_params_with_prefix().items():
         p.set_data(src[key].data())

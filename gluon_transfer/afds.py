@@ -529,9 +529,9 @@ def format_afds_report(rep):
 # ---------------------------------------------------------------------- train_transfer.py
 # ``--afs`` options that have a default only with --afs (None otherwise, so a stray one is an error).
 AFS_DEFAULTS = dict(afs_density=0.9, afs_phase1_density=1.0, afs_gate_lr_mult=0.1, mask_scope='layer',
-                    holdout_fraction=0.1)
+                    holdout_fraction=0.1, afs_gate_norm='none')
 AFS_ONLY = ('afs_density', 'afs_phase1_epochs', 'afs_phase1_density', 'afs_gate_lr_mult', 'thres_m', 'thres_s',
-            'macs_budget', 'mask_scope', 'holdout_fraction')
+            'macs_budget', 'mask_scope', 'holdout_fraction', 'afs_gate_norm')
 _FLAGS = {'afs_density': '--density'}
 
 
@@ -628,7 +628,7 @@ def build_afs_target(args, plain, ctx):
     from .finetune import _finish_shapes
     from .models.afs_resnet import afs_from_gluoncv
     _finish_shapes(plain, ctx, min(int(args.input_size), 64))
-    return afs_from_gluoncv(plain, density=args.afs_density)
+    return afs_from_gluoncv(plain, density=args.afs_density, gate_input_norm=args.afs_gate_norm)
 
 
 def scale_gate_lr(net, mult):
@@ -647,6 +647,8 @@ def run_afds(engine, args, holdout, log):
     table and ``SAVE_DIR/afds_report.json`` / ``afds_masks.json``."""
     shape = (1, 3, int(args.input_size), int(args.input_size))
     options = dict(thres_m=args.thres_m, thres_s=args.thres_s, macs_budget=args.macs_budget, scope=args.mask_scope)
+    # what rebuilding the network from a checkpoint needs besides its weights (bench_afds.py --exported)
+    engine.run_info.setdefault('afds', {})['gate_input_norm'] = args.afs_gate_norm
     result = afds_schedule(engine, holdout, phase1_epochs=args.afs_phase1_epochs,
                            phase1_density=args.afs_phase1_density, resume=args.resume, input_shape=shape,
                            log=lambda msg: log.info('%s', msg), **options)
@@ -658,6 +660,7 @@ def run_afds(engine, args, holdout, log):
     rep['selection'] = engine.run_info.get('afds', {}).get('selection')
     rep['phase1_epochs'] = engine.run_info.get('afds', {}).get('phase1_epochs')
     rep['density'] = args.afs_density
+    rep['gate_input_norm'] = args.afs_gate_norm
     log.info('AFDS report\n%s', format_afds_report(rep))
     if engine.is_writer:
         from .engine.checkpoint import atomic_write_json
