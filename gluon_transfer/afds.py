@@ -529,7 +529,7 @@ def format_afds_report(rep):
 # ---------------------------------------------------------------------- train_transfer.py
 # ``--afs`` options that have a default only with --afs (None otherwise, so a stray one is an error).
 AFS_DEFAULTS = dict(afs_density=0.9, afs_phase1_density=1.0, afs_gate_lr_mult=0.1, mask_scope='layer',
-                    holdout_fraction=0.1, afs_gate_norm='none')
+                    holdout_fraction=0.1, afs_gate_norm='l2')
 AFS_ONLY = ('afs_density', 'afs_phase1_epochs', 'afs_phase1_density', 'afs_gate_lr_mult', 'thres_m', 'thres_s',
             'macs_budget', 'mask_scope', 'holdout_fraction', 'afs_gate_norm')
 _FLAGS = {'afs_density': '--density'}

@@ -570,9 +570,9 @@ def add_afds_args(parser):
     g.add_argument('--afs-gate-lr-mult', type=float, default=None,
                    help='--afs: learning-rate multiplier of the gates (fc, gamma), default 0.1')
     g.add_argument('--afs-gate-norm', default=None, choices=['none', 'l2'],
-                   help='--afs: gate input GAP(x) as is (none, the reproduction; default) or L2-normalised per sample '
-                        '(l2: scale-invariant gates, no overflow on inputs with large activations; '
-                        'gluon_transfer/nn/gates.py)')
+                   help='--afs: gate input L2-normalised per sample (l2, default: scale-invariant gates, no float32 '
+                        'overflow on inputs with large activations) or GAP(x) as is (none, the reproduction); see '
+                        'gluon_transfer/nn/gates.py. Export with tools/export.py --kw gate_input_norm=\'l2\'')
     g.add_argument('--thres-m', type=float, default=None,
                    help='--afs: keep channel c when its mean gate value on the holdout > thres-m (default 0.5, '
                         'unless --macs-budget)')

@@ -87,7 +87,7 @@ def test_flags_parse_and_validate(task_dir, tmp_path):
     assert args.afs_density is None and args.holdout_fraction is None     # no --afs: AFDS options stay unset
     args = resolve_args(parse('--reg', 'afd', '--afs', '--afd-norm', 'l2', '--afd-predictor', 'joint'), num_train=30)
     assert (args.afs_density, args.afs_phase1_density, args.afs_gate_lr_mult, args.mask_scope,
-            args.holdout_fraction, args.afs_gate_norm) == (0.9, 1.0, 0.1, 'layer', 0.1, 'none')
+            args.holdout_fraction, args.afs_gate_norm) == (0.9, 1.0, 0.1, 'layer', 0.1, 'l2')
     reg = FineTune().make_regularizer(args, 4)
     assert (reg.lam, reg.norm, reg.mode) == (0.01, 'l2', 'joint')
 
@@ -162,6 +162,7 @@ def test_afds_end_to_end_masks_from_the_training_holdout(task_dir, tmp_path, mon
     assert float(stored['layer1.0.gate1.wta_density'].asnumpy()[0]) == pytest.approx(0.9)
     stored = mx.nd.load(str(save / metas[1]['files']['params']))
     assert float(stored['layer1.0.gate1.wta_density'].asnumpy()[0]) == pytest.approx(1.0)   # phase-1 density
+    assert {g.input_norm for g in gates.values()} == {'l2'} and rep['gate_input_norm'] == 'l2'   # the default
 
 
 @pytest.mark.slow
@@ -194,11 +195,11 @@ def test_resume_across_phases_is_exact(task_dir, tmp_path):
 
 
 @pytest.mark.slow
-def test_l2_gate_input_through_the_script(task_dir, tmp_path):
-    engine, _ = _run(_argv(task_dir, tmp_path, '--reg', 'afd', '--afs', '--afs-gate-norm', 'l2', '--max-iter', '14'))
-    assert {g.input_norm for _, _, _, g, _, _ in afs_gates(engine.net) if g is not None} == {'l2'}
-    assert json.loads((tmp_path / 'afds_report.json').read_text())['gate_input_norm'] == 'l2'
-    assert all(m['afds']['gate_input_norm'] == 'l2' for m in _metas(tmp_path).values())
+def test_raw_gate_input_through_the_script(task_dir, tmp_path):
+    engine, _ = _run(_argv(task_dir, tmp_path, '--reg', 'afd', '--afs', '--afs-gate-norm', 'none', '--max-iter', '14'))
+    assert {g.input_norm for _, _, _, g, _, _ in afs_gates(engine.net) if g is not None} == {'none'}
+    assert json.loads((tmp_path / 'afds_report.json').read_text())['gate_input_norm'] == 'none'
+    assert all(m['afds']['gate_input_norm'] == 'none' for m in _metas(tmp_path).values())
 
 
 @pytest.mark.slow
@@ -220,7 +221,7 @@ def test_errors_are_one_line(task_dir, tmp_path, capsys):
         (a('--afs', '--macs-budget', '0.5', '--thres-m', '0.1'), 'either --macs-budget or --thres-m/--thres-s'),
         (a('--macs-budget', '0.5'), '--macs-budget: only used with --afs'),
         (a('--density', '0.5', '--holdout-fraction', '0.2'), '--density, --holdout-fraction: only used with --afs'),
-        (a('--afs-gate-norm', 'l2'), '--afs-gate-norm: only used with --afs'),
+        (a('--afs-gate-norm', 'none'), '--afs-gate-norm: only used with --afs'),
         (a('--afs', '--density', '0'), '--density must be in (0, 1], got 0.0'),
         (a('--afs', '--holdout-fraction', '1'), '--holdout-fraction must be in (0, 1), got 1.0'),
         (a('--afs', '--resume-epoch', '2'), '--afs resumes with --resume SAVE_DIR'),

@@ -41,7 +41,8 @@ plain logits are 30-150x the median, give |logits| > 1e6 or inf with gate weight
 |W| <= 0.02; docs/transfer_results.md). ``'l2'`` makes ``h`` independent of the scale
 of ``x`` (bounded by ``||W_c|| + b_c``), so a gated layer is linear in its input again.
 The L2 norm (not an RMS) keeps pruning exact: removed input channels are exactly 0 and
-do not change it.
+do not change it. The class default is the reproduction's ``'none'``; ``train_transfer.py
+--afs`` uses ``'l2'`` unless ``--afs-gate-norm none``.
 
 Initialisation (``init``): ``'identity'`` (default) sets ``W = 0, b = 1, gamma = 1`` so
 that with ``d = 1`` and all masks 1 the multiplier is exactly 1 and a pretrained network
