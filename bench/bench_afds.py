@@ -19,6 +19,14 @@ best of several timed iterations after warm-up):
 For each: MACs per image (``gluon_transfer.macs.count_macs``; for the AFS nets also the
 ``afs_macs`` expected count), images/s, and speed-up vs the baseline next to the MACs
 reduction.
+
+``--exported RUN_DIR [RUN_DIR ...]`` measures trained ``train_transfer.py --afs`` runs
+instead: for each run's final checkpoint, the plain GluonCV network of the same shape
+(baseline), the pruned export as ``tools/export.py --prune`` writes it (static channels
+folded, pruned ones removed, runtime gates kept for the dynamic channels), and a
+**static-only** variant (the same ``m``, every kept channel made static, ``s = 0``: no
+gates at run time; a timing twin only -- its function differs, the dynamic channels get
+their constant ``gamma``).
 """
 import argparse
 import json
@@ -73,6 +81,57 @@ def masked(base, keep, dyn_frac, density, seed=0):
     return net
 
 
+def load_run(run_dir):
+    """The AFS network of a ``train_transfer.py --afs`` run's latest checkpoint, and its model name."""
+    from gluon_transfer.weights import load_params, read_params
+    from gluon_transfer.zoo import get_model
+    with open(os.path.join(run_dir, 'checkpoint.json')) as f:
+        meta_path = os.path.join(run_dir, json.load(f)['latest'])
+    with open(meta_path) as f:
+        meta = json.load(f)
+    params = os.path.join(run_dir, meta['files']['params'])
+    classes = int(read_params(params)['fc.weight'].shape[0])
+    plain = get_model(meta['model'], classes=classes)
+    plain.initialize(mx.init.Xavier())
+    plain(mx.nd.zeros((1, 3, 32, 32)))
+    net = afs_from_gluoncv(plain, gate_input_norm=meta.get('afds', {}).get('gate_input_norm', 'none'))
+    load_params(net, params, ctx=mx.cpu())
+    return net, plain, meta['model'], params
+
+
+def static_only(net):
+    """Copy of ``net`` with the same ``m`` and ``s = 0`` everywhere (no runtime gate survives pruning)."""
+    twin = afs_from_gluoncv(net, gate_input_norm=net._config['gate_input_norm'])
+    src = net._collect_params_with_prefix()
+    for key, p in twin._collect_params_with_prefix().items():
+        p.set_data(src[key].data())
+    for _, _, _, gate, _, _ in afs_gates(twin):
+        if gate is not None:
+            gate.mask_s.set_data(mx.nd.zeros(gate.channels))
+    return twin
+
+
+def exported_rows(run_dirs, shape, seconds):
+    one = (1,) + tuple(shape[1:])
+    rows = []
+    for run in run_dirs:
+        net, plain, model, params = load_run(run)
+        base_macs = count_macs(plain, one)['total']
+        rows.append(dict(net='%s: plain %s' % (run, model), macs=base_macs, expected=base_macs,
+                         ips=images_per_second(plain, shape, seconds), base=True))
+        pruned = prune_afs(net)
+        verify_pruned(net, pruned, (2,) + tuple(shape[1:]))
+        gated = sum(1 for b in pruned._config['block_config'] for g in b['gated'] if g)
+        rows.append(dict(net='%s: pruned export (%d runtime gates)' % (run, gated), macs=count_macs(pruned, one)['total'],
+                         expected=afs_macs(net, one)['expected'], ips=images_per_second(pruned, shape, seconds)))
+        twin = static_only(net)
+        pruned_s = prune_afs(twin)
+        rows.append(dict(net='%s: static-only twin (same m, s=0, no gates)' % run,
+                         macs=count_macs(pruned_s, one)['total'], expected=afs_macs(twin, one)['expected'],
+                         ips=images_per_second(pruned_s, shape, seconds)))
+    return rows
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     p.add_argument('--quick', action='store_true', help='112 px, 2 s per measurement')
@@ -80,12 +139,30 @@ def main():
     p.add_argument('--batch', type=int, default=8)
     p.add_argument('--seconds', type=float, default=None)
     p.add_argument('--out', default=None)
+    p.add_argument('--exported', nargs='+', default=None, metavar='RUN_DIR',
+                   help='measure trained train_transfer.py --afs runs (plain vs pruned export vs static-only)')
     args = p.parse_args()
     size = args.size or (112 if args.quick else 224)
     seconds = args.seconds or (2.0 if args.quick else 6.0)
     shape = (args.batch, 3, size, size)
     one = (1, 3, size, size)
     mx.random.seed(0)
+    if args.exported:
+        rows = exported_rows(args.exported, shape, seconds)
+        print('CPU inference, batch %d, %dx%d, float32, %s' % (args.batch, size, size, mx.__version__))
+        print('| network | MACs/img (counted) | expected MACs (AFS) | MACs reduction | img/s | speed-up vs its plain |')
+        print('|---|---|---|---|---|---|')
+        for r in rows:
+            if r.get('base'):
+                base_macs, base_ips = r['macs'], r['ips']
+            print('| %s | %.4f G | %.4f G | %.2fx | %.1f | %.2fx |' % (
+                r['net'], r['macs'] / 1e9, r['expected'] / 1e9, base_macs / float(r['expected']), r['ips'],
+                r['ips'] / base_ips))
+        if args.out:
+            os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+            with open(args.out, 'w') as f:
+                json.dump(dict(size=size, batch=args.batch, rows=rows), f, indent=1)
+        return
     base = resnet50_v1b(classes=100)
     base.initialize(mx.init.Xavier())
     base(mx.nd.zeros(one))

@@ -165,7 +165,9 @@ def _best_params(save_dir):
     return found[-1]
 
 
-def _train_rec(args):
+def _train_rec(args, flag='--afa-two-stage'):
+    """``(train .rec, .idx or None)`` of ``args`` for a run that splits its training records
+    (``flag`` names that run's option in errors)."""
     if args.rec_train:
         return args.rec_train, args.rec_train_idx
     from .data.datasets import get_preset, resolve_data_dir
@@ -173,10 +175,10 @@ def _train_rec(args):
     preset = get_preset(_preset_for(args.dataset))
     data_dir = args.data_dir or preset.default_dir
     if not data_dir:
-        raise ConfigError('--afa-two-stage needs --data-dir or --rec-train (its training records are split)')
+        raise ConfigError('%s needs --data-dir or --rec-train (its training records are split)' % flag)
     source, rec, _ = resolve_data_dir(preset, data_dir)
     if source != 'recordio':
-        raise ConfigError('--afa-two-stage splits a RecordIO training set; %s holds %s data' % (data_dir, source))
+        raise ConfigError('%s splits a RecordIO training set; %s holds %s data' % (flag, data_dir, source))
     return rec, None
 
 

@@ -44,11 +44,13 @@ import os
 import numpy as np
 import mxnet as mx
 
-from .errors import ConfigError, DataError
+from .errors import CheckpointError, ConfigError, DataError
 from .nn.gates import wta_keep_count
 
 __all__ = ['TrainHoldout', 'split_train_holdout', 'collect_gate_statistics', 'select_masks', 'apply_masks',
-           'update_masks', 'current_masks', 'afds_schedule', 'afds_report', 'format_afds_report']
+           'update_masks', 'current_masks', 'afds_schedule', 'afds_report', 'format_afds_report', 'selection_summary',
+           'AFS_DEFAULTS', 'check_afs_model', 'resolve_afds_args', 'holdout_for_args', 'build_afs_target',
+           'scale_gate_lr', 'run_afds']
 
 
 class TrainHoldout:
@@ -136,6 +138,7 @@ def split_train_holdout(preset, rec_train, fraction=0.1, seed=0, cache_dir=None,
     if hold_info.num_records != len(pos):
         raise DataError('%s holds %d records, expected %d' % (hold_prefix + '.rec', hold_info.num_records, len(pos)))
     shape, aug = record_iter_kwargs(preset, False, input_size)
+    batch_size = max(1, min(int(batch_size), len(pos)))       # a small holdout still fills one batch
     it = RecordIter(hold_info.rec, hold_info.idx, batch_size, shape, aug=aug, train=False, info=hold_info,
                     mean=preset.mean, std=preset.std, seed=seed, preprocess_threads=num_workers)
     return dict(train_rec=rest_prefix + '.rec', train_idx=rest_prefix + '.idx',
@@ -165,7 +168,8 @@ def collect_gate_statistics(net, holdout, ctx=None, max_batches=None):
     """Per gate ``{'mean': (C,), 'var': (C,), 'count': n}`` (float64) of the gate values
     ``pi`` over the held-out training samples (module docstring, step 2). The network runs
     imperatively in inference mode with every mask 1; its masks and hybridization are
-    restored afterwards. ``Batch.pad`` rows are ignored."""
+    restored afterwards. ``Batch.pad`` rows are ignored. A non-finite gate value is a
+    DataError (a diverged network), never skipped."""
     _require_holdout(holdout)
     gates = _gated(net)
     if not gates:
@@ -193,6 +197,11 @@ def collect_gate_statistics(net, holdout, ctx=None, max_batches=None):
                 net(batch.data.as_in_context(ctx))
             for name, g in gates:
                 pi = g.collecting[0].asnumpy().astype(np.float64)[:keep]
+                if not np.isfinite(pi).all():
+                    # Never skipped: a mask chosen from the finite part would hide a diverged network.
+                    raise DataError('AFS gate %s: %d non-finite gate values on the held-out training split (the '
+                                    'network diverged; lower --lr or --afs-gate-lr-mult)'
+                                    % (name, int((~np.isfinite(pi)).sum())))
                 a = acc[name]
                 a[0] = a[0] + pi.sum(axis=0)
                 a[1] = a[1] + (pi * pi).sum(axis=0)
@@ -396,6 +405,14 @@ def afds_schedule(engine, holdout, phase1_epochs=None, phase1_density=None, resu
     e1 = total // 2 if phase1_epochs is None else int(phase1_epochs)
     if not 0 < e1 < total:
         raise ConfigError('phase1_epochs must be in [1, num_epochs - 1] = [1, %d], got %d' % (total - 1, e1))
+    # The checkpoints record the phase (and, in phase 2, the selection); the masks themselves
+    # are parameters of the network, so every checkpoint carries them.
+    state = engine.run_info.setdefault('afds', {})
+    state.update(phase=1, phase1_epochs=e1)
+    if resume:
+        prev = _checked_resume_state(resume, e1)
+        if prev.get('phase') == 2:
+            state.update(phase=2, selection=prev.get('selection'))
     final_density = getattr(net, 'density', None)
     if phase1_density is not None:
         set_density(net, phase1_density)
@@ -411,11 +428,57 @@ def afds_schedule(engine, holdout, phase1_epochs=None, phase1_density=None, resu
     if engine.start_epoch <= e1:
         shape = input_shape or (1,) + tuple(next(iter(holdout)).data.shape[1:])
         selection = update_masks(net, holdout, input_shape=shape, log=say, **mask_options)
+        state.update(phase=2, selection=selection_summary(selection, holdout, mask_options))
     else:
         say('resumed after the mask update (epoch %d > %d): masks come from the checkpoint' % (engine.start_epoch, e1))
     engine.start_epoch = max(engine.start_epoch, e1)
     phase2 = list(engine.fit())[len(phase1):]
     return {'phase1': phase1, 'selection': selection, 'phase2': phase2}
+
+
+def _checked_resume_state(resume, phase1_epochs):
+    """The ``afds`` record of the checkpoint ``resume`` points to, checked against this run."""
+    from .engine.checkpoint import resolve_resume
+    meta, _ = resolve_resume(resume)
+    prev = meta.get('afds')
+    if not isinstance(prev, dict):
+        raise CheckpointError('cannot resume an AFDS run from %s: that checkpoint was not written by an --afs run'
+                              % resume)
+    if int(prev.get('phase1_epochs', -1)) != int(phase1_epochs):
+        raise CheckpointError('cannot resume from %s: it was trained with %s phase-1 epochs, this run has %d '
+                              '(--afs-phase1-epochs, --max-iter and --num-epochs must match)'
+                              % (resume, prev.get('phase1_epochs'), phase1_epochs))
+    epoch = int(meta.get('epoch', 0))
+    if (epoch > phase1_epochs) != (prev.get('phase') == 2):
+        raise CheckpointError('cannot resume from %s: epoch %d is recorded as phase %s (phase 1 = epochs 1-%d)'
+                              % (resume, epoch, prev.get('phase'), phase1_epochs))
+    return prev
+
+
+def selection_summary(selection, holdout=None, mask_options=None):
+    """A JSON-able summary of a :func:`select_masks` result (no masks, no per-layer rows)."""
+    out = {k: selection.get(k) for k in ('thres_m', 'thres_s', 'quantile', 'macs_budget')}
+    for k, v in (mask_options or {}).items():
+        if k not in out and isinstance(v, (str, int, float, type(None))):
+            out[k] = v
+    stats = selection.get('stats')
+    if stats:
+        # how far the gates moved from their identity start (value 1, variance 0)
+        means = np.concatenate([st['mean'] for st in stats.values()])
+        var = np.concatenate([st['var'] for st in stats.values()])
+        out['gate_mean_quantiles'] = np.quantile(means, [0, 0.05, 0.5, 0.95, 1]).tolist()
+        out['gate_var_quantiles'] = np.quantile(var, [0, 0.05, 0.5, 0.95, 1]).tolist()
+    mc = selection.get('macs')
+    if mc:
+        out['macs'] = {k: float(mc[k]) for k in ('baseline', 'static', 'expected')}
+    if holdout is not None:
+        out['holdout'] = {'source': holdout.source, 'num_samples': holdout.num_samples,
+                          'fraction': holdout.fraction, 'seed': holdout.seed}
+    return _jsonable(out)
+
+
+def _jsonable(obj):
+    return json.loads(json.dumps(obj, default=lambda o: o.tolist() if hasattr(o, 'tolist') else str(o)))
 
 
 # ---------------------------------------------------------------------- report
@@ -461,3 +524,150 @@ def format_afds_report(rep):
     lines = ['%-*s  %*s  %s' % (w0, 'AFDS (input %s)' % 'x'.join(map(str, rep['input_shape'][1:])), w1, '', '')]
     lines += ['%-*s  %*s  %s' % (w0, a, w1, b, c) for a, b, c in rows]
     return '\n'.join(lines)
+
+
+# ---------------------------------------------------------------------- train_transfer.py
+# ``--afs`` options that have a default only with --afs (None otherwise, so a stray one is an error).
+AFS_DEFAULTS = dict(afs_density=0.9, afs_phase1_density=1.0, afs_gate_lr_mult=0.1, mask_scope='layer',
+                    holdout_fraction=0.1, afs_gate_norm='l2')
+AFS_ONLY = ('afs_density', 'afs_phase1_epochs', 'afs_phase1_density', 'afs_gate_lr_mult', 'thres_m', 'thres_s',
+            'macs_budget', 'mask_scope', 'holdout_fraction', 'afs_gate_norm')
+_FLAGS = {'afs_density': '--density'}
+
+
+def _flag(dest):
+    return _FLAGS.get(dest, '--' + dest.replace('_', '-'))
+
+
+def check_afs_model(model, model_kwargs=None):
+    """ConfigError naming ``model`` unless it is a GluonCV ResNet-v1b made of
+    ``BottleneckV1b`` blocks (what :func:`~gluon_transfer.models.afs_resnet.afs_from_gluoncv`
+    converts). Builds the network without initialising it (cheap)."""
+    from .models.afs_resnet import _check_v1b
+    from .zoo import get_model
+    try:
+        _check_v1b(get_model(model, classes=1, **dict(model_kwargs or {})))
+    except ConfigError as err:
+        raise ConfigError('--afs needs a GluonCV ResNet-v1b with bottleneck blocks (resnet50_v1b, resnet101_v1b, '
+                          '...); %s does not fit: %s' % (model, err)) from None
+
+
+def resolve_afds_args(args):
+    """Validate the AFDS options of ``train_transfer.py`` and fill the ``--afs`` defaults
+    (:data:`AFS_DEFAULTS`) in place; idempotent. Errors are one line naming the flag."""
+    from .nn.gates import check_density
+    if args.reg != 'afd':
+        given = [_flag(k) for k in ('afd_norm', 'afd_predictor') if getattr(args, k, None) is not None]
+        if given:
+            raise ConfigError('%s: option of --reg afd, not --reg %s' % (', '.join(given), args.reg))
+    if not getattr(args, 'afs', False):
+        given = [_flag(k) for k in AFS_ONLY if getattr(args, k, None) is not None]
+        if given:
+            raise ConfigError('%s: only used with --afs (the AFDS schedule)' % ', '.join(given))
+        return args
+    if getattr(args, 'init_from', None) or getattr(args, 'afa_two_stage', False):
+        raise ConfigError('--afs is not an AFA option: drop --init-from / --afa-two-stage')
+    if args.resume_params or args.resume_states or args.resume_epoch:
+        raise ConfigError('--afs resumes with --resume SAVE_DIR (the checkpoint records the phase), not '
+                          '--resume-params/--resume-states/--resume-epoch')
+    from .finetune import _regularizer_class
+    if getattr(_regularizer_class(args.reg), 'uses_w0', False):
+        raise ConfigError('--afs with --reg %s: the AFS gates have no source weights for its anchor; use --reg afd, '
+                          'fea_map, delta or l2' % args.reg)
+    from .cli import model_kwargs
+    check_afs_model(args.model, model_kwargs(args))
+    for key, value in AFS_DEFAULTS.items():
+        if getattr(args, key, None) is None:
+            setattr(args, key, value)
+    for key in ('afs_density', 'afs_phase1_density'):
+        try:
+            check_density(getattr(args, key))
+        except ConfigError:
+            raise ConfigError('%s must be in (0, 1], got %r' % (_flag(key), getattr(args, key))) from None
+    if args.macs_budget is not None:
+        if not 0 < args.macs_budget <= 1:
+            raise ConfigError('--macs-budget must be in (0, 1] (a fraction of the baseline MACs), got %r'
+                              % args.macs_budget)
+        if args.thres_m is not None or args.thres_s is not None:
+            raise ConfigError('give either --macs-budget or --thres-m/--thres-s, not both')
+    if not 0 < args.holdout_fraction < 1:
+        raise ConfigError('--holdout-fraction must be in (0, 1), got %r' % args.holdout_fraction)
+    if args.afs_gate_lr_mult < 0:
+        raise ConfigError('--afs-gate-lr-mult must be >= 0, got %r' % args.afs_gate_lr_mult)
+    if args.afs_phase1_epochs is not None and args.afs_phase1_epochs < 1:
+        raise ConfigError('--afs-phase1-epochs must be >= 1, got %r' % args.afs_phase1_epochs)
+    return args
+
+
+def holdout_for_args(args):
+    """``--afs``: hold out ``--holdout-fraction`` of the training records
+    (:func:`split_train_holdout`, files under ``SAVE_DIR/holdout``, reused on resume) and
+    point ``args`` at the rest for training (``rec_train``) and at the original val split
+    (``rec_val``). Returns the :class:`TrainHoldout`."""
+    from .afa import _train_rec
+    from .data.datasets import get_preset, resolve_data_dir
+    from .finetune import _preset_for
+    resolve_afds_args(args)
+    rec, idx = _train_rec(args, '--afs')
+    if not args.rec_val:
+        preset = get_preset(_preset_for(args.dataset))
+        _, _, val = resolve_data_dir(preset, args.data_dir or preset.default_dir)
+        args.rec_val = val
+    split = split_train_holdout(_preset_for(args.dataset), rec, args.holdout_fraction, seed=args.seed,
+                                cache_dir=os.path.join(args.save_dir, 'holdout'), batch_size=args.batch_size,
+                                input_size=args.input_size, num_workers=args.num_workers, rec_train_idx=idx)
+    args.rec_train, args.rec_train_idx = split['train_rec'], split['train_idx']
+    return split['holdout']
+
+
+def build_afs_target(args, plain, ctx):
+    """The AFS network for ``--afs``: ``plain`` (the GluonCV target already holding the
+    source weights and the new classifier) converted with gates (identity initialised:
+    the pretrained function at ``d = 1``), WTA density ``--density``; the gates' learning
+    rate is multiplied by ``--afs-gate-lr-mult`` (on top of their layer group's)."""
+    from .finetune import _finish_shapes
+    from .models.afs_resnet import afs_from_gluoncv
+    _finish_shapes(plain, ctx, min(int(args.input_size), 64))
+    return afs_from_gluoncv(plain, density=args.afs_density, gate_input_norm=args.afs_gate_norm)
+
+
+def scale_gate_lr(net, mult):
+    """Multiply the learning rate of every gate parameter (fc, gamma) by ``mult``."""
+    from .models.afs_resnet import afs_gates
+    for _, _, _, gate, _, _ in afs_gates(net):
+        if gate is not None:
+            for p in (gate.fc.weight, gate.fc.bias, gate.gamma):
+                p.lr_mult = p.lr_mult * float(mult)
+    return net
+
+
+def run_afds(engine, args, holdout, log):
+    """The ``fit`` hook of ``train_transfer.py --afs``: :func:`afds_schedule` (phase 1 at
+    ``--afs-phase1-density``, masks from the holdout, phase 2), then the report: the logged
+    table and ``SAVE_DIR/afds_report.json`` / ``afds_masks.json``."""
+    shape = (1, 3, int(args.input_size), int(args.input_size))
+    options = dict(thres_m=args.thres_m, thres_s=args.thres_s, macs_budget=args.macs_budget, scope=args.mask_scope)
+    # what rebuilding the network from a checkpoint needs besides its weights (bench_afds.py --exported)
+    engine.run_info.setdefault('afds', {})['gate_input_norm'] = args.afs_gate_norm
+    result = afds_schedule(engine, holdout, phase1_epochs=args.afs_phase1_epochs,
+                           phase1_density=args.afs_phase1_density, resume=args.resume, input_shape=shape,
+                           log=lambda msg: log.info('%s', msg), **options)
+    evaluation = None
+    if engine.history and 'val_top1' in engine.history[-1]:
+        last = engine.history[-1]
+        evaluation = {'top1': last['val_top1'], 'mean_class_acc': last.get('val_mean_class_acc', float('nan'))}
+    rep = afds_report(engine.net, shape, evaluation)
+    rep['selection'] = engine.run_info.get('afds', {}).get('selection')
+    rep['phase1_epochs'] = engine.run_info.get('afds', {}).get('phase1_epochs')
+    rep['density'] = args.afs_density
+    rep['gate_input_norm'] = args.afs_gate_norm
+    log.info('AFDS report\n%s', format_afds_report(rep))
+    if engine.is_writer:
+        from .engine.checkpoint import atomic_write_json
+        atomic_write_json(os.path.join(args.save_dir, 'afds_report.json'), _jsonable(rep))
+        masks = {name: {'m': m.astype(int).tolist(), 's': s.astype(int).tolist()}
+                 for name, (m, s) in current_masks(engine.net).items()}
+        atomic_write_json(os.path.join(args.save_dir, 'afds_masks.json'),
+                          {'selection': rep['selection'], 'masks': masks})
+    result['report'] = rep
+    return result

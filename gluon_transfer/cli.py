@@ -297,13 +297,20 @@ def build_network(args, num_classes, ctx, log):
     return net
 
 
-def run(args, preset, make_task=None, build_net=None, build_val=None):
+def default_fit(engine, args, log):
+    """The ``fit`` hook of :func:`run`: one ``engine.fit`` with the resume flags."""
+    return engine.fit(resume=args.resume, resume_params=args.resume_params, resume_states=args.resume_states,
+                      resume_epoch=args.resume_epoch)
+
+
+def run(args, preset, make_task=None, build_net=None, build_val=None, fit=None):
     """Build data, network and task from ``args`` and train. Returns the engine.
 
     Hooks (train_transfer.py uses them): ``build_net(args, data, ctx, log) -> net`` replaces
     :func:`build_network`; ``make_task(args, net, data, ctx, log) -> Task``;
     ``build_val(args, batch_size, num_parts, part_index) -> iterator or None`` replaces the
-    evaluation iterator (None keeps it)."""
+    evaluation iterator (None keeps it); ``fit(engine, args, log)`` trains (default
+    :func:`default_fit`; AFDS runs its two phases and the mask update there)."""
     with warnings.catch_warnings():
         warnings.simplefilter('ignore', DeprecationWarning)
         import mxnet as mx  # noqa: F401
@@ -349,8 +356,7 @@ def run(args, preset, make_task=None, build_net=None, build_val=None):
                     run_info={'model': args.model, 'dataset': args.dataset, 'model_kwargs': model_kwargs(args)})
     log.info('model %s on %s, %s, %s mode, %d epochs, lr %g (%s)', args.model, ','.join(map(str, ctx)),
              args.dtype, args.mode, args.num_epochs, args.lr, args.lr_mode)
-    engine.fit(resume=args.resume, resume_params=args.resume_params, resume_states=args.resume_states,
-               resume_epoch=args.resume_epoch)
+    (fit or default_fit)(engine, args, log)
     if engine.history:
         last = engine.history[-1]
         log.info('done: %d epochs, final val top1=%.4f, best %.4f; checkpoints in %s', last['epoch'],
@@ -519,11 +525,12 @@ def add_transfer_args(parser, preset):
                    help="use GluonCV's pretrained file for --model already in $MXNET_HOME/models (never downloads)")
     g.add_argument('--reg', default='l2',
                    help='regularizer: l2 (weight decay only), l2sp, delta, fea_map, afa-ast (AFA stage 1), '
-                        'afa-act (AFA stage 2, with --init-from) (gluon_transfer.registry.REGULARIZERS)')
-    g.add_argument('--alpha', type=float, default=None,
+                        'afa-act (AFA stage 2, with --init-from), afd (AFDS distillation; with or without --afs) '
+                        '(gluon_transfer.registry.REGULARIZERS)')
+    g.add_argument('--alpha', '--lambda-afd', dest='alpha', type=float, default=None,
                    help='feature / L2-SP weight (default: delta 0.01 (0.1 for Stanford Dogs), fea_map 0.01, '
                         'l2sp official 0.1, all 0.01, nonbinary 0.004; afa-ast 0.1 (MobileNetV2 0.09), afa-act '
-                        '0.15 (MobileNetV2 0.04))')
+                        '0.15 (MobileNetV2 0.04); afd: lambda 0.01, --lambda-afd is the same option)')
     g.add_argument('--init-from', default=None, metavar='STAGE1.params',
                    help='AFA stage 2 (--reg afa-act): the stage-1 network initialises the target (all weights) and, '
                         'without its classifier, is the frozen source (replaces --source-params)')
@@ -558,3 +565,55 @@ def add_transfer_args(parser, preset):
     g.add_argument('--eval-ten-crop', action='store_true',
                    help="evaluate on ten crops (corners + centre, and mirrored) of the image resized to "
                         "input-size/crop-ratio (AFA's 'improved' evaluation)")
+    add_afds_args(parser)
+
+
+def _afd_norm(text):
+    """``--afd-norm``: 'sq' (alias of 'l2sq', the paper's squared distance) or 'l2'."""
+    value = {'sq': 'l2sq'}.get(str(text), str(text))
+    if value not in ('l2sq', 'l2'):
+        raise argparse.ArgumentTypeError("expected sq (= l2sq) or l2, got %r" % text)
+    return value
+
+
+def add_afds_args(parser):
+    """AFDS options of train_transfer.py (:mod:`gluon_transfer.afds`). Options that only
+    make sense with ``--afs`` default to None, so giving one without ``--afs`` is an error
+    rather than silently ignored (:func:`gluon_transfer.afds.resolve_afds_args`)."""
+    g = parser.add_argument_group('AFDS (attentive feature distillation and selection; --reg afd, --afs)')
+    g.add_argument('--afd-norm', type=_afd_norm, default=None, metavar='{sq,l2}',
+                   help='--reg afd: per-channel distance, sq = squared L2 (the paper; default) or l2 (the '
+                        "reproduction's code)")
+    g.add_argument('--afd-predictor', default=None, choices=['entropy', 'joint', 'frozen'],
+                   help='--reg afd: how the transferability predictor trains (default entropy; joint = the '
+                        'reproduction, collapses to one channel; see gluon_transfer/losses/afd.py)')
+    g.add_argument('--afs', action='store_true',
+                   help='build the target as the AFS ResNet (GluonCV v1b bottlenecks with channel gates) and run '
+                        'the AFDS schedule: phase 1, masks from a held-out split of the training data, phase 2')
+    g.add_argument('--density', '--afs-density', dest='afs_density', type=float, default=None,
+                   help='--afs: winner-take-all density d of the dynamic channels in phase 2 (default 0.9)')
+    g.add_argument('--afs-phase1-epochs', type=int, default=None,
+                   help='--afs: epochs of phase 1 (default: half of all epochs; --max-iter counts both phases)')
+    g.add_argument('--afs-phase1-density', type=float, default=None,
+                   help='--afs: WTA density in phase 1 (default 1.0: every channel on, the pretrained function '
+                        'at step 0; the reproduction trains at --density throughout)')
+    g.add_argument('--afs-gate-lr-mult', type=float, default=None,
+                   help='--afs: learning-rate multiplier of the gates (fc, gamma), default 0.1')
+    g.add_argument('--afs-gate-norm', default=None, choices=['none', 'l2'],
+                   help='--afs: gate input L2-normalised per sample (l2, default: scale-invariant gates, no float32 '
+                        'overflow on inputs with large activations) or GAP(x) as is (none, the reproduction); see '
+                        'gluon_transfer/nn/gates.py. Export with tools/export.py --kw gate_input_norm=\'l2\'')
+    g.add_argument('--thres-m', type=float, default=None,
+                   help='--afs: keep channel c when its mean gate value on the holdout > thres-m (default 0.5, '
+                        'unless --macs-budget)')
+    g.add_argument('--thres-s', type=float, default=None,
+                   help='--afs: channel c stays dynamic when its gate variance on the holdout > thres-s (default 0.5)')
+    g.add_argument('--macs-budget', type=float, default=None, metavar='F',
+                   help='--afs: choose the masks so that the expected MACs are at most F x the baseline, F in (0, 1] '
+                        '(0.1 = a 10x reduction); replaces --thres-m/--thres-s')
+    g.add_argument('--mask-scope', default=None, choices=['layer', 'global'],
+                   help='--afs --macs-budget: rank channels per layer (default) or over all gated channels')
+    g.add_argument('--holdout-fraction', type=float, default=None, metavar='F',
+                   help='--afs: class-balanced fraction of the TRAINING records held out for the mask statistics '
+                        '(default 0.1; never the val split); training uses the rest')
+    return g

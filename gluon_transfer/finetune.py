@@ -3,7 +3,7 @@ weights with a registered regularizer, on the shared engine.
 
 Flow (:func:`main`): parse the ``transfer`` preset's options
 (:func:`gluon_transfer.cli.add_transfer_args`), resolve the reference defaults
-(:func:`resolve_args`), then :func:`gluon_transfer.cli.run` with three hooks of a
+(:func:`resolve_args`), then :func:`gluon_transfer.cli.run` with the hooks of a
 :class:`FineTune` object:
 
 * ``build_net``: the **source** network is built with the classifier size found in the
@@ -20,6 +20,12 @@ Flow (:func:`main`): parse the ``transfer`` preset's options
   preset where ``--lr``/``--alpha`` are not given; ``--init-from STAGE1.params`` (stage 2)
   replaces the source file: the target loads the whole stage-1 network and the frozen
   source is the same network without its classifier; ``--afa-two-stage`` runs both.
+* AFDS (``--reg afd``, optionally ``--afs``; :mod:`gluon_transfer.afds`): with ``--afs``
+  ``prepare`` holds out ``--holdout-fraction`` of the training records (training uses the
+  rest), ``build_net`` converts the target into the AFS ResNet (gates after every ConvBN,
+  identity-initialised, lr x``--afs-gate-lr-mult``), and the ``fit`` hook runs phase 1,
+  the mask update on the holdout and phase 2, then writes ``afds_report.json`` /
+  ``afds_masks.json``. ``--max-iter`` counts both phases.
 * ``build_val`` (``--eval-ten-crop``): the evaluation images at ``input/crop_ratio``
   (256 for 224) for ten-crop evaluation.
 
@@ -92,6 +98,8 @@ def resolve_args(args, num_devices=1, num_train=None):
         raise ConfigError('give either --source-params FILE or --source-pretrained, not both')
     cls = _regularizer_class(args.reg)
     _check_init_from(args)
+    from .afds import resolve_afds_args
+    resolve_afds_args(args)
     if args.wd is None:
         keep_wd = args.reg == 'l2' or (args.reg == 'l2sp' and args.l2sp_variant in ('nonbinary', 'groups'))
         args.wd = 1e-4 if keep_wd else 0.0
@@ -264,6 +272,7 @@ class FineTune:
         self.source = None
         self.reg = None
         self.rows = None
+        self.holdout = None
 
     # ------------------------------------------------------------------ hooks
     def prepare(self, args):
@@ -273,6 +282,9 @@ class FineTune:
             run_two_stage(args, run_stage)
             return 0
         ctx = resolve_ctx(args)
+        if getattr(args, 'afs', False) and not getattr(args, 'print_param_groups', False):
+            from .afds import holdout_for_args
+            self.holdout = holdout_for_args(args)      # training then uses the rest of the records
         resolve_args(args, num_devices=len(ctx))
         self.make_regularizer(args, args.batch_size * len(ctx))   # bad regularizer settings fail here
         if args.print_param_groups:
@@ -306,6 +318,9 @@ class FineTune:
         else:
             self.source = load_source(args.model, ctx, args.source_params, args.source_pretrained, kw, log)
             net = build_target(args.model, data.num_classes, ctx, self.source, init, kw, seed=args.seed)
+            if getattr(args, 'afs', False):
+                from .afds import build_afs_target
+                net = build_afs_target(args, net, ctx)
         if getattr(args, 'preset_note', None):
             log.info(args.preset_note)
         self.reg = self.make_regularizer(args, args.batch_size * len(ctx))
@@ -313,6 +328,12 @@ class FineTune:
         self.reg.bind(self.rows)
         fresh = reinit_new_groups(net, self.rows, init, ctx)
         apply_multipliers(net, self.rows)
+        if getattr(args, 'afs', False):
+            from .afds import scale_gate_lr
+            scale_gate_lr(net, args.afs_gate_lr_mult)
+            log.info('AFS target: gates after every ConvBN of every bottleneck (identity init), density %g '
+                     '(phase 1: %g), gate lr x%g; mask statistics on %r', args.afs_density,
+                     args.afs_phase1_density, args.afs_gate_lr_mult, self.holdout)
         groups = len({r.group for r in self.rows})
         log.info('target %s: %d classes (%s), %d layer groups%s; reg %s, wd %g, %d iterations (%d epochs of %d)',
                  args.model, data.num_classes, args.dataset_name, groups,
@@ -357,6 +378,15 @@ class FineTune:
         if source is None:
             self.source = None    # nothing else needs it (w0 is copied at setup)
         return task
+
+    def fit(self, engine, args, log):
+        """The run's ``fit`` hook: the AFDS schedule with ``--afs``
+        (:func:`gluon_transfer.afds.run_afds`), else one plain ``engine.fit``."""
+        from .cli import default_fit
+        if getattr(args, 'afs', False):
+            from .afds import run_afds
+            return run_afds(engine, args, self.holdout, log)
+        return default_fit(engine, args, log)
 
     def build_val(self, args, batch_size, num_parts, part_index):
         if not args.eval_ten_crop:
@@ -403,14 +433,15 @@ def run_stage(args):
     args = copy.deepcopy(args)
     ft = FineTune()
     ft.prepare(args)
-    return cli.run(args, 'transfer', ft.make_task, build_net=ft.build_net, build_val=ft.build_val)
+    return cli.run(args, 'transfer', ft.make_task, build_net=ft.build_net, build_val=ft.build_val, fit=ft.fit)
 
 
 def main(argv=None):
     from . import cli
     ft = FineTune()
     return cli.main('transfer', 'Fine-tune a network from source weights (DELTA, L2-SP, feature-map, L2).',
-                    argv, make_task=ft.make_task, prepare=ft.prepare, build_net=ft.build_net, build_val=ft.build_val)
+                    argv, make_task=ft.make_task, prepare=ft.prepare, build_net=ft.build_net, build_val=ft.build_val,
+                    fit=ft.fit)
 
 
 def channel_importance(args, head_epochs=10, num_batches=4, log=None):

@@ -11,7 +11,7 @@ from gluon_transfer.afds import (TrainHoldout, afds_report, afds_schedule, apply
                                  current_masks, format_afds_report, select_masks, split_train_holdout,
                                  update_masks)
 from gluon_transfer.data.base import ArrayIter
-from gluon_transfer.errors import ConfigError
+from gluon_transfer.errors import ConfigError, DataError
 from gluon_transfer.models.afs_resnet import AFSResNetV1b, afs_gates
 
 from data_helpers import write_rec
@@ -39,6 +39,17 @@ def test_statistics_refuse_anything_but_a_training_holdout(rng):
         collect_gate_statistics(net, val)
     with pytest.raises(ConfigError, match='TrainHoldout'):
         update_masks(net, val, thres_m=0.1, thres_s=0.1)
+
+
+def test_statistics_refuse_non_finite_gate_values(rng):
+    net = _net()
+    images, labels = _data(rng)
+    holdout, _, _ = TrainHoldout.from_arrays(images, labels, fraction=0.5, seed=0, batch_size=4)
+    bias = net.layer2[0].gate1.fc.bias
+    bias.set_data(mx.nd.full(bias.shape, float('inf')))
+    with pytest.raises(DataError, match=r'AFS gate layer2\.0\.gate1: \d+ non-finite gate values'):
+        collect_gate_statistics(net, holdout)
+    np.testing.assert_array_equal(net.layer2[0].gate1.mask_m.data().asnumpy(), 1)      # masks restored
 
 
 def test_from_arrays_split_is_disjoint_and_class_balanced(rng):
@@ -84,7 +95,9 @@ def _numpy_first_gate_stats(net, x, d):
 def test_statistics_match_numpy_and_restore_state(rng):
     net = _net(density=0.5)
     images, labels = _data(rng, 12)
-    hold, _, _ = TrainHoldout.from_arrays(images, labels, fraction=0.5, batch_size=3)   # 8 samples, last pad 1
+    # normalised inputs: raw 0..255 pixels through random gates and fresh BN statistics overflow by layer 3
+    hold, _, _ = TrainHoldout.from_arrays(images, labels, fraction=0.5, batch_size=3, mean=(127.5,) * 3,
+                                          std=(64.0,) * 3)   # 8 samples, last pad 1
     # masks that must not influence the statistics and must come back afterwards
     g = net.layer1[0].gate1
     m = np.ones(g.channels, np.float32)
@@ -159,9 +172,10 @@ def test_schedule_two_phases_and_report(rng):
     from gluon_transfer.engine.trainer import Engine, FitConfig
     net = _net(density=0.8)
     images, labels = _data(rng, 24)
-    hold, tr_images, tr_labels = TrainHoldout.from_arrays(images, labels, fraction=0.25, batch_size=6)
-    train = ArrayIter(tr_images, tr_labels, 6, shuffle=True, last_batch='rollover')
-    val = ArrayIter(images[:8], labels[:8], 8)
+    norm = dict(mean=(127.5,) * 3, std=(64.0,) * 3)      # raw pixels overflow the random gates (see above)
+    hold, tr_images, tr_labels = TrainHoldout.from_arrays(images, labels, fraction=0.25, batch_size=6, **norm)
+    train = ArrayIter(tr_images, tr_labels, 6, shuffle=True, last_batch='rollover', **norm)
+    val = ArrayIter(images[:8], labels[:8], 8, **norm)
     cfg = FitConfig(num_epochs=2, lr=0.01, wd=0.0, log_interval=100)
     eng = Engine(net, Classify(), [mx.cpu()], cfg, train, val, num_classes=4)
     out = afds_schedule(eng, hold, macs_budget=0.5, input_shape=(1, 3, 32, 32))

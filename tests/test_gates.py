@@ -212,3 +212,45 @@ def test_registered_models_and_taps(rng):
     assert [f.shape for f in feats] == [(2, 512, 4, 4), (2, 2048, 1, 1)]
     with pytest.raises(ConfigError, match='stage5'):
         gt.get_model('afs_resnet_v1b', layers=[1, 1, 1, 1], features=('stage5',))
+
+
+def test_l2_gate_input_against_numpy_and_scale_invariant():
+    rng = np.random.RandomState(3)
+    gate = AFSGate(6, 5, density=1.0, init='random', input_norm='l2')
+    gate.initialize()
+    x = rng.uniform(0, 3, (4, 6, 3, 3)).astype(np.float32)
+    y = rng.normal(size=(4, 5, 2, 2)).astype(np.float32)
+    W = gate.fc.weight.data().asnumpy().astype(np.float64)
+    b = gate.fc.bias.data().asnumpy().astype(np.float64)
+    g = x.astype(np.float64).mean(axis=(2, 3))
+    g = g / (np.sqrt((g ** 2).sum(axis=1, keepdims=True)) + 1e-6)
+    h = np.maximum(g @ W.T + b, 0)
+    out = gate(mx.nd.array(x), mx.nd.array(y)).asnumpy()
+    np.testing.assert_allclose(out, h[:, :, None, None] * y, rtol=1e-5, atol=1e-6)
+    # the gate value does not grow with the input scale (the 'none' gate does)
+    big = gate(mx.nd.array(1000 * x), mx.nd.array(y)).asnumpy()
+    np.testing.assert_allclose(big, out, rtol=1e-4, atol=1e-5)
+    raw = AFSGate(6, 5, density=1.0, init='random')
+    raw.initialize()
+    raw.fc.weight.set_data(gate.fc.weight.data())
+    raw.fc.bias.set_data(gate.fc.bias.data())
+    assert np.abs(raw(mx.nd.array(1000 * x), mx.nd.array(y)).asnumpy()).max() > 100 * np.abs(out).max()
+    with pytest.raises(ConfigError, match="input_norm must be one of none, l2, got 'rms'"):
+        AFSGate(6, 5, input_norm='rms')
+
+
+def test_l2_gate_network_prunes_exactly():
+    from gluon_transfer.prune import prune_afs, verify_pruned
+    mx.random.seed(1)
+    net = AFSResNetV1b(layers=[1, 1, 1, 1], classes=4, density=0.8, gate_init='random', gate_input_norm='l2')
+    net.initialize(mx.init.Xavier())
+    net(mx.nd.zeros((1, 3, 32, 32)))
+    rng = np.random.RandomState(0)
+    for _, _, _, g, _, _ in afs_gates(net):
+        m = (rng.rand(g.channels) < 0.6).astype(np.float32)
+        m[0] = 1
+        g.mask_m.set_data(mx.nd.array(m))
+        g.mask_s.set_data(mx.nd.array((rng.rand(g.channels) < 0.5).astype(np.float32)))
+    pruned = prune_afs(net)
+    assert pruned._config['gate_input_norm'] == 'l2'
+    assert verify_pruned(net, pruned, (2, 3, 32, 32)) < 1e-3

@@ -47,7 +47,8 @@ class AFSBottleneck(HybridBlock):
 
     def __init__(self, planes, strides=1, dilation=1, downsample=None, previous_dilation=1, norm_layer=None,
                  norm_kwargs=None, last_gamma=False, in_channels=None, density=0.9, gates=True,
-                 gate_init='identity', relu_before_add=False, widths=None, gated=(True, True, True), **kwargs):
+                 gate_init='identity', relu_before_add=False, widths=None, gated=(True, True, True),
+                 gate_input_norm='none', **kwargs):
         super().__init__()
         norm_layer = norm_layer or nn.BatchNorm
         norm_kwargs = norm_kwargs if norm_kwargs is not None else {}
@@ -80,7 +81,8 @@ class AFSBottleneck(HybridBlock):
         self.gate_names = []
         for i, (cin, cout, on) in enumerate(zip(ins, self.widths, gated)):
             name = 'gate%d' % (i + 1)
-            gate = AFSGate(cin, cout, density=density, enabled=gates, init=gate_init) if on else None
+            gate = (AFSGate(cin, cout, density=density, enabled=gates, init=gate_init, input_norm=gate_input_norm)
+                    if on else None)
             setattr(self, name, gate)
             if on:
                 self.gate_names.append(name)
@@ -139,6 +141,9 @@ class AFSResNetV1b(TapMixin, ResNetV1b):
         False: every gate is the identity (the plain GluonCV network).
     gate_init : 'identity' | 'random'
         See :mod:`gluon_transfer.nn.gates`.
+    gate_input_norm : 'none' | 'l2'
+        The gates' input: raw ``GAP(x)`` (the reproduction) or L2-normalised (scale-invariant
+        gates; see :mod:`gluon_transfer.nn.gates`).
     relu_before_add : bool
         The reproduction's extra ReLU after the gated conv3 (changes a pretrained function).
     block_config : list of dicts or None
@@ -151,8 +156,9 @@ class AFSResNetV1b(TapMixin, ResNetV1b):
     def __init__(self, layers=(3, 4, 6, 3), classes=1000, density=0.9, gates=True, gate_init='identity',
                  relu_before_add=False, block_config=None, features=(), deep_stem=False, stem_width=32,
                  avg_down=False, last_gamma=False, use_global_stats=False, norm_kwargs=None, final_drop=0.0,
-                 name_prefix='resnetv1b_'):
+                 name_prefix='resnetv1b_', gate_input_norm='none'):
         config = dict(layers=list(layers), classes=classes, density=density, gates=gates, gate_init=gate_init,
+                      gate_input_norm=gate_input_norm,
                       relu_before_add=relu_before_add, block_config=block_config, deep_stem=deep_stem,
                       stem_width=stem_width, avg_down=avg_down, last_gamma=last_gamma,
                       use_global_stats=use_global_stats, norm_kwargs=norm_kwargs, final_drop=final_drop,
@@ -162,7 +168,7 @@ class AFSResNetV1b(TapMixin, ResNetV1b):
             raise ConfigError('AFS ResNet needs 4 stages with >= 1 bottleneck each, got layers=%r' % (layers,))
         check_density(density)
         factory = _BlockFactory(dict(density=density, gates=gates, gate_init=gate_init,
-                                     relu_before_add=relu_before_add), block_config)
+                                     relu_before_add=relu_before_add, gate_input_norm=gate_input_norm), block_config)
         factory.in_channels = stem_width * 2 if deep_stem else 64
         super().__init__(factory, layers, classes=classes, deep_stem=deep_stem, stem_width=stem_width,
                          avg_down=avg_down, last_gamma=last_gamma, use_global_stats=use_global_stats,
@@ -272,7 +278,7 @@ def afs_from_gluoncv(net, **kwargs):
     """An :class:`AFSResNetV1b` with ``net``'s weights copied (``net``: an initialised GluonCV
     ``ResNetV1b`` with ``BottleneckV1b`` blocks, e.g. ``resnet50_v1b`` or ``resnet50_v1d``).
     Gate parameters are freshly initialised on the same context. ``kwargs``: gate options
-    (``density``, ``gates``, ``gate_init``, ``relu_before_add``, ``features``). Anything else
+    (``density``, ``gates``, ``gate_init``, ``gate_input_norm``, ``relu_before_add``, ``features``). Anything else
     (``BasicBlockV1b``, ResNet-v1/v2, dilated nets) raises ConfigError naming the block."""
     layers = _check_v1b(net)
     deep_stem = isinstance(net.conv1, nn.HybridSequential)
