@@ -47,7 +47,7 @@ import mxnet as mx
 from .errors import CheckpointError, ConfigError, DataError
 from .nn.gates import wta_keep_count
 
-__all__ = ['TrainHoldout', 'split_train_holdout', 'collect_gate_statistics', 'select_masks', 'apply_masks',
+__all__ = ['recorded_gate_options', 'TrainHoldout', 'split_train_holdout', 'collect_gate_statistics', 'select_masks', 'apply_masks',
            'update_masks', 'current_masks', 'afds_schedule', 'afds_report', 'format_afds_report', 'selection_summary',
            'AFS_DEFAULTS', 'check_afs_model', 'resolve_afds_args', 'holdout_for_args', 'build_afs_target',
            'scale_gate_lr', 'run_afds']
@@ -671,3 +671,27 @@ def run_afds(engine, args, holdout, log):
                           {'selection': rep['selection'], 'masks': masks})
     result['report'] = rep
     return result
+
+
+def recorded_gate_options(params_path):
+    """The AFS model options a ``train_transfer.py --afs`` run recorded for the weights file
+    ``params_path`` (today ``gate_input_norm``), so that a tool rebuilding the network from
+    that file alone (``tools/export.py --model afs_...``) builds the same function.
+
+    Looks, in order, at the checkpoint record beside the file (``<stem>.json``, key ``afds``),
+    the run's ``afds_report.json`` in the same folder (e.g. for a ``*-best.params``). Returns
+    ``({}, None)`` when neither exists, else ``(options, path_read)``."""
+    folder = os.path.dirname(os.path.abspath(params_path))
+    stem = params_path[:-len('.params')] if params_path.endswith('.params') else params_path
+    for path, pick in ((stem + '.json', lambda d: d.get('afds')),
+                       (os.path.join(folder, 'afds_report.json'), lambda d: d)):
+        if not os.path.isfile(path):
+            continue
+        try:
+            with open(path) as f:
+                record = pick(json.load(f)) or {}
+        except (OSError, ValueError) as err:
+            raise CheckpointError('%s: not a readable JSON record (%s)' % (path, err)) from None
+        if record.get('gate_input_norm') is not None:
+            return {'gate_input_norm': record['gate_input_norm']}, path
+    return {}, None

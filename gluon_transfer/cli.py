@@ -602,7 +602,7 @@ def add_afds_args(parser):
     g.add_argument('--afs-gate-norm', default=None, choices=['none', 'l2'],
                    help='--afs: gate input L2-normalised per sample (l2, default: scale-invariant gates, no float32 '
                         'overflow on inputs with large activations) or GAP(x) as is (none, the reproduction); see '
-                        'gluon_transfer/nn/gates.py. Export with tools/export.py --kw gate_input_norm=\'l2\'')
+                        'gluon_transfer/nn/gates.py. Recorded in the checkpoints; tools/export.py reads it from there')
     g.add_argument('--thres-m', type=float, default=None,
                    help='--afs: keep channel c when its mean gate value on the holdout > thres-m (default 0.5, '
                         'unless --macs-budget)')

@@ -116,3 +116,42 @@ def test_export_tool_prune(tmp_path, rng, capsys):
     rc = export_tool.main(['--model', 'resnet18_v1b', '--random-init', '--input-shape', '1,3,32,32', '--out', out,
                            '--prune'])
     assert rc == 2 and 'AFS network' in capsys.readouterr().err
+
+
+def test_export_tool_reads_recorded_gate_norm(tmp_path, rng, capsys):
+    """A ``--afs`` run with L2-normalised gate inputs records ``gate_input_norm`` in its
+    checkpoint JSON; tools/export.py rebuilds that function from the weights file alone."""
+    mx.random.seed(2)
+    net = AFSResNetV1b(layers=[1, 1, 1, 1], classes=10, density=0.5, gate_init='random', gate_input_norm='l2')
+    net.initialize(mx.init.Xavier())
+    x = mx.nd.array(rng.uniform(-1, 1, (2, 3, 32, 32)))
+    net(x)
+    for key, p in net._collect_params_with_prefix().items():   # gates far from uniform
+        if key.endswith('fc.weight') and '.gate' in key:
+            p.set_data(mx.nd.array(rng.uniform(-5, 5, p.shape)))
+    want = net(x).asnumpy()
+    params = str(tmp_path / 'run-0003.params')
+    net.save_parameters(params)
+    with open(str(tmp_path / 'run-0003.json'), 'w') as f:
+        json.dump({'afds': {'gate_input_norm': 'l2', 'phase': 2}}, f)
+    sys.path.insert(0, os.path.join(ROOT, 'tools'))
+    try:
+        import export as export_tool
+    finally:
+        sys.path.pop(0)
+    out = str(tmp_path / 'exp' / 'afs')
+    common = ['--model', 'afs_resnet_v1b', '--kw', 'layers=[1,1,1,1]', '--kw', 'density=0.5', '--classes', '10',
+              '--params', params, '--input-shape', '2,3,32,32', '--no-optimize']
+    assert export_tool.main(common + ['--out', out]) == 0
+    assert "gate_input_norm='l2' as recorded in" in capsys.readouterr().out
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        imported = mx.gluon.SymbolBlock.imports(out + '-symbol.json', ['data'], out + '-0000.params')
+    np.testing.assert_allclose(imported(x).asnumpy(), want, rtol=1e-4, atol=1e-5)
+    # the raw-input network is a different function on the same weights: the record matters
+    raw = AFSResNetV1b(layers=[1, 1, 1, 1], classes=10, density=0.5, gate_init='random')
+    raw.load_parameters(params)
+    assert np.abs(raw(x).asnumpy() - want).max() > 0.1 * np.abs(want).max()
+    # an explicit --kw wins over the record
+    assert export_tool.main(common + ['--kw', "gate_input_norm='none'", '--out', out + 'b']) == 0
+    assert 'as recorded in' not in capsys.readouterr().out

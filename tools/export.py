@@ -80,6 +80,12 @@ def main(argv=None):
         if not args.params and not args.random_init:
             raise ConfigError('pass --params FILE (or --random-init to export untrained weights)')
         kwargs = model_kwargs(args)
+        if args.model.startswith('afs_') and args.params and 'gate_input_norm' not in kwargs:
+            from gluon_transfer.afds import recorded_gate_options
+            recorded, where = recorded_gate_options(args.params)
+            if recorded:
+                kwargs.update(recorded)
+                print('gate_input_norm=%r as recorded in %s' % (recorded['gate_input_norm'], where))
         net = gt.get_model(args.model, **kwargs)
         net.initialize(mx.init.Xavier(), ctx=mx.cpu())
         print('built %s(%s)' % (args.model, ', '.join('%s=%r' % kv for kv in sorted(kwargs.items()))))
