@@ -45,7 +45,6 @@ import numpy as np
 import mxnet as mx
 
 from .errors import CheckpointError, ConfigError, DataError
-from .nn.gates import wta_keep_count
 
 __all__ = ['recorded_gate_options', 'TrainHoldout', 'split_train_holdout', 'collect_gate_statistics', 'select_masks', 'apply_masks',
            'update_masks', 'current_masks', 'afds_schedule', 'afds_report', 'format_afds_report', 'selection_summary',

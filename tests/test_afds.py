@@ -1,7 +1,6 @@
 """AFDS mask selection: held-out training split only, gate statistics against numpy,
 thresholds, MACs-budget search, mask application, the two-phase schedule and the report."""
 import math
-import os
 
 import numpy as np
 import pytest

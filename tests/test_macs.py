@@ -4,7 +4,6 @@ import math
 
 import numpy as np
 import pytest
-import mxnet as mx
 from mxnet.gluon import nn
 from gluoncv.model_zoo import resnet50_v1b
 

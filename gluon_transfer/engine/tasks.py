@@ -70,9 +70,7 @@ class Classify(Task):
 
 
 # ------------------------------------------------------------------ distillation
-import warnings  # noqa: E402  (the imports below are used by Distill only)
-
-from mxnet import autograd  # noqa: E402
+import warnings  # noqa: E402  (used by Distill only)
 
 
 class Distill(Task):

@@ -53,9 +53,7 @@ paper's equation "[unverified]"); ``'joint'`` reproduces the only public code.
 """
 import math
 
-import numpy as np
 import mxnet as mx
-from mxnet import gluon
 from mxnet.gluon import HybridBlock, nn
 
 from ..errors import ConfigError

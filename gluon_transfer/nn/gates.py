@@ -52,7 +52,6 @@ alters the pretrained function from the start.
 """
 import math
 
-import numpy as np
 import mxnet as mx
 from mxnet.gluon import HybridBlock, nn
 
