@@ -11,7 +11,7 @@ DEMO_DIR ?= runs/demo
 .PHONY: venv demo test test-fast bench bench-quick clean help
 
 help:
-	@echo "make demo   - set up .venv and train a small CIFAR-10 network on the bundled sample (~3 min)"
+	@echo "make demo   - set up .venv and train a small CIFAR-10 network on the bundled sample (~2 min)"
 	@echo "make test   - set up .venv and run the whole test suite"
 	@echo "make bench  - run the benchmark suite (~10-15 min; writes bench/results/results.{md,json,png})"
 	@echo "make bench-quick - the same, short runs (~3-5 min)"

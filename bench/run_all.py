@@ -45,7 +45,8 @@ SECTIONS = [
     ('engine', 'bench_engine.py', ['--iters', '5', '--rounds', '2'], [], 'engine vs minimal Gluon loop'),
     ('loader', 'bench_loader.py', ['--seconds', '3', '--skip-index', '--imagenet-train-batch', '4'],
      ['--skip-index', '--seconds', '5'], 'loader img/s vs training img/s per preset'),
-    ('distill', 'bench_distill.py', ['--batch-size', '64', '--iters', '2', '--rounds', '3'], [],
+    ('distill', 'bench_distill.py', ['--batch-size', '64', '--iters', '2', '--rounds', '3'],
+     ['--iters', '1', '--rounds', '21'],     # step-by-step pairing: the steadiest ratios
      'distillation step vs student step + teacher inference'),
     ('transfer', 'bench_transfer.py', ['--quick', '--steps', '3'], ['--steps', '3'],
      'DELTA / L2-SP step vs plain fine-tuning'),
