@@ -132,6 +132,25 @@ def exported_rows(run_dirs, shape, seconds):
     return rows
 
 
+def report(rows, args, size, speed_label):
+    """Print the Markdown table of ``rows`` (each relative to the latest row marked ``base``
+    before it) and write them to ``args.out`` as JSON when given."""
+    print('CPU inference, batch %d, %dx%d, float32, %s' % (args.batch, size, size, mx.__version__))
+    print('| network | MACs/img (counted) | expected MACs (AFS) | MACs reduction | img/s | %s |' % speed_label)
+    print('|---|---|---|---|---|---|')
+    base_macs = base_ips = None
+    for r in rows:
+        if r.get('base'):
+            base_macs, base_ips = r['macs'], r['ips']
+        print('| %s | %.4f G | %.4f G | %.2fx | %.1f | %.2fx |' % (
+            r['net'], r['macs'] / 1e9, r['expected'] / 1e9, base_macs / float(r['expected']), r['ips'],
+            r['ips'] / base_ips))
+    if args.out:
+        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+        with open(args.out, 'w') as f:
+            json.dump(dict(size=size, batch=args.batch, rows=rows), f, indent=1)
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     p.add_argument('--quick', action='store_true', help='112 px, 2 s per measurement')
@@ -148,20 +167,7 @@ def main():
     one = (1, 3, size, size)
     mx.random.seed(0)
     if args.exported:
-        rows = exported_rows(args.exported, shape, seconds)
-        print('CPU inference, batch %d, %dx%d, float32, %s' % (args.batch, size, size, mx.__version__))
-        print('| network | MACs/img (counted) | expected MACs (AFS) | MACs reduction | img/s | speed-up vs its plain |')
-        print('|---|---|---|---|---|---|')
-        for r in rows:
-            if r.get('base'):
-                base_macs, base_ips = r['macs'], r['ips']
-            print('| %s | %.4f G | %.4f G | %.2fx | %.1f | %.2fx |' % (
-                r['net'], r['macs'] / 1e9, r['expected'] / 1e9, base_macs / float(r['expected']), r['ips'],
-                r['ips'] / base_ips))
-        if args.out:
-            os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-            with open(args.out, 'w') as f:
-                json.dump(dict(size=size, batch=args.batch, rows=rows), f, indent=1)
+        report(exported_rows(args.exported, shape, seconds), args, size, 'speed-up vs its plain')
         return
     base = resnet50_v1b(classes=100)
     base.initialize(mx.init.Xavier())
@@ -169,7 +175,7 @@ def main():
     rows = []
     base_macs = count_macs(base, one)['total']
     base_ips = images_per_second(base, shape, seconds)
-    rows.append(dict(net='resnet50_v1b (GluonCV)', macs=base_macs, expected=base_macs, ips=base_ips))
+    rows.append(dict(net='resnet50_v1b (GluonCV)', macs=base_macs, expected=base_macs, ips=base_ips, base=True))
     gated = afs_from_gluoncv(base, density=0.9, gate_init='random')
     rows.append(dict(net='AFS gates on, masks 1, d=0.9', macs=count_macs(gated, one)['total'],
                      expected=afs_macs(gated, one)['expected'], ips=images_per_second(gated, shape, seconds)))
@@ -180,17 +186,7 @@ def main():
         label = 'pruned keep %.2f, %s' % (keep, 'all static' if dyn == 0 else 'half dynamic, d=%g' % d)
         rows.append(dict(net=label, macs=count_macs(pruned, one)['total'], expected=afs_macs(net, one)['expected'],
                          ips=images_per_second(pruned, shape, seconds)))
-    print('CPU inference, batch %d, %dx%d, float32, %s' % (args.batch, size, size, mx.__version__))
-    print('| network | MACs/img (counted) | expected MACs (AFS) | MACs reduction | img/s | speed-up |')
-    print('|---|---|---|---|---|---|')
-    for r in rows:
-        print('| %s | %.3f G | %.3f G | %.2fx | %.1f | %.2fx |' % (
-            r['net'], r['macs'] / 1e9, r['expected'] / 1e9, base_macs / float(r['expected']), r['ips'],
-            r['ips'] / base_ips))
-    if args.out:
-        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-        with open(args.out, 'w') as f:
-            json.dump(dict(size=size, batch=args.batch, rows=rows), f, indent=1)
+    report(rows, args, size, 'speed-up')
 
 
 if __name__ == '__main__':

@@ -13,18 +13,7 @@ from gluon_transfer.engine.checkpoint import resolve_resume, CheckpointManager
 from gluon_transfer.engine.tasks import Classify, Task, cross_entropy
 from gluon_transfer.engine.trainer import Engine, FitConfig
 from gluon_transfer.errors import CheckpointError, ConfigError, TrainingDiverged
-
-
-def tiny_net(bn=False, seed=0):
-    net = gluon.nn.HybridSequential()
-    net.add(gluon.nn.Conv2D(4, 3, padding=1, use_bias=not bn))
-    if bn:
-        net.add(gluon.nn.BatchNorm())
-    net.add(gluon.nn.Activation('relu'), gluon.nn.GlobalAvgPool2D(), gluon.nn.Dense(3))
-    mx.random.seed(seed)
-    net.initialize(mx.init.Xavier())
-    net(mx.nd.zeros((1, 3, 8, 8)))
-    return net
+from net_helpers import tiny_net
 
 
 def tiny_data(n=24, bs=8, shuffle=True, seed=0):

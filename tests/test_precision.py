@@ -23,18 +23,11 @@ from gluon_transfer.engine.precision import LossScaler, make_loss_scaler, resolv
 from gluon_transfer.engine.tasks import Classify
 from gluon_transfer.engine.trainer import Engine, FitConfig
 from gluon_transfer.errors import ConfigError
+from net_helpers import tiny_net as _tiny_net
 
 
 def tiny_net(bn=True, seed=0):
-    net = gluon.nn.HybridSequential()
-    net.add(gluon.nn.Conv2D(4, 3, padding=1, use_bias=not bn))
-    if bn:
-        net.add(gluon.nn.BatchNorm())
-    net.add(gluon.nn.Activation('relu'), gluon.nn.GlobalAvgPool2D(), gluon.nn.Dense(3))
-    mx.random.seed(seed)
-    net.initialize(mx.init.Xavier())
-    net(mx.nd.zeros((1, 3, 8, 8)))
-    return net
+    return _tiny_net(bn=bn, seed=seed)
 
 
 def tiny_data(n=24, bs=8):
