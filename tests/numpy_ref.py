@@ -38,3 +38,11 @@ def global_avg(x):
 def log_softmax(z):
     z = z - z.max(axis=-1, keepdims=True)
     return z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
+
+
+def mean_ce_grad_logits(z, labels):
+    """d/dz of the mean softmax cross-entropy over the rows of ``z``: (softmax(z) - onehot) / N."""
+    p = np.exp(z - z.max(1, keepdims=True))
+    p /= p.sum(1, keepdims=True)
+    p[np.arange(len(labels)), labels] -= 1
+    return p / len(labels)
