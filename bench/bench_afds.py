@@ -83,6 +83,7 @@ def masked(base, keep, dyn_frac, density, seed=0):
 
 def load_run(run_dir):
     """The AFS network of a ``train_transfer.py --afs`` run's latest checkpoint, and its model name."""
+    from gluon_transfer.afds import recorded_gate_options
     from gluon_transfer.weights import load_params, read_params
     from gluon_transfer.zoo import get_model
     with open(os.path.join(run_dir, 'checkpoint.json')) as f:
@@ -94,7 +95,8 @@ def load_run(run_dir):
     plain = get_model(meta['model'], classes=classes)
     plain.initialize(mx.init.Xavier())
     plain(mx.nd.zeros((1, 3, 32, 32)))
-    net = afs_from_gluoncv(plain, gate_input_norm=meta.get('afds', {}).get('gate_input_norm', 'none'))
+    recorded, _ = recorded_gate_options(params)
+    net = afs_from_gluoncv(plain, **recorded)
     load_params(net, params, ctx=mx.cpu())
     return net, plain, meta['model'], params
 

@@ -31,7 +31,6 @@ alike; values are medians over the rounds and ratios are of those medians):
 """
 import argparse
 import contextlib
-import json
 import os
 import sys
 import time
@@ -51,6 +50,7 @@ with warnings.catch_warnings():
     from gluon_transfer.nn.fusion import AFF, DirectAdd
     import aff_reference  # noqa: F401  (registers fusions aff_ref / iaff_ref)
     from aff_reference import RefAFF
+    from bench.common import add_json_arg, row, write_rows
 
 SECTIONS = ('block', 'cifar', 'imagenet', 'mode', 'deploy', 'groups')
 DEFAULT_SECTIONS = SECTIONS[:-1]  # 'groups' only on request
@@ -116,7 +116,7 @@ def _net(name, mode, **kw):
 
 class Rows(list):
     def add(self, section, name, value, unit, note=''):
-        self.append({'section': section, 'name': name, 'value': float(value), 'unit': unit, 'note': note})
+        self.append(row(section, name, value, unit, note))
         print('  %-10s %-62s %10.3f %s' % (section, name, value, unit), file=sys.stderr, flush=True)
 
 
@@ -321,7 +321,7 @@ def main(argv=None):
     p.add_argument('--sections', default=','.join(DEFAULT_SECTIONS),
                    help='comma-separated subset of %s (default %%(default)s)' % ','.join(SECTIONS))
     p.add_argument('--rounds', type=int, help='timed rounds per variant (default 3 quick, 5 full)')
-    p.add_argument('--json', help='also write the rows to this JSON file')
+    add_json_arg(p)
     args = p.parse_args(argv)
     sections = [s for s in args.sections.split(',') if s]
     bad = [s for s in sections if s not in SECTIONS]
@@ -329,10 +329,7 @@ def main(argv=None):
         p.error('unknown section(s) %s; valid: %s' % (', '.join(bad), ', '.join(SECTIONS)))
     rows = run(quick=args.quick, sections=sections, rounds=args.rounds)
     print(markdown(rows))
-    if args.json:
-        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-        with open(args.json, 'w') as f:
-            json.dump(rows, f, indent=1)
+    write_rows(args.json, rows)
     return 0
 
 

@@ -44,12 +44,13 @@ import os
 import numpy as np
 import mxnet as mx
 
+from .engine.checkpoint import jsonable
 from .errors import CheckpointError, ConfigError, DataError
 
-__all__ = ['recorded_gate_options', 'TrainHoldout', 'split_train_holdout', 'collect_gate_statistics', 'select_masks', 'apply_masks',
+__all__ = ['TrainHoldout', 'split_train_holdout', 'collect_gate_statistics', 'select_masks', 'apply_masks',
            'update_masks', 'current_masks', 'afds_schedule', 'afds_report', 'format_afds_report', 'selection_summary',
            'AFS_DEFAULTS', 'check_afs_model', 'resolve_afds_args', 'holdout_for_args', 'build_afs_target',
-           'scale_gate_lr', 'run_afds']
+           'scale_gate_lr', 'run_afds', 'recorded_gate_options']
 
 
 class TrainHoldout:
@@ -473,11 +474,8 @@ def selection_summary(selection, holdout=None, mask_options=None):
     if holdout is not None:
         out['holdout'] = {'source': holdout.source, 'num_samples': holdout.num_samples,
                           'fraction': holdout.fraction, 'seed': holdout.seed}
-    return _jsonable(out)
+    return jsonable(out)
 
-
-def _jsonable(obj):
-    return json.loads(json.dumps(obj, default=lambda o: o.tolist() if hasattr(o, 'tolist') else str(o)))
 
 
 # ---------------------------------------------------------------------- report
@@ -663,7 +661,7 @@ def run_afds(engine, args, holdout, log):
     log.info('AFDS report\n%s', format_afds_report(rep))
     if engine.is_writer:
         from .engine.checkpoint import atomic_write_json
-        atomic_write_json(os.path.join(args.save_dir, 'afds_report.json'), _jsonable(rep))
+        atomic_write_json(os.path.join(args.save_dir, 'afds_report.json'), jsonable(rep))
         masks = {name: {'m': m.astype(int).tolist(), 's': s.astype(int).tolist()}
                  for name, (m, s) in current_masks(engine.net).items()}
         atomic_write_json(os.path.join(args.save_dir, 'afds_masks.json'),

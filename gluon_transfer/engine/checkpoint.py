@@ -56,6 +56,18 @@ def atomic_write(path, write_fn):
         pass
 
 
+def jsonable(obj):
+    """``obj`` as plain JSON types: numpy arrays and scalars through ``tolist()``, tuples
+    and sets as lists, anything else unknown as its ``str``."""
+    def default(o):
+        if hasattr(o, 'tolist'):
+            return o.tolist()
+        if isinstance(o, (tuple, set)):
+            return list(o)
+        return str(o)
+    return json.loads(json.dumps(obj, default=default))
+
+
 def atomic_write_json(path, obj):
     def _w(tmp):
         with open(tmp, 'w') as f:

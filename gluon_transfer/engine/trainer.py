@@ -40,7 +40,7 @@ from ..errors import ConfigError, CheckpointError, TrainingDiverged
 from ..metrics import ClassificationMeter
 from ..weights import load_params
 from . import distributed, precision
-from .checkpoint import load_blocks, resolve_resume
+from .checkpoint import jsonable, load_blocks, resolve_resume
 from .schedule import LRSchedule
 
 __all__ = ['FitConfig', 'Engine', 'seed_epoch']
@@ -432,8 +432,5 @@ def _config_dict(cfg):
     d = {f.name: getattr(cfg, f.name) for f in fields(cfg)}
     if d['kvstore'] is not None and not isinstance(d['kvstore'], str):
         d['kvstore'] = d['kvstore'].type
-    return _jsonable(d)
+    return jsonable(d)
 
-
-def _jsonable(obj):
-    return json.loads(json.dumps(obj, default=lambda o: list(o) if isinstance(o, (tuple, set)) else str(o)))
