@@ -121,7 +121,8 @@ def main():
     p.add_argument('--steps', type=int, default=30)
     p.add_argument('--warmup', type=int, default=5)
     p.add_argument('--model', default='tiny', help="'tiny' (3 convs + dense) or a model name")
-    p.add_argument('--json', default=None, help='also write the results as suite rows (section, name, value, unit, note)')
+    from bench.common import add_json_arg
+    add_json_arg(p)
     a = p.parse_args()
     if a.worker:
         return worker(a)

@@ -36,7 +36,8 @@ RESULTS = os.path.join(HERE, 'results')
 LOGS = os.path.join(HERE, 'out')
 README = os.path.join(ROOT, 'README.md')
 START, END = '<!-- bench-results:start -->', '<!-- bench-results:end -->'
-ROW_KEYS = ('section', 'name', 'value', 'unit', 'note')
+sys.path.insert(0, ROOT)
+from bench.common import ROW_KEYS, row  # noqa: E402  (the row schema the sections write)
 
 # name, script (in bench/ unless absolute), quick arguments, full arguments, what it measures
 SECTIONS = [
@@ -73,8 +74,7 @@ def _check_rows(rows, section):
     for r in rows:
         if not isinstance(r, dict) or any(k not in r for k in ROW_KEYS[:4]):
             raise ValueError('row %r lacks one of %s' % (r, ', '.join(ROW_KEYS)))
-        out.append({'section': r['section'] or section, 'name': str(r['name']), 'value': float(r['value']),
-                    'unit': str(r['unit']), 'note': str(r.get('note', ''))})
+        out.append(row(r['section'] or section, str(r['name']), r['value'], str(r['unit']), str(r.get('note', ''))))
     return out
 
 
