@@ -50,7 +50,7 @@ from .errors import CheckpointError, ConfigError, DataError
 __all__ = ['TrainHoldout', 'split_train_holdout', 'collect_gate_statistics', 'select_masks', 'apply_masks',
            'update_masks', 'current_masks', 'afds_schedule', 'afds_report', 'format_afds_report', 'selection_summary',
            'AFS_DEFAULTS', 'check_afs_model', 'resolve_afds_args', 'holdout_for_args', 'build_afs_target',
-           'scale_gate_lr', 'run_afds', 'recorded_gate_options']
+           'scale_gate_lr', 'run_afds', 'recorded_gate_options', 'removable']
 
 
 class TrainHoldout:
@@ -165,8 +165,9 @@ def current_masks(net):
 
 
 def collect_gate_statistics(net, holdout, ctx=None, max_batches=None):
-    """Per gate ``{'mean': (C,), 'var': (C,), 'count': n}`` (float64) of the gate values
-    ``pi`` over the held-out training samples (module docstring, step 2). The network runs
+    """Per gate ``{'mean': (C,), 'var': (C,), 'act': (C,), 'count': n}`` (float64): mean and
+    variance of the gate values ``pi`` and the mean activation ``act`` over the held-out
+    training samples (module docstring, step 2). The network runs
     imperatively in inference mode with every mask 1; its masks and hybridization are
     restored afterwards. ``Batch.pad`` rows are ignored. A non-finite gate value is a
     DataError (a diverged network), never skipped."""
@@ -177,7 +178,9 @@ def collect_gate_statistics(net, holdout, ctx=None, max_batches=None):
     ctx = ctx or gates[0][1].mask_m.list_ctx()[0]
     saved = current_masks(net)
     active, flags = net._active, dict(net._flags)
-    acc = {name: [0.0, 0.0, 0] for name, _ in gates}
+    acc = {name: [0.0, 0.0, 0, 0.0] for name, _ in gates}
+    relu_after = {name: (not name.endswith('gate3')) or bool(getattr(net, 'relu_before_add', False))
+                  for name, _ in gates}
     for _, g in gates:
         if not g.enabled:
             raise ConfigError('AFS gates are disabled; enable them (set_gates_enabled) before collecting statistics')
@@ -196,7 +199,7 @@ def collect_gate_statistics(net, holdout, ctx=None, max_batches=None):
             with mx.autograd.predict_mode():
                 net(batch.data.as_in_context(ctx))
             for name, g in gates:
-                pi = g.collecting[0].asnumpy().astype(np.float64)[:keep]
+                pi, pos, mag = (a.asnumpy().astype(np.float64)[:keep] for a in g.collecting[0])
                 if not np.isfinite(pi).all():
                     # Never skipped: a mask chosen from the finite part would hide a diverged network.
                     raise DataError('AFS gate %s: %d non-finite gate values on the held-out training split (the '
@@ -206,6 +209,7 @@ def collect_gate_statistics(net, holdout, ctx=None, max_batches=None):
                 a[0] = a[0] + pi.sum(axis=0)
                 a[1] = a[1] + (pi * pi).sum(axis=0)
                 a[2] += keep
+                a[3] = a[3] + (pi * (pos if relu_after[name] else mag)).sum(axis=0)
     finally:
         for name, g in gates:
             g.collecting = None
@@ -215,15 +219,18 @@ def collect_gate_statistics(net, holdout, ctx=None, max_batches=None):
         if active:
             net.hybridize(True, **flags)
     stats = {}
-    for name, (s1, s2, n) in acc.items():
+    for name, (s1, s2, n, s3) in acc.items():
         if n == 0:
             raise DataError('the held-out training split yielded no samples')
         mean = s1 / n
-        stats[name] = {'mean': mean, 'var': np.maximum(s2 / n - mean * mean, 0.0), 'count': int(n)}
+        stats[name] = {'mean': mean, 'var': np.maximum(s2 / n - mean * mean, 0.0), 'act': s3 / n, 'count': int(n)}
     return stats
 
 
 # ---------------------------------------------------------------------- selection
+MASK_STATS = {'gate': 'mean', 'activation': 'act'}
+
+
 def _lowest(values, count):
     """0/1 vector: 0 at the ``count`` smallest ``values`` (ties toward the lower index)."""
     out = np.ones(len(values))
@@ -244,37 +251,74 @@ def _ensure_alive(m, mean, min_channels):
     return m
 
 
-def _masks_for_quantile(stats, q, scope, min_channels):
+def removable(name):
+    """True for the gates whose pruned channels :mod:`gluon_transfer.prune` physically removes:
+    those after conv1 and conv2 of a bottleneck (``...gate1``, ``...gate2``). conv3's outputs
+    feed the residual add and keep their full width (pruned ones become zero rows)."""
+    return name.endswith(('gate1', 'gate2'))
+
+
+def _aligned(m, mean, name, min_channels, channel_multiple):
+    """``m`` with at least ``min_channels`` kept and, for a :func:`removable` gate, the kept
+    count rounded up to a multiple of ``channel_multiple`` (capped at the width): channels
+    are added back in order of decreasing mean gate value."""
+    keep = max(int(m.sum()), min(int(min_channels), len(m)))
+    q = int(channel_multiple)
+    if q > 1 and removable(name):
+        keep = min(len(m), -(-keep // q) * q)
+    return _ensure_alive(m, mean, keep)
+
+
+def _masks_for_quantile(stats, q, scope, min_channels, channel_multiple=1, m_key='mean'):
     names = list(stats)
     masks = {}
     if scope == 'layer':
         for name in names:
-            mean, var = stats[name]['mean'], stats[name]['var']
+            mean, var = stats[name][m_key], stats[name]['var']
             c = len(mean)
             k = int(math.floor(q * c + 1e-9))
-            m = _ensure_alive(_lowest(mean, k), mean, min_channels)
+            m = _aligned(_lowest(mean, k), mean, name, min_channels, channel_multiple)
             masks[name] = (m, m * _lowest(var, k))
     else:
-        means = np.concatenate([stats[n]['mean'] for n in names])
+        means = np.concatenate([stats[n][m_key] for n in names])
         vars_ = np.concatenate([stats[n]['var'] for n in names])
         k = int(math.floor(q * len(means) + 1e-9))
         m_all, s_all = _lowest(means, k), _lowest(vars_, k)
         start = 0
         for name in names:
             c = len(stats[name]['mean'])
-            m = _ensure_alive(m_all[start:start + c].copy(), stats[name]['mean'], min_channels)
+            m = _aligned(m_all[start:start + c].copy(), stats[name][m_key], name, min_channels, channel_multiple)
             masks[name] = (m, m * s_all[start:start + c])
             start += c
     return masks
 
 
 def select_masks(stats, thres_m=None, thres_s=None, macs_budget=None, net=None, input_shape=(1, 3, 224, 224),
-                 scope='layer', budget_on='expected', min_channels=1, iterations=40):
+                 scope='layer', budget_on='expected', min_channels=1, iterations=40, channel_multiple=1,
+                 mask_stat='gate'):
     """Choose ``{gate name: (m, s)}`` from :func:`collect_gate_statistics` output.
 
     Either absolute thresholds (``thres_m``, ``thres_s``; the reproduction's defaults are
     0.5 / 0.5) or ``macs_budget`` (a fraction of the baseline MACs; needs ``net`` and
-    ``input_shape``; ``budget_on``: 'expected' or 'static' MACs). Returns a dict with
+    ``input_shape``; ``budget_on``: 'expected' or 'static' MACs).
+
+    ``channel_multiple`` (``q``): the number of channels kept after conv1 and conv2 of
+    every bottleneck (the widths the pruned export really has, see :func:`removable`) is
+    rounded up to a multiple of ``q`` (or the full width) by keeping the pruned channels
+    with the largest mean gate values; under a budget the rounding is part of the search,
+    so the budget still holds. Why: oneDNN's CPU convolutions work on blocks of 16 (AVX-512)
+    or 8 channels; the CIFAR AFDS run's uneven widths (39 of 64, 155 of 256) made its
+    static-only pruned network 1.15x faster at 1.83x fewer MACs, multiples of 16 1.42x at
+    1.71x (ResNet-50, 224 px, batch 8; docs/transfer_results.md). ``1`` turns it off.
+
+    ``mask_stat``: what ranks the channels for ``m`` (and what ``thres_m`` compares with):
+    ``'gate'`` the mean gate value ``pi`` (the paper's and reproduction's saliency),
+    ``'activation'`` the mean gated activation ``act`` the next layer receives (after the
+    ReLU for conv1/conv2, its magnitude for conv3) -- a magnitude criterion that still ranks
+    channels when the gates have hardly moved from their identity start (module docstring).
+    ``s`` always follows the gate variance.
+
+    Returns a dict with
     ``masks``, ``quantile`` (budget search), ``thres_m``/``thres_s`` (the thresholds used;
     for a budget the largest pruned mean / variance, reported), and ``macs`` (the
     :func:`~gluon_transfer.macs.afs_macs` result when ``net`` is given)."""
@@ -285,14 +329,22 @@ def select_masks(stats, thres_m=None, thres_s=None, macs_budget=None, net=None, 
         raise ConfigError("budget_on must be 'expected' or 'static', got %r" % (budget_on,))
     if not stats:
         raise ConfigError('no gate statistics')
-    result = dict(quantile=None, thres_m=thres_m, thres_s=thres_s, macs=None, macs_budget=macs_budget)
+    if mask_stat not in MASK_STATS:
+        raise ConfigError('mask_stat must be one of %s, got %r' % (', '.join(MASK_STATS), mask_stat))
+    m_key = MASK_STATS[mask_stat]
+    if any(m_key not in st for st in stats.values()):
+        raise ConfigError("mask_stat %r needs statistics with %r (collect_gate_statistics)" % (mask_stat, m_key))
+    if int(channel_multiple) != channel_multiple or channel_multiple < 1:
+        raise ConfigError('channel_multiple must be an integer >= 1, got %r' % (channel_multiple,))
+    result = dict(quantile=None, thres_m=thres_m, thres_s=thres_s, macs=None, macs_budget=macs_budget,
+                  channel_multiple=int(channel_multiple), mask_stat=mask_stat)
     base = plain_macs(net, input_shape) if net is not None else None
     if macs_budget is None:
         tm = 0.5 if thres_m is None else float(thres_m)
         ts = 0.5 if thres_s is None else float(thres_s)
         masks = {}
         for name, st in stats.items():
-            m = _ensure_alive((st['mean'] > tm).astype(np.float64), st['mean'], min_channels)
+            m = _aligned((st[m_key] > tm).astype(np.float64), st[m_key], name, min_channels, channel_multiple)
             masks[name] = (m, m * (st['var'] > ts).astype(np.float64))
         result.update(masks=masks, thres_m=tm, thres_s=ts)
     else:
@@ -305,7 +357,7 @@ def select_masks(stats, thres_m=None, thres_s=None, macs_budget=None, net=None, 
             raise ConfigError('pass either thresholds (thres_m/thres_s) or macs_budget, not both')
 
         def cost(q):
-            masks = _masks_for_quantile(stats, q, scope, min_channels)
+            masks = _masks_for_quantile(stats, q, scope, min_channels, channel_multiple, m_key)
             return afs_macs(net, input_shape, masks=masks, base=base)[budget_on], masks
 
         target = budget * base['total']
@@ -325,7 +377,7 @@ def select_masks(stats, thres_m=None, thres_s=None, macs_budget=None, net=None, 
                     hi, best = mid, masks
                 else:
                     lo = mid
-        pruned_means = [st['mean'][best[n][0] == 0] for n, st in stats.items()]
+        pruned_means = [st[m_key][best[n][0] == 0] for n, st in stats.items()]
         static_vars = [st['var'][(best[n][0] == 1) & (best[n][1] == 0)] for n, st in stats.items()]
         pm = np.concatenate(pruned_means)
         sv = np.concatenate(static_vars)
@@ -362,11 +414,12 @@ def apply_masks(net, masks, stats=None, gamma_from_mean=True):
 
 def update_masks(net, holdout, thres_m=None, thres_s=None, macs_budget=None, input_shape=(1, 3, 224, 224),
                  scope='layer', budget_on='expected', gamma_from_mean=True, min_channels=1, ctx=None,
-                 max_batches=None, log=None):
+                 max_batches=None, log=None, channel_multiple=1, mask_stat='gate'):
     """Statistics on ``holdout`` (a :class:`TrainHoldout`) -> :func:`select_masks` ->
     :func:`apply_masks`. Returns the selection dict (with ``stats``)."""
     stats = collect_gate_statistics(net, holdout, ctx=ctx, max_batches=max_batches)
-    sel = select_masks(stats, thres_m, thres_s, macs_budget, net, input_shape, scope, budget_on, min_channels)
+    sel = select_masks(stats, thres_m, thres_s, macs_budget, net, input_shape, scope, budget_on, min_channels,
+                       channel_multiple=channel_multiple, mask_stat=mask_stat)
     apply_masks(net, sel['masks'], stats, gamma_from_mean)
     sel['stats'] = stats
     if log:
@@ -457,7 +510,8 @@ def _checked_resume_state(resume, phase1_epochs):
 
 def selection_summary(selection, holdout=None, mask_options=None):
     """A JSON-able summary of a :func:`select_masks` result (no masks, no per-layer rows)."""
-    out = {k: selection.get(k) for k in ('thres_m', 'thres_s', 'quantile', 'macs_budget')}
+    out = {k: selection.get(k) for k in ('thres_m', 'thres_s', 'quantile', 'macs_budget', 'channel_multiple',
+                                         'mask_stat')}
     for k, v in (mask_options or {}).items():
         if k not in out and isinstance(v, (str, int, float, type(None))):
             out[k] = v
@@ -526,9 +580,9 @@ def format_afds_report(rep):
 # ---------------------------------------------------------------------- train_transfer.py
 # ``--afs`` options that have a default only with --afs (None otherwise, so a stray one is an error).
 AFS_DEFAULTS = dict(afs_density=0.9, afs_phase1_density=1.0, afs_gate_lr_mult=0.1, mask_scope='layer',
-                    holdout_fraction=0.1, afs_gate_norm='l2')
+                    holdout_fraction=0.1, afs_gate_norm='l2', afs_channel_multiple=16, mask_stat='gate')
 AFS_ONLY = ('afs_density', 'afs_phase1_epochs', 'afs_phase1_density', 'afs_gate_lr_mult', 'thres_m', 'thres_s',
-            'macs_budget', 'mask_scope', 'holdout_fraction', 'afs_gate_norm')
+            'macs_budget', 'mask_scope', 'holdout_fraction', 'afs_gate_norm', 'afs_channel_multiple', 'mask_stat')
 _FLAGS = {'afs_density': '--density'}
 
 
@@ -591,6 +645,8 @@ def resolve_afds_args(args):
         raise ConfigError('--holdout-fraction must be in (0, 1), got %r' % args.holdout_fraction)
     if args.afs_gate_lr_mult < 0:
         raise ConfigError('--afs-gate-lr-mult must be >= 0, got %r' % args.afs_gate_lr_mult)
+    if args.afs_channel_multiple < 1:
+        raise ConfigError('--afs-channel-multiple must be >= 1 (1 = no rounding), got %r' % args.afs_channel_multiple)
     if args.afs_phase1_epochs is not None and args.afs_phase1_epochs < 1:
         raise ConfigError('--afs-phase1-epochs must be >= 1, got %r' % args.afs_phase1_epochs)
     return args
@@ -643,7 +699,8 @@ def run_afds(engine, args, holdout, log):
     ``--afs-phase1-density``, masks from the holdout, phase 2), then the report: the logged
     table and ``SAVE_DIR/afds_report.json`` / ``afds_masks.json``."""
     shape = (1, 3, int(args.input_size), int(args.input_size))
-    options = dict(thres_m=args.thres_m, thres_s=args.thres_s, macs_budget=args.macs_budget, scope=args.mask_scope)
+    options = dict(thres_m=args.thres_m, thres_s=args.thres_s, macs_budget=args.macs_budget, scope=args.mask_scope,
+                   channel_multiple=args.afs_channel_multiple, mask_stat=args.mask_stat)
     # what rebuilding the network from a checkpoint needs besides its weights (bench_afds.py --exported)
     engine.run_info.setdefault('afds', {})['gate_input_norm'] = args.afs_gate_norm
     result = afds_schedule(engine, holdout, phase1_epochs=args.afs_phase1_epochs,

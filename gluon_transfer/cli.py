@@ -613,6 +613,14 @@ def add_afds_args(parser):
                         '(0.1 = a 10x reduction); replaces --thres-m/--thres-s')
     g.add_argument('--mask-scope', default=None, choices=['layer', 'global'],
                    help='--afs --macs-budget: rank channels per layer (default) or over all gated channels')
+    g.add_argument('--mask-stat', default=None, choices=['gate', 'activation'],
+                   help='--afs: what ranks channels for pruning (m) and what --thres-m compares with: the mean gate '
+                        'value (gate, the paper; default) or the mean gated activation the next layer receives '
+                        '(activation: ranks channels even when the gates stayed near their identity start)')
+    g.add_argument('--afs-channel-multiple', type=int, default=None, metavar='Q',
+                   help='--afs: round the channels kept after conv1/conv2 of each bottleneck up to a multiple of Q '
+                        '(default 16: oneDNN CPU kernels work on blocks of 16/8 channels, so the pruned export gets '
+                        'faster in step with its MACs; the budget still holds); 1 = no rounding')
     g.add_argument('--holdout-fraction', type=float, default=None, metavar='F',
                    help='--afs: class-balanced fraction of the TRAINING records held out for the mask statistics '
                         '(default 0.1; never the val split); training uses the rest')

@@ -77,18 +77,33 @@ def test_split_train_holdout_recordio(tmp_path):
     np.testing.assert_array_equal(again['holdout'].positions, hold.positions)
 
 
-def _numpy_first_gate_stats(net, x, d):
-    """Gate values of layer1.0.gate1 computed from the stem output with numpy."""
-    stem = net.maxpool(net.relu(net.bn1(net.conv1(mx.nd.array(x))))).asnumpy()
-    gate = net.layer1[0].gate1
+def _numpy_pi(x_in, gate, d):
+    """Gate values of ``gate`` (raw GAP input, all masks 1) for the conv input ``x_in``, numpy."""
     W, b = gate.fc.weight.data().asnumpy(), gate.fc.bias.data().asnumpy()
-    h = np.maximum(stem.mean(axis=(2, 3)) @ W.T + b, 0).astype(np.float64)
+    h = np.maximum(x_in.mean(axis=(2, 3)) @ W.T + b, 0).astype(np.float64)
     k = math.ceil(d * h.shape[1] - 1e-9)
     pi = np.zeros_like(h)
     for i in range(len(h)):
         top = sorted(range(h.shape[1]), key=lambda j: (-h[i, j], j))[:k]
         pi[i, top] = h[i, top]
-    return pi.mean(axis=0), pi.var(axis=0)
+    return pi
+
+
+def _numpy_block_stats(net, x, d):
+    """(pi, act) of the three gates of layer1.0 with numpy gating: convolutions and BNs from
+    the block's layers on numpy inputs, gates, WTA, ReLUs and means in numpy. act of gate1/2
+    is the mean of relu(pi * y), of gate3 (before the residual add) the mean of |pi * y|."""
+    blk = net.layer1[0]
+    a = net.maxpool(net.relu(net.bn1(net.conv1(mx.nd.array(x))))).asnumpy()
+    out = []
+    for k in (1, 2, 3):
+        y = getattr(blk, 'bn%d' % k)(getattr(blk, 'conv%d' % k)(mx.nd.array(a))).asnumpy().astype(np.float64)
+        pi = _numpy_pi(a, getattr(blk, 'gate%d' % k), d)
+        gated = pi[:, :, None, None] * y
+        act = (np.maximum(gated, 0) if k < 3 else np.abs(gated)).mean(axis=(2, 3))
+        out.append((pi, act))
+        a = np.maximum(gated, 0).astype(np.float32)
+    return out
 
 
 def test_statistics_match_numpy_and_restore_state(rng):
@@ -105,18 +120,23 @@ def test_statistics_match_numpy_and_restore_state(rng):
     net.hybridize()
     stats = collect_gate_statistics(net, hold)
     x = np.concatenate([b.data.asnumpy()[:b.data.shape[0] - b.pad] for b in hold])
-    mean, var = _numpy_first_gate_stats(net, x, 0.5)
-    s = stats['layer1.0.gate1']
-    assert s['count'] == 8
-    np.testing.assert_allclose(s['mean'], mean, rtol=1e-4, atol=1e-6)
-    np.testing.assert_allclose(s['var'], var, rtol=1e-3, atol=1e-6)
+    g.mask_m.set_data(mx.nd.ones(g.channels))          # the reference gates every channel
+    for k, (pi, act) in enumerate(_numpy_block_stats(net, x, 0.5), 1):
+        s = stats['layer1.0.gate%d' % k]
+        assert s['count'] == 8
+        np.testing.assert_allclose(s['mean'], pi.mean(axis=0), rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(s['var'], pi.var(axis=0), rtol=1e-3, atol=1e-6)
+        np.testing.assert_allclose(s['act'], act.mean(axis=0), rtol=1e-4, atol=1e-6)
+    g.mask_m.set_data(mx.nd.array(m))
+    stats = collect_gate_statistics(net, hold)
     np.testing.assert_array_equal(g.mask_m.data().asnumpy(), m)
     assert net._active                                       # hybridization restored
     assert len(stats) == 12
 
 
 def _fake_stats(net, rng):
-    return {name: {'mean': rng.rand(g.channels), 'var': rng.rand(g.channels) * 0.1, 'count': 10}
+    return {name: {'mean': rng.rand(g.channels), 'var': rng.rand(g.channels) * 0.1, 'act': rng.rand(g.channels),
+                   'count': 10}
             for name, _, _, g, _, _ in afs_gates(net)}
 
 
@@ -187,3 +207,54 @@ def test_schedule_two_phases_and_report(rng):
     assert 0 <= rep['top1'] <= 1
     text = format_afds_report(rep)
     assert 'baseline MACs' in text and 'top-1' in text
+
+
+def test_activation_statistic_ranks_the_channels(rng):
+    net = _net()
+    stats = _fake_stats(net, rng)
+    sel = select_masks(stats, thres_m=0.4, thres_s=0.05, mask_stat='activation')
+    for name, st in stats.items():
+        m, s = sel['masks'][name]
+        np.testing.assert_array_equal(m, (st['act'] > 0.4).astype(float))
+        np.testing.assert_array_equal(s, m * (st['var'] > 0.05))          # s still follows the gate variance
+    sel = select_masks(stats, macs_budget=0.5, net=net, input_shape=(1, 3, 64, 64), mask_stat='activation')
+    for name, st in stats.items():                                        # per layer: the lowest act pruned
+        m = sel['masks'][name][0]
+        if 0 < m.sum() < len(m):
+            assert st['act'][m == 0].max() <= st['act'][m == 1].min()
+    with pytest.raises(ConfigError, match='mask_stat must be one of gate, activation'):
+        select_masks(stats, thres_m=0.4, mask_stat='magnitude')
+    old = {n: {k: v for k, v in st.items() if k != 'act'} for n, st in stats.items()}
+    with pytest.raises(ConfigError, match="needs statistics with 'act'"):
+        select_masks(old, thres_m=0.4, mask_stat='activation')
+
+
+@pytest.mark.parametrize('q', [8, 16])
+def test_channel_multiple_rounds_the_removable_widths(q, rng):
+    net = _net(density=0.9)
+    stats = _fake_stats(net, rng)
+    # thresholds: kept count of conv1/conv2 gates rounded up with the largest pruned means; conv3 untouched
+    sel = select_masks(stats, thres_m=0.5, thres_s=0.05, channel_multiple=q)
+    for name, st in stats.items():
+        m = sel['masks'][name][0]
+        plain = (st['mean'] > 0.5).astype(float)
+        if name.endswith('gate3'):
+            np.testing.assert_array_equal(m, plain)
+            continue
+        want = min(len(m), -(-int(plain.sum()) // q) * q)
+        assert m.sum() == want and m.sum() % q == 0
+        assert (m >= plain).all()                                          # only adds channels
+        added = (m == 1) & (plain == 0)
+        if added.any() and (m == 0).any():
+            assert st['mean'][added].min() >= st['mean'][m == 0].max()
+    # a budget still holds after the rounding, and the rounding happened
+    for scope in ('layer', 'global'):
+        sel = select_masks(stats, macs_budget=0.5, net=net, input_shape=(1, 3, 64, 64), scope=scope,
+                           channel_multiple=q)
+        assert sel['macs']['expected'] <= 0.5 * sel['macs']['baseline']
+        assert sel['channel_multiple'] == q
+        for name, (m, _) in sel['masks'].items():
+            if not name.endswith('gate3'):
+                assert m.sum() % q == 0 or m.sum() == len(m), (name, m.sum())
+    with pytest.raises(ConfigError, match='channel_multiple must be an integer >= 1'):
+        select_masks(stats, thres_m=0.5, channel_multiple=0)

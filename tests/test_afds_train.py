@@ -87,7 +87,8 @@ def test_flags_parse_and_validate(task_dir, tmp_path):
     assert args.afs_density is None and args.holdout_fraction is None     # no --afs: AFDS options stay unset
     args = resolve_args(parse('--reg', 'afd', '--afs', '--afd-norm', 'l2', '--afd-predictor', 'joint'), num_train=30)
     assert (args.afs_density, args.afs_phase1_density, args.afs_gate_lr_mult, args.mask_scope,
-            args.holdout_fraction, args.afs_gate_norm) == (0.9, 1.0, 0.1, 'layer', 0.1, 'l2')
+            args.holdout_fraction, args.afs_gate_norm, args.afs_channel_multiple,
+            args.mask_stat) == (0.9, 1.0, 0.1, 'layer', 0.1, 'l2', 16, 'gate')
     reg = FineTune().make_regularizer(args, 4)
     assert (reg.lam, reg.norm, reg.mode) == (0.01, 'l2', 'joint')
 
@@ -145,6 +146,11 @@ def test_afds_end_to_end_masks_from_the_training_holdout(task_dir, tmp_path, mon
     assert rep['baseline'] == count_macs(plain, (1, 3, 32, 32))['total']
     assert rep['expected'] <= 0.5 * rep['baseline'] and rep['static'] < rep['baseline']
     assert masks['selection']['macs_budget'] == 0.5 and masks['selection']['holdout']['num_samples'] == 6
+    assert (masks['selection']['channel_multiple'], masks['selection']['mask_stat']) == (16, 'gate')
+    for name, g in gates.items():       # conv1/conv2 widths: a multiple of 16 or the full width
+        if not name.endswith('gate3'):
+            kept = int(np.sum(masks['masks'][name]['m']))
+            assert kept % 16 == 0 or kept == g.channels, (name, kept)
     last = json.loads((save / 'metrics.jsonl').read_text().splitlines()[-1])
     assert rep['top1'] == pytest.approx(last['val_top1'])
     assert rep['mean_class_acc'] == pytest.approx(last['val_mean_class_acc'])
@@ -222,6 +228,8 @@ def test_errors_are_one_line(task_dir, tmp_path, capsys):
         (a('--macs-budget', '0.5'), '--macs-budget: only used with --afs'),
         (a('--density', '0.5', '--holdout-fraction', '0.2'), '--density, --holdout-fraction: only used with --afs'),
         (a('--afs-gate-norm', 'none'), '--afs-gate-norm: only used with --afs'),
+        (a('--mask-stat', 'activation'), '--mask-stat: only used with --afs'),
+        (a('--afs', '--afs-channel-multiple', '0'), '--afs-channel-multiple must be >= 1 (1 = no rounding), got 0'),
         (a('--afs', '--density', '0'), '--density must be in (0, 1], got 0.0'),
         (a('--afs', '--holdout-fraction', '1'), '--holdout-fraction must be in (0, 1), got 1.0'),
         (a('--afs', '--resume-epoch', '2'), '--afs resumes with --resume SAVE_DIR'),
