@@ -100,7 +100,11 @@ class AFSBottleneck(HybridBlock):
             o3 = F.relu(o3)
         if self.downsample is not None:
             residual = self.downsample(x)
-        return self.relu3(o3 + residual)
+        # residual + o3, not o3 + residual (the same sum, bit for bit): with the gated branch as
+        # the first operand, MXNet 1.9's oneDNN conv+sum fusion (optimize_for, tools/export.py)
+        # fuses the downsample conv with the sum and then feeds wrong weights to the block's
+        # first conv ("Shape inconsistent, Provided = [64,64,3,3]"); in this order it partitions.
+        return self.relu3(residual + o3)
 
 
 class _BlockFactory:
