@@ -52,6 +52,8 @@ SECTIONS = [
     ('transfer', 'bench_transfer.py', ['--quick', '--steps', '3'], ['--steps', '3'],
      'DELTA / L2-SP step vs plain fine-tuning'),
     ('gflops', 'bench_gflops.py', ['--quick'], [], 'achieved GFLOP/s vs matmul peak'),
+    ('afds', 'bench_afds.py', ['--quick', '--fused'], ['--fused'],
+     'pruned AFS ResNet-50 (tools/export.py --prune, fused graph): img/s vs removed MACs'),
     ('dist', 'bench_dist.py', ['--steps', '10', '--warmup', '3'], [], 'dist_sync 1 vs 2 local workers'),
 ]
 
