@@ -295,7 +295,7 @@ def _masks_for_quantile(stats, q, scope, min_channels, channel_multiple=1, m_key
 
 def select_masks(stats, thres_m=None, thres_s=None, macs_budget=None, net=None, input_shape=(1, 3, 224, 224),
                  scope='layer', budget_on='expected', min_channels=1, iterations=40, channel_multiple=1,
-                 mask_stat='gate'):
+                 mask_stat='gate', static_only=False):
     """Choose ``{gate name: (m, s)}`` from :func:`collect_gate_statistics` output.
 
     Either absolute thresholds (``thres_m``, ``thres_s``; the reproduction's defaults are
@@ -316,7 +316,12 @@ def select_masks(stats, thres_m=None, thres_s=None, macs_budget=None, net=None, 
     ``'activation'`` the mean gated activation ``act`` the next layer receives (after the
     ReLU for conv1/conv2, its magnitude for conv3) -- a magnitude criterion that still ranks
     channels when the gates have hardly moved from their identity start (module docstring).
-    ``s`` always follows the gate variance.
+    ``s`` always follows the gate variance, unless ``static_only``: every kept channel static
+    (``s = 0``, its multiplier the learned constant ``gamma``), so no runtime gate survives
+    the pruned export -- a plain, narrower GluonCV ResNet, the form that runs faster on
+    hardware that cannot skip channels per sample (CPUs: the WTA-skipped channels of a
+    dynamic gate are still computed, and the gate itself costs time). ``thres_s`` is then
+    meaningless and refused; expected MACs equal static MACs.
 
     Returns a dict with
     ``masks``, ``quantile`` (budget search), ``thres_m``/``thres_s`` (the thresholds used;
@@ -332,12 +337,17 @@ def select_masks(stats, thres_m=None, thres_s=None, macs_budget=None, net=None, 
     if mask_stat not in MASK_STATS:
         raise ConfigError('mask_stat must be one of %s, got %r' % (', '.join(MASK_STATS), mask_stat))
     m_key = MASK_STATS[mask_stat]
+    if static_only and thres_s is not None:
+        raise ConfigError('static_only makes every kept channel static; thres_s does not apply')
+
+    def finish(masks):
+        return {n: (m, np.zeros_like(m)) for n, (m, _) in masks.items()} if static_only else masks
     if any(m_key not in st for st in stats.values()):
         raise ConfigError("mask_stat %r needs statistics with %r (collect_gate_statistics)" % (mask_stat, m_key))
     if int(channel_multiple) != channel_multiple or channel_multiple < 1:
         raise ConfigError('channel_multiple must be an integer >= 1, got %r' % (channel_multiple,))
     result = dict(quantile=None, thres_m=thres_m, thres_s=thres_s, macs=None, macs_budget=macs_budget,
-                  channel_multiple=int(channel_multiple), mask_stat=mask_stat)
+                  channel_multiple=int(channel_multiple), mask_stat=mask_stat, static_only=bool(static_only))
     base = plain_macs(net, input_shape) if net is not None else None
     if macs_budget is None:
         tm = 0.5 if thres_m is None else float(thres_m)
@@ -346,7 +356,7 @@ def select_masks(stats, thres_m=None, thres_s=None, macs_budget=None, net=None, 
         for name, st in stats.items():
             m = _aligned((st[m_key] > tm).astype(np.float64), st[m_key], name, min_channels, channel_multiple)
             masks[name] = (m, m * (st['var'] > ts).astype(np.float64))
-        result.update(masks=masks, thres_m=tm, thres_s=ts)
+        result.update(masks=finish(masks), thres_m=tm, thres_s=None if static_only else ts)
     else:
         budget = float(macs_budget)
         if not 0 < budget <= 1:
@@ -357,7 +367,7 @@ def select_masks(stats, thres_m=None, thres_s=None, macs_budget=None, net=None, 
             raise ConfigError('pass either thresholds (thres_m/thres_s) or macs_budget, not both')
 
         def cost(q):
-            masks = _masks_for_quantile(stats, q, scope, min_channels, channel_multiple, m_key)
+            masks = finish(_masks_for_quantile(stats, q, scope, min_channels, channel_multiple, m_key))
             return afs_macs(net, input_shape, masks=masks, base=base)[budget_on], masks
 
         target = budget * base['total']
@@ -414,12 +424,12 @@ def apply_masks(net, masks, stats=None, gamma_from_mean=True):
 
 def update_masks(net, holdout, thres_m=None, thres_s=None, macs_budget=None, input_shape=(1, 3, 224, 224),
                  scope='layer', budget_on='expected', gamma_from_mean=True, min_channels=1, ctx=None,
-                 max_batches=None, log=None, channel_multiple=1, mask_stat='gate'):
+                 max_batches=None, log=None, channel_multiple=1, mask_stat='gate', static_only=False):
     """Statistics on ``holdout`` (a :class:`TrainHoldout`) -> :func:`select_masks` ->
     :func:`apply_masks`. Returns the selection dict (with ``stats``)."""
     stats = collect_gate_statistics(net, holdout, ctx=ctx, max_batches=max_batches)
     sel = select_masks(stats, thres_m, thres_s, macs_budget, net, input_shape, scope, budget_on, min_channels,
-                       channel_multiple=channel_multiple, mask_stat=mask_stat)
+                       channel_multiple=channel_multiple, mask_stat=mask_stat, static_only=static_only)
     apply_masks(net, sel['masks'], stats, gamma_from_mean)
     sel['stats'] = stats
     if log:
@@ -511,7 +521,7 @@ def _checked_resume_state(resume, phase1_epochs):
 def selection_summary(selection, holdout=None, mask_options=None):
     """A JSON-able summary of a :func:`select_masks` result (no masks, no per-layer rows)."""
     out = {k: selection.get(k) for k in ('thres_m', 'thres_s', 'quantile', 'macs_budget', 'channel_multiple',
-                                         'mask_stat')}
+                                         'mask_stat', 'static_only')}
     for k, v in (mask_options or {}).items():
         if k not in out and isinstance(v, (str, int, float, type(None))):
             out[k] = v
@@ -580,9 +590,11 @@ def format_afds_report(rep):
 # ---------------------------------------------------------------------- train_transfer.py
 # ``--afs`` options that have a default only with --afs (None otherwise, so a stray one is an error).
 AFS_DEFAULTS = dict(afs_density=0.9, afs_phase1_density=1.0, afs_gate_lr_mult=0.1, mask_scope='layer',
-                    holdout_fraction=0.1, afs_gate_norm='l2', afs_channel_multiple=16, mask_stat='gate')
+                    holdout_fraction=0.1, afs_gate_norm='l2', afs_channel_multiple=16, mask_stat='gate',
+                    afs_static_only=False)
 AFS_ONLY = ('afs_density', 'afs_phase1_epochs', 'afs_phase1_density', 'afs_gate_lr_mult', 'thres_m', 'thres_s',
-            'macs_budget', 'mask_scope', 'holdout_fraction', 'afs_gate_norm', 'afs_channel_multiple', 'mask_stat')
+            'macs_budget', 'mask_scope', 'holdout_fraction', 'afs_gate_norm', 'afs_channel_multiple', 'mask_stat',
+            'afs_static_only')
 _FLAGS = {'afs_density': '--density'}
 
 
@@ -645,6 +657,8 @@ def resolve_afds_args(args):
         raise ConfigError('--holdout-fraction must be in (0, 1), got %r' % args.holdout_fraction)
     if args.afs_gate_lr_mult < 0:
         raise ConfigError('--afs-gate-lr-mult must be >= 0, got %r' % args.afs_gate_lr_mult)
+    if args.afs_static_only and args.thres_s is not None:
+        raise ConfigError('--afs-static-only makes every kept channel static; --thres-s does not apply')
     if args.afs_channel_multiple < 1:
         raise ConfigError('--afs-channel-multiple must be >= 1 (1 = no rounding), got %r' % args.afs_channel_multiple)
     if args.afs_phase1_epochs is not None and args.afs_phase1_epochs < 1:
@@ -700,7 +714,8 @@ def run_afds(engine, args, holdout, log):
     table and ``SAVE_DIR/afds_report.json`` / ``afds_masks.json``."""
     shape = (1, 3, int(args.input_size), int(args.input_size))
     options = dict(thres_m=args.thres_m, thres_s=args.thres_s, macs_budget=args.macs_budget, scope=args.mask_scope,
-                   channel_multiple=args.afs_channel_multiple, mask_stat=args.mask_stat)
+                   channel_multiple=args.afs_channel_multiple, mask_stat=args.mask_stat,
+                   static_only=args.afs_static_only)
     # what rebuilding the network from a checkpoint needs besides its weights (bench_afds.py --exported)
     engine.run_info.setdefault('afds', {})['gate_input_norm'] = args.afs_gate_norm
     result = afds_schedule(engine, holdout, phase1_epochs=args.afs_phase1_epochs,

@@ -617,6 +617,10 @@ def add_afds_args(parser):
                    help='--afs: what ranks channels for pruning (m) and what --thres-m compares with: the mean gate '
                         'value (gate, the paper; default) or the mean gated activation the next layer receives '
                         '(activation: ranks channels even when the gates stayed near their identity start)')
+    g.add_argument('--afs-static-only', action='store_const', const=True, default=None,
+                   help='--afs: make every kept channel static (s = 0, a learned constant folded into BN): the '
+                        'pruned export is a plain narrower ResNet without runtime gates, the fast form on CPUs '
+                        '(which compute WTA-skipped channels anyway); the budget then counts static MACs')
     g.add_argument('--afs-channel-multiple', type=int, default=None, metavar='Q',
                    help='--afs: round the channels kept after conv1/conv2 of each bottleneck up to a multiple of Q '
                         '(default 16: oneDNN CPU kernels work on blocks of 16/8 channels, so the pruned export gets '

@@ -258,3 +258,26 @@ def test_channel_multiple_rounds_the_removable_widths(q, rng):
                 assert m.sum() % q == 0 or m.sum() == len(m), (name, m.sum())
     with pytest.raises(ConfigError, match='channel_multiple must be an integer >= 1'):
         select_masks(stats, thres_m=0.5, channel_multiple=0)
+
+
+def test_static_only_selection_leaves_no_runtime_gate(rng):
+    from gluon_transfer.prune import prune_afs
+    net = _net(density=0.9)
+    stats = _fake_stats(net, rng)
+    sel = select_masks(stats, macs_budget=0.5, net=net, input_shape=(1, 3, 64, 64), static_only=True,
+                       channel_multiple=8)
+    assert sel['static_only'] and all(s.sum() == 0 and m.sum() >= 1 for m, s in sel['masks'].values())
+    mc = sel['macs']
+    assert mc['static'] == mc['expected'] <= 0.5 * mc['baseline']
+    # the same m as a dynamic selection at the quantile found (only s differs)
+    plain = select_masks(stats, thres_m=0.5, thres_s=0.05)
+    only = select_masks(stats, thres_m=0.5, static_only=True)
+    for name in stats:
+        np.testing.assert_array_equal(only['masks'][name][0], plain['masks'][name][0])
+    apply_masks(net, sel['masks'], stats)
+    pruned = prune_afs(net)
+    assert not any(any(b['gated']) for b in pruned._config['block_config'])     # a plain narrower ResNet
+    x = mx.nd.array(rng.uniform(-1, 1, (2, 3, 32, 32)))
+    np.testing.assert_allclose(pruned(x).asnumpy(), net(x).asnumpy(), rtol=1e-4, atol=1e-5)
+    with pytest.raises(ConfigError, match='thres_s does not apply'):
+        select_masks(stats, thres_m=0.5, thres_s=0.1, static_only=True)

@@ -88,7 +88,7 @@ def test_flags_parse_and_validate(task_dir, tmp_path):
     args = resolve_args(parse('--reg', 'afd', '--afs', '--afd-norm', 'l2', '--afd-predictor', 'joint'), num_train=30)
     assert (args.afs_density, args.afs_phase1_density, args.afs_gate_lr_mult, args.mask_scope,
             args.holdout_fraction, args.afs_gate_norm, args.afs_channel_multiple,
-            args.mask_stat) == (0.9, 1.0, 0.1, 'layer', 0.1, 'l2', 16, 'gate')
+            args.mask_stat, args.afs_static_only) == (0.9, 1.0, 0.1, 'layer', 0.1, 'l2', 16, 'gate', False)
     reg = FineTune().make_regularizer(args, 4)
     assert (reg.lam, reg.norm, reg.mode) == (0.01, 'l2', 'joint')
 
@@ -229,6 +229,9 @@ def test_errors_are_one_line(task_dir, tmp_path, capsys):
         (a('--density', '0.5', '--holdout-fraction', '0.2'), '--density, --holdout-fraction: only used with --afs'),
         (a('--afs-gate-norm', 'none'), '--afs-gate-norm: only used with --afs'),
         (a('--mask-stat', 'activation'), '--mask-stat: only used with --afs'),
+        (a('--afs-static-only'), '--afs-static-only: only used with --afs'),
+        (a('--afs', '--afs-static-only', '--thres-m', '0.5', '--thres-s', '0.1'),
+         '--afs-static-only makes every kept channel static; --thres-s does not apply'),
         (a('--afs', '--afs-channel-multiple', '0'), '--afs-channel-multiple must be >= 1 (1 = no rounding), got 0'),
         (a('--afs', '--density', '0'), '--density must be in (0, 1], got 0.0'),
         (a('--afs', '--holdout-fraction', '1'), '--holdout-fraction must be in (0, 1), got 1.0'),
