@@ -16,7 +16,13 @@ Procedure (transfer-methods.md §3.2; the reproduction's ``update_afs`` fixed):
        mean_c  = E_x[pi_c(x)]            var_c = E_x[pi_c(x)^2] - mean_c^2   (population)
 
    (The reproduction averaged per batch and took the variance over batch means; we use
-   samples, which is what "varies across inputs" means for a per-sample gate.)
+   samples, which is what "varies across inputs" means for a per-sample gate.) Also
+   ``act_c = E_x[mean_hw relu(pi_c(x) y_c(x))]`` (``|.|`` instead of ``relu`` after conv3,
+   whose output goes to the residual add): the gated activation the next layer receives,
+   the ranking of ``mask_stat='activation'``. Why offer it: the gates start at the
+   identity (value 1) and, at fine-tuning learning rates, move little (CIFAR task: gate
+   means 1.0000 +- 3e-5 after phase 1), so ``pi`` ranks channels by near-ties; ``act``
+   ranks them by what pruning removes.
 3. **Selection** (:func:`select_masks`): ``m_c = [mean_c > thres_m]``,
    ``s_c = m_c [var_c > thres_s]`` (absolute thresholds, the reproduction's 0.5 defaults),
    or a **MACs budget**: for a shared quantile ``q`` the ``floor(q C)`` channels with the
@@ -28,7 +34,10 @@ Procedure (transfer-methods.md §3.2; the reproduction's ``update_afs`` fixed):
    ``min_channels`` (1) channel with ``m = 1`` (the largest means). The MACs are not
    exactly monotone in ``q`` (a channel turning static raises ``ceil(d n)``), so the
    bisection returns *a* ``q`` meeting the budget, not always the smallest one; the
-   achieved MACs are reported.
+   achieved MACs are reported. ``channel_multiple`` rounds the kept counts after conv1
+   and conv2 (the widths the pruned export really has) up to a multiple (CLI default 16,
+   oneDNN's channel block) inside the search; ``static_only`` sets ``s = 0`` for every
+   kept channel (no runtime gates in the export).
 4. **Apply** (:func:`apply_masks`): write ``m``, ``s``; a channel turning static gets
    ``gamma_c = mean_c`` (``gamma_from_mean``) so its multiplier starts at its average gate
    value; ``gamma`` keeps training in phase 2.
