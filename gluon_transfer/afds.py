@@ -401,7 +401,7 @@ def select_masks(stats, thres_m=None, thres_s=None, macs_budget=None, net=None, 
         pm = np.concatenate(pruned_means)
         sv = np.concatenate(static_vars)
         result.update(masks=best, quantile=hi, thres_m=float(pm.max()) if pm.size else None,
-                      thres_s=float(sv.max()) if sv.size else None)
+                      thres_s=float(sv.max()) if sv.size and not static_only else None)
     if net is not None:
         result['macs'] = afs_macs(net, input_shape, masks=result['masks'], base=base)
     return result

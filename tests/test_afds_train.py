@@ -209,6 +209,21 @@ def test_raw_gate_input_through_the_script(task_dir, tmp_path):
 
 
 @pytest.mark.slow
+def test_static_only_activation_selection_through_the_script(task_dir, tmp_path):
+    from gluon_transfer.prune import prune_afs
+    engine, _ = _run(_argv(task_dir, tmp_path, '--reg', 'afd', '--afs', '--afs-static-only', '--mask-stat', 'activation',
+                           '--macs-budget', '0.5', '--max-iter', '14'))
+    masks = json.loads((tmp_path / 'afds_masks.json').read_text())
+    rep = json.loads((tmp_path / 'afds_report.json').read_text())
+    sel = masks['selection']
+    assert (sel['static_only'], sel['mask_stat'], sel['thres_s']) == (True, 'activation', None)
+    assert all(sum(v['s']) == 0 and sum(v['m']) >= 1 for v in masks['masks'].values())
+    assert rep['dynamic'] == 0 and rep['static'] == rep['expected'] <= 0.5 * rep['baseline']
+    pruned = prune_afs(engine.net)
+    assert not any(any(b['gated']) for b in pruned._config['block_config'])      # no runtime gate left
+
+
+@pytest.mark.slow
 def test_reg_afd_without_afs(task_dir, tmp_path):
     engine, _ = _run(_argv(task_dir, tmp_path, '--reg', 'afd', '--afd-norm', 'l2', '--max-iter', '2'))
     assert type(engine.net).__name__ == 'ResNetV1b' and engine.task.regs[0].norm == 'l2'
