@@ -270,7 +270,7 @@ def removable(name):
 def _aligned(m, mean, name, min_channels, channel_multiple):
     """``m`` with at least ``min_channels`` kept and, for a :func:`removable` gate, the kept
     count rounded up to a multiple of ``channel_multiple`` (capped at the width): channels
-    are added back in order of decreasing mean gate value."""
+    are added back in order of decreasing ``mean`` (the ranking statistic, see ``mask_stat``)."""
     keep = max(int(m.sum()), min(int(min_channels), len(m)))
     q = int(channel_multiple)
     if q > 1 and removable(name):
