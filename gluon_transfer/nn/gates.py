@@ -185,7 +185,8 @@ class AFSGate(HybridBlock):
             g = F.broadcast_div(g, F.sqrt(F.sum(F.square(g), axis=1, keepdims=True)) + GATE_NORM_EPS)
         return F.relu(self.fc(g))
 
-    def multiplier(self, F, x, gamma, mask_m, mask_s, wta_density, y=None):
+    def multiplier(self, F, x, y, gamma, mask_m, mask_s, wta_density):
+        """The per-sample channel multiplier (N, C_out) for conv input ``x`` and ``y = BN(conv(x))``."""
         h = self.gate_values(F, x)
         dyn = mask_m * mask_s
         if self.collecting is not None and F is mx.nd:
@@ -201,7 +202,7 @@ class AFSGate(HybridBlock):
     def hybrid_forward(self, F, x, y, gamma, mask_m, mask_s, wta_density):
         if not self.enabled:
             return y
-        mult = self.multiplier(F, x, gamma, mask_m, mask_s, wta_density, y)
+        mult = self.multiplier(F, x, y, gamma, mask_m, mask_s, wta_density)
         return F.broadcast_mul(y, mult.reshape((0, 0, 1, 1)))
 
     def __repr__(self):
