@@ -114,11 +114,14 @@ def test_bad_input_errors(tmp_path, fakes):
 
 
 def test_real_sections_all_take_json():
-    """Every section the suite runs by default is a bench script that exists (bench_aff.py may
-    lack --json until the AFF rewrite lands: the suite then reports it as skipped)."""
+    """Every section the suite runs by default is a bench script that exists and declares
+    ``--json`` through bench.common.add_json_arg (a section without it is skipped by the suite)."""
     here = os.path.dirname(run_all.__file__)
     for name, script, quick, full, what in run_all.SECTIONS:
-        assert os.path.isfile(os.path.join(here, script)), script
+        path = os.path.join(here, script)
+        assert os.path.isfile(path), script
+        with open(path) as f:
+            assert 'add_json_arg(' in f.read(), script
         assert what
 
 
