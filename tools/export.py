@@ -9,10 +9,11 @@ prints what it did. By default the graph is partitioned for the oneDNN (``MKLDNN
 (``optimize_for``: conv+BN+ReLU+add fused; the fastest CPU inference path, see bench/README.md)
 and kept only if its outputs match the plain graph; ``--no-optimize`` exports the plain graph
 (needed to load it in an MXNet build without MKLDNN). The ONNX file is always converted from the
-plain graph (the fused operators have no ONNX equivalent). ``--prune`` (AFS networks, AFDS): statically pruned channels are removed
-and static channels folded into BN first (gluon_transfer/prune.py; checked equal to the
-gated network), and the pruned Gluon network is also written as ``<out>-pruned.params``
-plus ``<out>-pruned.json`` (its constructor arguments). Errors are one line (``error: ...``, exit status 2).
+plain graph (the fused operators have no ONNX equivalent). ``--prune`` (AFS networks, AFDS):
+statically pruned channels are removed and static channels folded into BN first
+(gluon_transfer/prune.py; checked equal to the gated network), and the pruned Gluon network is
+also written as ``<out>-pruned.params`` plus ``<out>-pruned.json`` (its constructor arguments).
+Errors are one line (``error: ...``, exit status 2).
 """
 import argparse
 import ast
