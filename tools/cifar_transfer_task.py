@@ -53,6 +53,9 @@ def subset_split(src_prefix, out_prefix, classes, per_class=None):
             taken[c] += 1
     w.close()
     if per_class is not None and min(taken) < per_class:
+        for e in ('rec', 'idx'):
+            if os.path.exists(tmp[e]):
+                os.remove(tmp[e])
         raise SystemExit('error: %s has fewer than %d records of some class: %s' % (info.rec, per_class, taken))
     write_lst(tmp['lst'], rows)
     for e in ('rec', 'idx', 'lst'):
@@ -66,9 +69,9 @@ def main(argv=None):
     p.add_argument('--out', default='runs/cifar_transfer')
     p.add_argument('--source-classes', default='0,1,2,3,4')
     p.add_argument('--target-classes', default='5,6,7,8,9')
-    p.add_argument('--target-train-per-class', type=int, default=200)
-    p.add_argument('--target-val-per-class', type=int, default=200)
-    p.add_argument('--source-train-per-class', type=int, default=2000)
+    p.add_argument('--target-train-per-class', type=int, default=200, help='0: every record of the class')
+    p.add_argument('--target-val-per-class', type=int, default=200, help='0: every record of the class')
+    p.add_argument('--source-train-per-class', type=int, default=2000, help='0: every record of the class')
     p.add_argument('--train-source', action='store_true', help='also train the source network')
     p.add_argument('--source-model', default='resnet18_v1b')
     p.add_argument('--source-epochs', type=int, default=3)
@@ -86,9 +89,10 @@ def main(argv=None):
             done = all(os.path.isfile(os.path.join(d, s + '.rec')) for s in ('train', 'val'))
             if not done:
                 per = args.target_train_per_class if task == 'target' else args.source_train_per_class
-                n_train = subset_split(os.path.join(args.src, 'train'), os.path.join(d, 'train'), classes, per)
+                n_train = subset_split(os.path.join(args.src, 'train'), os.path.join(d, 'train'), classes,
+                                       per or None)
                 n_val = subset_split(os.path.join(args.src, 'val'), os.path.join(d, 'val'), classes,
-                                     args.target_val_per_class if task == 'target' else None)
+                                     (args.target_val_per_class or None) if task == 'target' else None)
                 with open(os.path.join(d, 'classes.txt'), 'w') as f:
                     f.write(''.join(names[c] + '\n' for c in classes))
                 print('%s: %s; %d train, %d val records' % (task, ', '.join(names[c] for c in classes), n_train, n_val))
