@@ -377,19 +377,35 @@ def test_subset_counts_rule_and_determinism():
         class_balanced_subset(labels, keys, 0.0)
 
 
-def test_train_fraction_cache(tmp_path):
+def test_train_fraction_cache(tmp_path, monkeypatch):
     from data_helpers import write_rec
     d = str(tmp_path / 'd')
     os.makedirs(d)
     write_rec(os.path.join(d, 'train'), 20, label_of=lambda i: i % 2)
     write_rec(os.path.join(d, 'val'), 4, label_of=lambda i: i % 2)
+    listing = sorted(os.listdir(d))
+    cache = str(tmp_path / 'cache')
+    monkeypatch.setenv('GLUON_TRANSFER_CACHE', cache)
     a = build_data('transfer', data_dir=d, batch_size=2, input_size=8, train_fraction=0.3, fraction_seed=1)
-    assert a.num_train == 6 and a.train.rec == os.path.join(d, 'subsets', 'train_f0.3_s1.rec')
+    tag = hashlib.sha1(os.path.join(d, 'train.rec').encode()).hexdigest()[:12]
+    assert a.num_train == 6 and a.train.rec == os.path.join(cache, 'subsets', tag, 'train_f0.3_s1.rec')
+    assert sorted(os.listdir(d)) == listing                  # nothing written into the data folder
     mtime = os.path.getmtime(a.train.rec)
     b = build_data('transfer', data_dir=d, batch_size=2, input_size=8, train_fraction=0.3, fraction_seed=1)
     assert os.path.getmtime(b.train.rec) == mtime and list(b.train.info.keys) == list(a.train.info.keys)
     labels = [int(x) for x in a.train.info.labels]
     assert sorted(labels) == [0, 0, 0, 1, 1, 1]
+    # a changed source (other size/mtime) rebuilds the cached subset: 30 records, 9 of them kept
+    write_rec(os.path.join(d, 'train'), 30, label_of=lambda i: i % 2)
+    c = build_data('transfer', data_dir=d, batch_size=2, input_size=8, train_fraction=0.3, fraction_seed=1)
+    assert c.train.rec == a.train.rec and c.num_train == 10 and sorted(c.train.info.labels.tolist()) == [0] * 5 + [1] * 5
+    # without GLUON_TRANSFER_CACHE: ~/.cache/gluon_transfer/subsets
+    monkeypatch.delenv('GLUON_TRANSFER_CACHE')
+    monkeypatch.setenv('HOME', str(tmp_path / 'home'))
+    e = build_data('transfer', data_dir=d, batch_size=2, input_size=8, train_fraction=0.5)
+    assert e.train.rec == os.path.join(str(tmp_path / 'home'), '.cache', 'gluon_transfer', 'subsets', tag,
+                                       'train_f0.5_s0.rec')
+    assert sorted(os.listdir(d)) == listing
     with pytest.raises(ConfigError, match=r'train_fraction must be in \(0, 1\]'):
         build_data('transfer', data_dir=d, train_fraction=1.5)
 
