@@ -433,16 +433,20 @@ def subset_count(n, fraction):
     return int(min(n, max(1, math.floor(f * n + fractions.Fraction(1, 2)))))
 
 
-def class_balanced_subset(labels, keys, fraction, seed=0):
+def class_balanced_subset(labels, keys, fraction, seed=0, per_class=None):
     """Positions (ascending) of a class-balanced subset: for each class ``c`` with members
     sorted by key, a permutation drawn from ``SeedSequence([seed, c])`` and its first
-    :func:`subset_count` entries. The same permutation serves every fraction, so for one
+    :func:`subset_count` entries (or ``min(n_c, per_class)`` with ``per_class``; ``fraction``
+    is then ignored and may be None). The same permutation serves every fraction, so for one
     seed a smaller fraction's subset lies inside a larger one's (15 % in 30 % in 50 %)."""
     labels = np.asarray(labels)
     keys = np.asarray(keys)
     if labels.ndim != 1 or len(labels) != len(keys):
         raise ValueError('labels and keys must be 1-D arrays of the same length')
-    if not 0 < float(fraction) <= 1:
+    if per_class is not None:
+        if int(per_class) != per_class or per_class < 1:
+            raise ConfigError('per_class must be a positive integer, got %r' % (per_class,))
+    elif fraction is None or not 0 < float(fraction) <= 1:
         raise ConfigError('fraction must be in (0, 1], got %r' % (fraction,))
     lab = np.round(labels).astype(np.int64)
     chosen = []
@@ -451,7 +455,8 @@ def class_balanced_subset(labels, keys, fraction, seed=0):
         members = members[np.argsort(keys[members], kind='stable')]
         ss = np.random.SeedSequence([int(seed) & 0xffffffff, int(c) & 0xffffffff])
         perm = np.random.RandomState(ss.generate_state(4)).permutation(len(members))
-        chosen.append(members[perm[:subset_count(len(members), fraction)]])
+        k = min(len(members), int(per_class)) if per_class is not None else subset_count(len(members), fraction)
+        chosen.append(members[perm[:k]])
     return np.sort(np.concatenate(chosen)) if chosen else np.zeros(0, np.int64)
 
 

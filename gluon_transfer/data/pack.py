@@ -52,7 +52,7 @@ import numpy as np
 from ..errors import DataError
 
 __all__ = ['IMAGE_EXTS', 'PackReport', 'CorruptImagesError', 'list_image_folder', 'read_lst', 'write_lst',
-           'pack', 'read_classes']
+           'pack', 'read_classes', 'check_overwrite']
 
 IMAGE_EXTS = ('.jpg', '.jpeg', '.png', '.bmp', '.ppm', '.pgm', '.pbm', '.tif', '.tiff', '.webp')
 _MANIFEST_VERSION = 1
@@ -220,9 +220,14 @@ def _write_manifest(prefix, manifest):
     os.replace(tmp, prefix + '.pack.json')
 
 
-def _check_ownership(prefix, source, class_names, out_dir):
-    """DataError naming the first existing output that another source (or something other
-    than :func:`pack`) wrote; see the module docstring."""
+def check_overwrite(prefix, source, class_names=None):
+    """Raise :class:`DataError` naming the first existing output of ``pack(source, prefix)``
+    that another source (or something other than :func:`pack`) wrote: ``PREFIX.rec/.idx/.lst``
+    without a manifest naming ``source``, or a ``classes.txt`` beside them with other names
+    than ``class_names`` (None: not checked). What :func:`pack` checks before writing, unless
+    ``force``."""
+    source = os.path.abspath(source)
+    out_dir = os.path.dirname(os.path.abspath(prefix))
     man = _read_manifest(prefix)
     ours = man is not None and man['key'].get('source') == source
     if not ours:
@@ -310,7 +315,7 @@ def pack(source, prefix, resize=0, quality=95, workers=2, root=None, classes=Non
                     'list_digest': _digest([r[1:] for r in rows])}
     out_dir = os.path.dirname(os.path.abspath(prefix))
     if not force:
-        _check_ownership(prefix, source, class_names, out_dir)
+        check_overwrite(prefix, source, class_names)
         newest = max([os.path.getmtime(source)] + [_mtime(p) for p in paths])
         done = _reuse(prefix, manifest_key, newest)
         if done is not None:
