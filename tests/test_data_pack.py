@@ -194,3 +194,17 @@ def test_pack_strict_mode_lists_corrupt_images_and_writes_nothing(tmp_path):
     assert loose.written == 6 and len(loose.skipped) == 2
     with pytest.raises(CorruptImagesError, match='the existing .*o.rec was packed without them'):
         pack(str(tmp_path / 'imgs'), str(tmp_path / 'o'), workers=1, skip_corrupt=False)
+
+
+def test_pack_keeps_an_input_list_named_like_its_output(tmp_path):
+    # im2rec's convention: PREFIX.lst is the input and PREFIX.rec/.idx go beside it
+    files = make_tree(str(tmp_path / 'imgs'), per_class=1)
+    lst = tmp_path / 'imgs' / 'train.lst'
+    with open(lst, 'w') as f:
+        for i, rel in enumerate(sorted(files)):
+            f.write('%d\t%d\t%s\n' % (5 + i, i, rel))
+    before = _bytes(lst)
+    rep = pack(str(lst), str(tmp_path / 'imgs' / 'train'), workers=1)      # no force needed
+    assert rep.written == 3 and _bytes(lst) == before
+    assert sorted(read_all(str(tmp_path / 'imgs' / 'train'))) == [5, 6, 7]
+    assert pack(str(lst), str(tmp_path / 'imgs' / 'train'), workers=1).reused

@@ -5,7 +5,8 @@ Layout written for ``PREFIX`` (standard MXNet RecordIO, readable by ``ImageRecor
     PREFIX.rec        records: IRHeader(flag=0, label, id=key, 0) + encoded image
                       (flag = number of labels and a float array when a .lst row has several)
     PREFIX.idx        "key<TAB>offset" per record
-    PREFIX.lst        "key<TAB>label<TAB>relpath" for every record written (same order)
+    PREFIX.lst        "key<TAB>label<TAB>relpath" for every record written (same order;
+                      when the input is PREFIX.lst itself, it is left as it is)
     PREFIX.pack.json  manifest: options, counts, skipped files; written last
     classes.txt       class names, one per line, label = line number (folder input only;
                       next to PREFIX.rec)
@@ -232,7 +233,7 @@ def check_overwrite(prefix, source, class_names=None):
     ours = man is not None and man['key'].get('source') == source
     if not ours:
         for path in _outputs(prefix):
-            if os.path.exists(path):
+            if os.path.exists(path) and os.path.abspath(path) != source:
                 why = ('was packed from %s' % man['key'].get('source')) if man is not None else \
                     'was not written by this packer (no %s)' % os.path.basename(prefix + '.pack.json')
                 raise DataError('%s exists and %s; refusing to overwrite it (pass --force / force=True, '
@@ -325,7 +326,9 @@ def pack(source, prefix, resize=0, quality=95, workers=2, root=None, classes=Non
             return done
 
     os.makedirs(out_dir, exist_ok=True)
-    tmp = {ext: '%s.%s.part' % (prefix, ext) for ext in ('rec', 'idx', 'lst')}
+    # PREFIX.lst as the input (im2rec's convention) is kept as the user wrote it
+    exts = ('rec', 'idx') if os.path.abspath(prefix + '.lst') == source else ('rec', 'idx', 'lst')
+    tmp = {ext: '%s.%s.part' % (prefix, ext) for ext in exts}
     tasks = [(p, int(resize or 0), quality) for p in paths]
     written_rows, skipped = [], []
     writer = mx.recordio.MXIndexedRecordIO(tmp['idx'], tmp['rec'], 'w')
@@ -369,11 +372,12 @@ def pack(source, prefix, resize=0, quality=95, workers=2, root=None, classes=Non
             raise _corrupt_error(source, len(rows), skipped, 'nothing was written to %s.rec' % prefix)
         raise DataError('%s: none of the %d images could be packed (first: %s: %s)'
                         % (source, len(rows), skipped[0][0], skipped[0][1]))
-    write_lst(tmp['lst'], written_rows)
+    if 'lst' in tmp:
+        write_lst(tmp['lst'], written_rows)
     manifest = {'key': manifest_key, 'written': len(written_rows), 'skipped': skipped,
                 'classes': class_names, 'rec_bytes': os.path.getsize(tmp['rec']), 'complete': False}
     _write_manifest(prefix, manifest)          # claims the outputs before they are replaced
-    for ext in ('rec', 'idx', 'lst'):
+    for ext in exts:
         os.replace(tmp[ext], '%s.%s' % (prefix, ext))
     if class_names is not None:
         ctmp = os.path.join(out_dir, 'classes.txt.part%d' % os.getpid())
