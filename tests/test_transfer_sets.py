@@ -418,7 +418,8 @@ def test_train_fraction_cache(tmp_path, monkeypatch):
     # a changed source (other size/mtime) rebuilds the cached subset: 30 records, 9 of them kept
     write_rec(os.path.join(d, 'train'), 30, label_of=lambda i: i % 2)
     c = build_data('transfer', data_dir=d, batch_size=2, input_size=8, train_fraction=0.3, fraction_seed=1)
-    assert c.train.rec == a.train.rec and c.num_train == 10 and sorted(c.train.info.labels.tolist()) == [0] * 5 + [1] * 5
+    assert c.train.rec == a.train.rec and c.num_train == 10
+    assert sorted(c.train.info.labels.tolist()) == [0] * 5 + [1] * 5
     # without GLUON_TRANSFER_CACHE: ~/.cache/gluon_transfer/subsets
     monkeypatch.delenv('GLUON_TRANSFER_CACHE')
     monkeypatch.setenv('HOME', str(tmp_path / 'home'))
@@ -566,7 +567,8 @@ def test_out_dir_of_another_set_is_not_overwritten(tmp_path, monkeypatch):
     again = prepare_dataset('cub200', str(tmp_path / 'cub200'), out, resize=0, workers=1)     # its own: fine
     assert again['splits']['train']['records'] == 2
     man = prepare_dataset('food101', str(tmp_path / 'food101'), out, resize=0, workers=1, force=True)
-    assert man['name'] == 'food101' and read_classes(os.path.join(out, 'classes.txt')) == ['churros', 'apple_pie', 'tacos']
+    assert man['name'] == 'food101'
+    assert read_classes(os.path.join(out, 'classes.txt')) == ['churros', 'apple_pie', 'tacos']
     # a folder with a .rec or a classes.txt that no preparation wrote
     other = tmp_path / 'other'
     other.mkdir()

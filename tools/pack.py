@@ -28,7 +28,8 @@ def main(argv=None):
                    help='classes.txt fixing the label order (e.g. the train set\'s, for val)')
     p.add_argument('--no-shuffle', action='store_true', help='keep folder order (default: shuffle, seed 0)')
     p.add_argument('--seed', type=int, default=0, help='shuffle seed (default 0)')
-    p.add_argument('--force', action='store_true', help='re-pack even if outputs are up to date, and overwrite outputs or a classes.txt '
+    p.add_argument('--force', action='store_true',
+                   help='re-pack even if outputs are up to date, and overwrite outputs or a classes.txt '
                         'that another source wrote')
     p.add_argument('-q', '--quiet', action='store_true', help='no progress output')
     args = p.parse_args(argv)

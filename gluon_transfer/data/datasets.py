@@ -241,8 +241,9 @@ def build_data(preset, data_dir=None, rec_train=None, rec_val=None, batch_size=1
     ``'rand-m9-mstd0.5'`` or a :class:`~gluon_transfer.data.augment.RandAugment`),
     ``random_erasing`` (probability, pixel mode), ``train_fraction`` (``0 < F <= 1``,
     class-balanced subset chosen with ``fraction_seed``, cached under ``subset_dir``,
-    default the user cache of :func:`subset_recordio`, never the data dir), ``pipeline``: 'auto' (Python decoding for training
-    when RandAugment is on, else ImageRecordIter), 'record' (ImageRecordIter only) or
+    default the user cache of :func:`subset_recordio`, never the data dir), ``pipeline``:
+    'auto' (Python decoding for training when RandAugment is on, else ImageRecordIter),
+    'record' (ImageRecordIter only) or
     'python' (Python decoding for training and evaluation; ``num_workers`` processes).
     ``pad_mode``: how pad/crop presets (CIFAR) pad before the random crop: 'constant'
     (``fill_value``, as ImageRecordIter) or 'reflect' (the attention-transfer reference's

@@ -7,7 +7,7 @@ Layout written for ``PREFIX`` (standard MXNet RecordIO, readable by ``ImageRecor
     PREFIX.idx        "key<TAB>offset" per record
     PREFIX.lst        "key<TAB>label<TAB>relpath" for every record written (same order;
                       when the input is PREFIX.lst itself, it is left as it is)
-    PREFIX.pack.json  manifest: options, counts, skipped files; written last
+    PREFIX.pack.json  manifest: source, options, counts, skipped files (see Resuming)
     classes.txt       class names, one per line, label = line number (folder input only;
                       next to PREFIX.rec)
 

@@ -264,8 +264,9 @@ def read_mit_indoor67(src_dir):
         SRC/TrainImages.txt  SRC/TestImages.txt       (lines "airport_inside/<file>.jpg")
 
     Classes: the sorted class folder names appearing in the lists (no official class file).
-    A few files of the archive are not decodable JPEGs in some copies; the packer skips and
-    lists them (dataset.json ``skipped``).
+    A few files of the archive are not decodable JPEGs in some copies: :func:`prepare_dataset`
+    lists them and stops; with ``skip_corrupt`` (``--skip-corrupt``) it leaves them out and
+    records them in ``dataset.json`` (``skipped``).
     """
     root = _pick_root(src_dir, ['indoorCVPR_09'], 'TrainImages.txt')
     files = _require(root, ['TrainImages.txt', 'TestImages.txt', 'Images'], INDOOR_LAYOUT)[:2]
