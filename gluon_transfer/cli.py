@@ -398,7 +398,9 @@ def add_augment_args(parser, preset=None):
     g.add_argument('--random-erasing', type=float, default=0.0, metavar='P',
                    help='random erasing probability (pixel mode, on normalised images; timm --reprob)')
     g.add_argument('--train-fraction', type=float, default=None, metavar='F',
-                   help='train on a class-balanced subset (e.g. 0.15, 0.3, 0.5 as in TLlib sample rates)')
+                   help='train on a class-balanced subset (e.g. 0.15, 0.3, 0.5 as in TLlib sample rates), '
+                        'copied once into $GLUON_TRANSFER_CACHE/subsets (default ~/.cache/gluon_transfer), '
+                        'never into the data dir')
     g.add_argument('--fraction-seed', type=int, default=0, help='seed choosing the --train-fraction subset')
     g.add_argument('--data-pipeline', default='auto', choices=['auto', 'record', 'python'],
                    help='auto: ImageRecordIter unless --randaugment or --pad-mode reflect; python: decode in Python '

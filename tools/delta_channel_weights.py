@@ -39,6 +39,8 @@ def main(argv=None):
             raise cli.ConfigError('pass --source-params FILE or --source-pretrained')
         if args.out is None and not args.data_dir:
             raise cli.ConfigError('pass --out PATH (no --data-dir to store the JSON in)')
+        # --mode auto -> hybrid/imperative as the training scripts resolve it
+        args.mode = cli.resolve_mode(args.mode, args.model, cli.resolve_ctx(args))
         out = args.out or default_channel_weights_path(args.data_dir, args.model)
         log = cli.setup_logging(args.save_dir, args.logging_file)
         if os.path.isfile(out) and not args.force:

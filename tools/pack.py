@@ -3,8 +3,10 @@
 
     python tools/pack.py ROOT_OR_LST PREFIX [--resize N] [--quality Q] [-j 2]
 
-Corrupt images are skipped and listed; see gluon_transfer/data/pack.py for the layout,
-the atomic writes and when a re-run reuses complete outputs.
+Corrupt images are skipped and listed. Existing PREFIX.rec/.idx/.lst files or a
+classes.txt that another source wrote are never overwritten without --force (re-packing
+the same source into its own prefix needs none). See gluon_transfer/data/pack.py for the
+layout, the atomic writes and when a re-run reuses complete outputs.
 """
 import argparse
 import os
@@ -26,7 +28,9 @@ def main(argv=None):
                    help='classes.txt fixing the label order (e.g. the train set\'s, for val)')
     p.add_argument('--no-shuffle', action='store_true', help='keep folder order (default: shuffle, seed 0)')
     p.add_argument('--seed', type=int, default=0, help='shuffle seed (default 0)')
-    p.add_argument('--force', action='store_true', help='re-pack even if outputs are up to date')
+    p.add_argument('--force', action='store_true',
+                   help='re-pack even if outputs are up to date, and overwrite outputs or a classes.txt '
+                        'that another source wrote')
     p.add_argument('-q', '--quiet', action='store_true', help='no progress output')
     args = p.parse_args(argv)
 

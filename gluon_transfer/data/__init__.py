@@ -15,7 +15,7 @@ from .recordio import RecordIter, RecordInfo, inspect_recordio, verify_decode, f
 from .datasets import (Preset, PRESETS, get_preset, DataBundle, build_data, record_iter_kwargs,
                        TRANSFER_DATASETS, class_balanced_subset, subset_count, subset_recordio)
 from .mixup import mixup_batch, smooth_labels, MixupSchedule
-from .pack import pack, PackReport, list_image_folder, read_lst, read_classes
+from .pack import pack, PackReport, CorruptImagesError, list_image_folder, read_lst, read_classes
 from .cifar import read_cifar_binary, pad_crop_flip
 from .augment import RandAugment, RandomErasing, ErasingIter, parse_randaugment
 from .pyrecord import PyRecordIter
@@ -24,7 +24,7 @@ from .transfer_sets import PREPARERS, SplitSpec, read_split
 __all__ = ['Batch', 'ArrayIter', 'shard_indices', 'RecordIter', 'RecordInfo', 'inspect_recordio',
            'verify_decode', 'find_bad_record', 'Preset', 'PRESETS', 'get_preset', 'DataBundle',
            'build_data', 'record_iter_kwargs', 'mixup_batch', 'smooth_labels', 'MixupSchedule',
-           'pack', 'PackReport', 'list_image_folder', 'read_lst', 'read_classes',
+           'pack', 'PackReport', 'CorruptImagesError', 'list_image_folder', 'read_lst', 'read_classes',
            'read_cifar_binary', 'pad_crop_flip', 'TRANSFER_DATASETS', 'class_balanced_subset',
            'subset_count', 'subset_recordio', 'RandAugment', 'RandomErasing', 'ErasingIter',
            'parse_randaugment', 'PyRecordIter', 'PREPARERS', 'SplitSpec', 'read_split']

@@ -37,7 +37,8 @@ Options every script gets through :func:`build_data` (``gluon_transfer.cli.add_a
 * ``random_erasing=p``: timm's pixel-mode random erasing on the normalised training batches
   (:class:`~gluon_transfer.data.augment.ErasingIter`), any pipeline.
 * ``train_fraction=F``: train on a seeded class-balanced subset (:func:`class_balanced_subset`),
-  copied once into a cache ``.rec/.idx`` (:func:`subset_recordio`), because ImageRecordIter
+  copied once into a cache ``.rec/.idx`` under ``$GLUON_TRANSFER_CACHE/subsets`` (default
+  ``~/.cache/gluon_transfer/subsets``; never the data folder; :func:`subset_recordio`), because ImageRecordIter
   needs a physical file: an ``.idx`` listing only some records of the full ``.rec`` does
   not work (measured: with records 0, 3, 6, 9 indexed out of 12, ImageRecordIter still
   yields all 12, in chunks running from each indexed offset to the next).
@@ -59,7 +60,7 @@ from .recordio import RecordIter, inspect_recordio, default_idx_path
 
 __all__ = ['Preset', 'PRESETS', 'get_preset', 'DataBundle', 'build_data', 'record_iter_kwargs',
            'resolve_data_dir', 'TRANSFER_DATASETS', 'class_balanced_subset', 'subset_count',
-           'write_record_subset', 'subset_recordio']
+           'write_record_subset', 'subset_recordio', 'default_subset_dir']
 
 CIFAR_MEAN = tuple(255.0 * m for m in (0.4914, 0.4822, 0.4465))
 CIFAR_STD = tuple(255.0 * s for s in (0.2023, 0.1994, 0.2010))
@@ -240,8 +241,9 @@ def build_data(preset, data_dir=None, rec_train=None, rec_val=None, batch_size=1
     ``'rand-m9-mstd0.5'`` or a :class:`~gluon_transfer.data.augment.RandAugment`),
     ``random_erasing`` (probability, pixel mode), ``train_fraction`` (``0 < F <= 1``,
     class-balanced subset chosen with ``fraction_seed``, cached under ``subset_dir``,
-    default ``<train dir>/subsets``), ``pipeline``: 'auto' (Python decoding for training
-    when RandAugment is on, else ImageRecordIter), 'record' (ImageRecordIter only) or
+    default the user cache of :func:`subset_recordio`, never the data dir), ``pipeline``:
+    'auto' (Python decoding for training when RandAugment is on, else ImageRecordIter),
+    'record' (ImageRecordIter only) or
     'python' (Python decoding for training and evaluation; ``num_workers`` processes).
     ``pad_mode``: how pad/crop presets (CIFAR) pad before the random crop: 'constant'
     (``fill_value``, as ImageRecordIter) or 'reflect' (the attention-transfer reference's
@@ -432,16 +434,20 @@ def subset_count(n, fraction):
     return int(min(n, max(1, math.floor(f * n + fractions.Fraction(1, 2)))))
 
 
-def class_balanced_subset(labels, keys, fraction, seed=0):
+def class_balanced_subset(labels, keys, fraction, seed=0, per_class=None):
     """Positions (ascending) of a class-balanced subset: for each class ``c`` with members
     sorted by key, a permutation drawn from ``SeedSequence([seed, c])`` and its first
-    :func:`subset_count` entries. The same permutation serves every fraction, so for one
+    :func:`subset_count` entries (or ``min(n_c, per_class)`` with ``per_class``; ``fraction``
+    is then ignored and may be None). The same permutation serves every fraction, so for one
     seed a smaller fraction's subset lies inside a larger one's (15 % in 30 % in 50 %)."""
     labels = np.asarray(labels)
     keys = np.asarray(keys)
     if labels.ndim != 1 or len(labels) != len(keys):
         raise ValueError('labels and keys must be 1-D arrays of the same length')
-    if not 0 < float(fraction) <= 1:
+    if per_class is not None:
+        if int(per_class) != per_class or per_class < 1:
+            raise ConfigError('per_class must be a positive integer, got %r' % (per_class,))
+    elif fraction is None or not 0 < float(fraction) <= 1:
         raise ConfigError('fraction must be in (0, 1], got %r' % (fraction,))
     lab = np.round(labels).astype(np.int64)
     chosen = []
@@ -450,7 +456,8 @@ def class_balanced_subset(labels, keys, fraction, seed=0):
         members = members[np.argsort(keys[members], kind='stable')]
         ss = np.random.SeedSequence([int(seed) & 0xffffffff, int(c) & 0xffffffff])
         perm = np.random.RandomState(ss.generate_state(4)).permutation(len(members))
-        chosen.append(members[perm[:subset_count(len(members), fraction)]])
+        k = min(len(members), int(per_class)) if per_class is not None else subset_count(len(members), fraction)
+        chosen.append(members[perm[:k]])
     return np.sort(np.concatenate(chosen)) if chosen else np.zeros(0, np.int64)
 
 
@@ -461,7 +468,9 @@ def write_record_subset(info, positions, prefix):
     from .recordio import read_record
     out_dir = os.path.dirname(os.path.abspath(prefix))
     os.makedirs(out_dir, exist_ok=True)
-    tmp_rec, tmp_idx = prefix + '.rec.part', prefix + '.idx.part'
+    # per-process temporary names: two runs materialising the same subset write identical
+    # bytes, so whichever rename lands last leaves a consistent pair
+    tmp_rec, tmp_idx = '%s.rec.part%d' % (prefix, os.getpid()), '%s.idx.part%d' % (prefix, os.getpid())
     writer = mx.recordio.MXIndexedRecordIO(tmp_idx, tmp_rec, 'w')
     try:
         with open(info.rec, 'rb') as f:
@@ -491,24 +500,35 @@ def _writable_dir(path):
     return os.access(path, os.W_OK | os.X_OK)
 
 
+def default_subset_dir(rec):
+    """Where :func:`subset_recordio` caches the subsets of ``rec`` by default:
+    ``$GLUON_TRANSFER_CACHE/subsets/<first 12 hex digits of SHA-1(absolute path of rec)>``,
+    with ``GLUON_TRANSFER_CACHE`` defaulting to ``~/.cache/gluon_transfer`` (the cache of the
+    fused AFF kernel). Never inside the user's data folder."""
+    src = os.path.abspath(rec)
+    root = os.environ.get('GLUON_TRANSFER_CACHE') or os.path.join(os.path.expanduser('~'), '.cache',
+                                                                  'gluon_transfer')
+    tag = hashlib.sha1(src.encode('utf-8', 'surrogateescape')).hexdigest()[:12]
+    return os.path.join(root, 'subsets', tag)
+
+
 def subset_recordio(info, fraction, seed=0, cache_dir=None):
     """:class:`RecordInfo` of the class-balanced ``fraction`` subset of ``info`` (see
     :func:`class_balanced_subset`), materialised once as
-    ``<cache_dir>/<stem>_f<F>_s<seed>.rec/.idx`` with a ``.json`` naming its source (path,
-    size, mtime, fraction, seed); a later call with the same source reuses it. Default
-    ``cache_dir``: ``subsets/`` beside the source ``.rec``, or
-    ``~/.cache/gluon_transfer/subsets/<hash of the source path>`` when that is read-only."""
+    ``<cache_dir>/<stem>_f<F>_s<seed>.rec/.idx`` with a ``.json`` recording its source's
+    identity (absolute path, size and mtime of the ``.rec``, size of the ``.idx``, fraction,
+    seed); a later call with the same identity reuses it, a changed source rebuilds it.
+    Default ``cache_dir``: :func:`default_subset_dir` (a user cache keyed by the source path;
+    nothing is written next to the source)."""
     src = os.path.abspath(info.rec)
     st = os.stat(src)
     ident = {'source': src, 'bytes': st.st_size, 'mtime_ns': st.st_mtime_ns,
              'idx_bytes': os.path.getsize(info.idx), 'fraction': float(fraction), 'seed': int(seed)}
     if cache_dir is None:
-        cache_dir = os.path.join(os.path.dirname(src), 'subsets')
-        if not _writable_dir(cache_dir):
-            tag = hashlib.sha1(src.encode('utf-8', 'surrogateescape')).hexdigest()[:12]
-            cache_dir = os.path.join(os.path.expanduser('~'), '.cache', 'gluon_transfer', 'subsets', tag)
+        cache_dir = default_subset_dir(src)
     if not _writable_dir(cache_dir):
-        raise DataError('%s: cannot create the subset cache dir (pass subset_dir)' % cache_dir)
+        raise DataError('%s: cannot create the subset cache dir (set GLUON_TRANSFER_CACHE or pass subset_dir)'
+                        % cache_dir)
     stem = os.path.splitext(os.path.basename(src))[0]
     prefix = os.path.join(cache_dir, '%s_f%s_s%d' % (stem, ('%g' % float(fraction)), int(seed)))
     meta = prefix + '.json'
@@ -524,7 +544,8 @@ def subset_recordio(info, fraction, seed=0, cache_dir=None):
             return sub
     positions = class_balanced_subset(info.labels, info.keys, fraction, seed)
     write_record_subset(info, positions, prefix)
-    with open(meta + '.part', 'w') as f:
+    tmp = '%s.part%d' % (meta, os.getpid())
+    with open(tmp, 'w') as f:
         json.dump({'ident': ident, 'records': int(len(positions))}, f, indent=1)
-    os.replace(meta + '.part', meta)
+    os.replace(tmp, meta)
     return inspect_recordio(prefix + '.rec', prefix + '.idx')

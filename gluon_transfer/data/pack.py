@@ -5,8 +5,9 @@ Layout written for ``PREFIX`` (standard MXNet RecordIO, readable by ``ImageRecor
     PREFIX.rec        records: IRHeader(flag=0, label, id=key, 0) + encoded image
                       (flag = number of labels and a float array when a .lst row has several)
     PREFIX.idx        "key<TAB>offset" per record
-    PREFIX.lst        "key<TAB>label<TAB>relpath" for every record written (same order)
-    PREFIX.pack.json  manifest: options, counts, skipped files; written last
+    PREFIX.lst        "key<TAB>label<TAB>relpath" for every record written (same order;
+                      when the input is PREFIX.lst itself, it is left as it is)
+    PREFIX.pack.json  manifest: source, options, counts, skipped files (see Resuming)
     classes.txt       class names, one per line, label = line number (folder input only;
                       next to PREFIX.rec)
 
@@ -18,7 +19,9 @@ every class) unless ``shuffle=False``; keys are 0..n-1 in record order.
 ``.lst``'s folder) keeps its order and keys.
 
 Every image is decoded (OpenCV) in a process pool; one that fails to read or decode is
-skipped, counted and listed (``PackReport.skipped``, the manifest, the CLI output). Without
+skipped, counted and listed (``PackReport.skipped``, the manifest, the CLI output), or, with
+``skip_corrupt=False``, makes the call fail with :class:`CorruptImagesError` listing every
+such image (nothing is written then; earlier complete outputs stay as they were). Without
 ``resize`` the original encoded bytes are stored; with it the shorter side is scaled to
 ``resize`` (area interpolation when shrinking, bicubic when enlarging) and re-encoded as
 JPEG with ``quality``. The parent writes records in list order to temporary ``*.part``
@@ -28,7 +31,16 @@ files and renames them at the end, so an interrupted run never leaves a truncate
 Resuming: a run whose manifest exists with the same options and file list, whose outputs
 are all present (the ``.rec`` size as recorded) and newer than every input file, returns
 the recorded report without re-packing (``force=True`` re-packs). Interrupted runs start
-over: only complete outputs are reused.
+over: only complete outputs are reused. The manifest is written (marked incomplete) before
+the outputs are renamed into place and marked complete after, so a run killed in between
+is recognised as this source's own output.
+
+Nothing unrelated is overwritten: when ``PREFIX.rec/.idx/.lst`` exist but ``PREFIX.pack.json``
+does not say they were packed from the same ``source``, or ``classes.txt`` exists with other
+class names than this source's (and than this prefix's earlier pack of it), :func:`pack`
+raises :class:`~gluon_transfer.errors.DataError` naming the file before doing any work;
+``force=True`` overwrites them. Re-packing one source into its own prefix (new options,
+newer images) needs no ``force``.
 """
 import json
 import os
@@ -40,8 +52,8 @@ import numpy as np
 
 from ..errors import DataError
 
-__all__ = ['IMAGE_EXTS', 'PackReport', 'list_image_folder', 'read_lst', 'write_lst', 'pack',
-           'read_classes']
+__all__ = ['IMAGE_EXTS', 'PackReport', 'CorruptImagesError', 'list_image_folder', 'read_lst', 'write_lst',
+           'pack', 'read_classes', 'check_overwrite']
 
 IMAGE_EXTS = ('.jpg', '.jpeg', '.png', '.bmp', '.ppm', '.pgm', '.pbm', '.tif', '.tiff', '.webp')
 _MANIFEST_VERSION = 1
@@ -70,6 +82,16 @@ class PackReport:
 
     def __repr__(self):
         return 'PackReport(%s)' % self.summary()
+
+
+class CorruptImagesError(DataError):
+    """Images that cannot be read or decoded, with ``skip_corrupt=False``. ``images`` lists
+    them as ``(relpath, reason)`` (or ``(relpath, reason, split)`` from
+    :func:`~gluon_transfer.data.transfer_sets.prepare_dataset`); the message is one line."""
+
+    def __init__(self, message, images):
+        super().__init__(message)
+        self.images = list(images)
 
 
 def read_classes(path):
@@ -183,16 +205,58 @@ def _outputs(prefix):
     return [prefix + '.rec', prefix + '.idx', prefix + '.lst']
 
 
-def _reuse(prefix, manifest_key, newest_input):
-    path = prefix + '.pack.json'
+def _read_manifest(prefix):
     try:
-        with open(path) as f:
+        with open(prefix + '.pack.json') as f:
             man = json.load(f)
     except (OSError, ValueError):
         return None
-    if man.get('key') != manifest_key:
+    return man if isinstance(man, dict) and isinstance(man.get('key'), dict) else None
+
+
+def _write_manifest(prefix, manifest):
+    tmp = '%s.pack.json.part%d' % (prefix, os.getpid())
+    with open(tmp, 'w') as f:
+        json.dump(manifest, f, indent=1)
+    os.replace(tmp, prefix + '.pack.json')
+
+
+def check_overwrite(prefix, source, class_names=None):
+    """Raise :class:`DataError` naming the first existing output of ``pack(source, prefix)``
+    that another source (or something other than :func:`pack`) wrote: ``PREFIX.rec/.idx/.lst``
+    without a manifest naming ``source``, or a ``classes.txt`` beside them with other names
+    than ``class_names`` (None: not checked). What :func:`pack` checks before writing, unless
+    ``force``."""
+    source = os.path.abspath(source)
+    out_dir = os.path.dirname(os.path.abspath(prefix))
+    man = _read_manifest(prefix)
+    ours = man is not None and man['key'].get('source') == source
+    if not ours:
+        for path in _outputs(prefix):
+            if os.path.exists(path) and os.path.abspath(path) != source:
+                why = ('was packed from %s' % man['key'].get('source')) if man is not None else \
+                    'was not written by this packer (no %s)' % os.path.basename(prefix + '.pack.json')
+                raise DataError('%s exists and %s; refusing to overwrite it (pass --force / force=True, '
+                                'or choose another output prefix)' % (path, why))
+    if class_names is None:
+        return
+    path = os.path.join(out_dir, 'classes.txt')
+    if not os.path.exists(path):
+        return
+    existing = read_classes(path)
+    if existing == list(class_names) or (ours and existing == man.get('classes')):
+        return
+    raise DataError('%s exists with other class names (%d classes, first %r; this source has %d, first %r); '
+                    'refusing to overwrite it (pass --classes %s to keep its label order, --force to replace it, '
+                    'or choose another output folder)' % (path, len(existing), existing[0] if existing else '',
+                                                          len(class_names), class_names[0], path))
+
+
+def _reuse(prefix, manifest_key, newest_input):
+    man = _read_manifest(prefix)
+    if man is None or man.get('key') != manifest_key or not man.get('complete', True):
         return None
-    outs = _outputs(prefix) + [path]
+    outs = _outputs(prefix) + [prefix + '.pack.json']
     if not all(os.path.isfile(p) for p in outs):
         return None
     if os.path.getsize(prefix + '.rec') != man.get('rec_bytes'):
@@ -204,7 +268,7 @@ def _reuse(prefix, manifest_key, newest_input):
 
 
 def pack(source, prefix, resize=0, quality=95, workers=2, root=None, classes=None,
-         shuffle=True, seed=0, force=False, progress=None, chunksize=8):
+         shuffle=True, seed=0, force=False, progress=None, chunksize=8, skip_corrupt=True):
     """Pack ``source`` (a class-per-folder directory or a ``.lst`` file) into ``prefix.*``.
 
     Parameters
@@ -218,11 +282,15 @@ def pack(source, prefix, resize=0, quality=95, workers=2, root=None, classes=Non
     root : image root for a ``.lst`` (default: the ``.lst``'s folder).
     classes : folder input only: class names (list or ``classes.txt`` path) to fix labels.
     shuffle, seed : folder input only: shuffle the record order reproducibly.
-    force : re-pack even when complete outputs are up to date.
+    force : re-pack even when complete outputs are up to date, and overwrite outputs or a
+        ``classes.txt`` that another source wrote.
     progress : callable ``(done, total, skipped, seconds)`` called as records are written.
+    skip_corrupt : True packs the images that decode and lists the others in the report;
+        False raises :class:`CorruptImagesError` listing them and writes nothing.
 
-    Returns a :class:`PackReport`. Raises :class:`DataError` for a missing/empty source or
-    when no image at all can be packed.
+    Returns a :class:`PackReport`. Raises :class:`DataError` for a missing/empty source,
+    outputs that belong to another source (without ``force``), or when no image at all can
+    be packed.
     """
     import mxnet as mx
     t0 = time.time()
@@ -246,15 +314,21 @@ def pack(source, prefix, resize=0, quality=95, workers=2, root=None, classes=Non
                     'resize': int(resize or 0), 'quality': int(quality) if resize else None,
                     'classes': class_names, 'rows': len(rows),
                     'list_digest': _digest([r[1:] for r in rows])}
+    out_dir = os.path.dirname(os.path.abspath(prefix))
     if not force:
+        check_overwrite(prefix, source, class_names)
         newest = max([os.path.getmtime(source)] + [_mtime(p) for p in paths])
         done = _reuse(prefix, manifest_key, newest)
         if done is not None:
+            if done.skipped and not skip_corrupt:
+                raise _corrupt_error(source, len(rows), done.skipped,
+                                     'the existing %s.rec was packed without them' % prefix)
             return done
 
-    out_dir = os.path.dirname(os.path.abspath(prefix))
     os.makedirs(out_dir, exist_ok=True)
-    tmp = {ext: '%s.%s.part' % (prefix, ext) for ext in ('rec', 'idx', 'lst')}
+    # PREFIX.lst as the input (im2rec's convention) is kept as the user wrote it
+    exts = ('rec', 'idx') if os.path.abspath(prefix + '.lst') == source else ('rec', 'idx', 'lst')
+    tmp = {ext: '%s.%s.part' % (prefix, ext) for ext in exts}
     tasks = [(p, int(resize or 0), quality) for p in paths]
     written_rows, skipped = [], []
     writer = mx.recordio.MXIndexedRecordIO(tmp['idx'], tmp['rec'], 'w')
@@ -290,29 +364,37 @@ def pack(source, prefix, resize=0, quality=95, workers=2, root=None, classes=Non
             pool.terminate()
             pool.join()
     writer.close()
-    if not written_rows:
+    if not written_rows or (skipped and not skip_corrupt):
         for p in tmp.values():
             if os.path.exists(p):
                 os.remove(p)
+        if written_rows:
+            raise _corrupt_error(source, len(rows), skipped, 'nothing was written to %s.rec' % prefix)
         raise DataError('%s: none of the %d images could be packed (first: %s: %s)'
                         % (source, len(rows), skipped[0][0], skipped[0][1]))
-    write_lst(tmp['lst'], written_rows)
-    for ext in ('rec', 'idx', 'lst'):
+    if 'lst' in tmp:
+        write_lst(tmp['lst'], written_rows)
+    manifest = {'key': manifest_key, 'written': len(written_rows), 'skipped': skipped,
+                'classes': class_names, 'rec_bytes': os.path.getsize(tmp['rec']), 'complete': False}
+    _write_manifest(prefix, manifest)          # claims the outputs before they are replaced
+    for ext in exts:
         os.replace(tmp[ext], '%s.%s' % (prefix, ext))
     if class_names is not None:
-        ctmp = os.path.join(out_dir, 'classes.txt.part')
+        ctmp = os.path.join(out_dir, 'classes.txt.part%d' % os.getpid())
         with open(ctmp, 'w') as f:
             f.write(''.join(c + '\n' for c in class_names))
         os.replace(ctmp, os.path.join(out_dir, 'classes.txt'))
     seconds = time.time() - t0
-    manifest = {'key': manifest_key, 'written': len(written_rows), 'skipped': skipped,
-                'classes': class_names, 'rec_bytes': os.path.getsize(prefix + '.rec'),
-                'seconds': round(seconds, 3)}
-    mtmp = prefix + '.pack.json.part'
-    with open(mtmp, 'w') as f:
-        json.dump(manifest, f, indent=1)
-    os.replace(mtmp, prefix + '.pack.json')
+    manifest.update(complete=True, seconds=round(seconds, 3))
+    _write_manifest(prefix, manifest)
     return PackReport(prefix, len(written_rows), skipped, class_names, seconds)
+
+
+def _corrupt_error(source, total, skipped, state):
+    return CorruptImagesError(
+        '%s: %d of %d images cannot be read or decoded (first: %s: %s); %s: fix or remove them, or pack '
+        'without them (skip_corrupt / --skip-corrupt)' % (source, len(skipped), total, skipped[0][0],
+                                                           skipped[0][1], state), skipped)
 
 
 def _mtime(path):

@@ -3,10 +3,14 @@
 Each reader takes the folder the user extracted the official archives into and returns a
 :class:`SplitSpec`: the image root, the class names in the official order and, per split,
 ``(label, relpath)`` rows in the official order. ``tools/prepare_dataset.py NAME SRC OUT``
-packs them into ``OUT/{train,val[,test]}.rec/.idx`` for the preset of the same name
+(:func:`prepare_dataset`) checks them against the published split sizes
+(:data:`OFFICIAL_COUNTS`) and packs them into ``OUT/train.rec`` (training), ``OUT/val.rec``
+(model selection: a seeded per-class split carved from the official training list, or
+the official val split where one exists) and ``OUT/test.rec`` (the official test split,
+for the final evaluation only) for the preset of the same name
 (:data:`gluon_transfer.data.datasets.TRANSFER_DATASETS`). Nothing is downloaded: the URLs
 in the docstrings are where the archives were published (several personal/lab mirrors
-have died over the years, peers-and-style.md §2, so none is fetched automatically).
+have died over the years, so none is fetched automatically).
 
 A missing or incomplete tree raises one :class:`~gluon_transfer.errors.DataError` line
 naming the first missing file and the expected layout. Readers are registered in
@@ -24,10 +28,27 @@ from ..registry import Registry
 from .pack import IMAGE_EXTS
 
 __all__ = ['SplitSpec', 'PREPARERS', 'read_split', 'check_images', 'prepare_dataset', 'fraction_name',
+           'OFFICIAL_COUNTS', 'check_official_counts', 'carve_validation', 'DEFAULT_VAL_FRACTION',
            'read_stanford_dogs', 'read_mit_indoor67', 'read_caltech256', 'read_cub200', 'read_food101',
            'read_stanford_cars', 'read_fgvc_aircraft', 'read_dtd']
 
 PREPARERS = Registry('dataset preparer')
+
+# Images each official split file lists, and the number of classes, as published with the
+# datasets (the papers and project pages cited in the readers' docstrings). FGVC-Aircraft's
+# "train" is its official trainval split. Caltech-256 has no split file: only its class
+# count is fixed (256 object categories; 257 with the clutter class).
+OFFICIAL_COUNTS = {
+    'stanford_dogs': {'classes': 120, 'train': 12000, 'test': 8580},
+    'mit_indoor67': {'classes': 67, 'train': 5360, 'test': 1340},
+    'cub200': {'classes': 200, 'train': 5994, 'test': 5794},
+    'food101': {'classes': 101, 'train': 75750, 'test': 25250},
+    'stanford_cars': {'classes': 196, 'train': 8144, 'test': 8041},
+    'fgvc_aircraft': {'classes': 100, 'train': 6667, 'test': 3333},
+    'dtd': {'classes': 47, 'train': 1880, 'val': 1880, 'test': 1880},
+    'caltech256_30': {'classes': 256},
+    'caltech256_60': {'classes': 256},
+}
 
 
 class SplitSpec:
@@ -36,14 +57,17 @@ class SplitSpec:
     ``name``; ``root``: folder the relpaths are relative to; ``classes``: names, label =
     index; ``splits``: ordered ``{split: [(label, relpath), ...]}`` with split names
     ``train``, ``val``, ``test`` (a set without an official val has ``train``/``test``);
-    ``split_files``: the official files the splits come from (for checksums);
-    ``protocol``: one line saying how the splits were formed.
+    ``split_files``: the official files the splits come from (their SHA-1s go into
+    ``dataset.json``); ``protocol``: one line saying how the splits were formed;
+    ``expected``: published counts (``classes`` and images per split) the official files
+    must give (default: :data:`OFFICIAL_COUNTS` of ``name``, empty when unknown).
     """
 
-    def __init__(self, name, root, classes, splits, split_files, protocol):
+    def __init__(self, name, root, classes, splits, split_files, protocol, expected=None):
         self.name, self.root, self.classes = name, root, list(classes)
         self.splits = collections.OrderedDict(splits)
         self.split_files, self.protocol = list(split_files), protocol
+        self.expected = dict(OFFICIAL_COUNTS.get(name, {}) if expected is None else expected)
 
     @property
     def num_classes(self):
@@ -100,6 +124,24 @@ def check_images(spec, layout=''):
                     os.path.join(spec.root, rel), split, ' (expected %s)' % layout if layout else ''))
 
 
+def check_official_counts(spec):
+    """Raise one DataError line listing every count of ``spec`` (classes, images per split)
+    that differs from ``spec.expected``, the published numbers: a partly extracted archive,
+    a truncated or edited split file or another release shows up here, before any packing."""
+    exp = spec.expected
+    bad = []
+    if 'classes' in exp and spec.num_classes != exp['classes']:
+        bad.append('%d classes, expected %d' % (spec.num_classes, exp['classes']))
+    for split in ('train', 'val', 'test'):
+        if split in exp and split in spec.splits and len(spec.splits[split]) != exp[split]:
+            bad.append('the official %s split lists %d images, expected %d' % (
+                split, len(spec.splits[split]), exp[split]))
+    if bad:
+        files = ', '.join(os.path.basename(p) for p in spec.split_files) or spec.root
+        raise DataError('%s in %s: %s (read from %s): not the complete official release; '
+                        'pass --no-count-check to pack it anyway' % (spec.name, spec.root, '; '.join(bad), files))
+
+
 def _lines(path):
     with open(path, encoding='utf-8') as f:
         return [ln.strip() for ln in f if ln.strip()]
@@ -117,7 +159,11 @@ def _id_value_lines(path, what):
 
 
 def _loadmat(path, **kw):
-    import scipy.io
+    try:
+        import scipy.io
+    except ImportError:
+        raise DataError('%s: reading MATLAB files needs scipy (pip install -r requirements.txt, '
+                        'or pip install scipy)' % path) from None
     try:
         return scipy.io.loadmat(path, **kw)
     except Exception as e:  # scipy raises several types for a damaged file
@@ -218,8 +264,9 @@ def read_mit_indoor67(src_dir):
         SRC/TrainImages.txt  SRC/TestImages.txt       (lines "airport_inside/<file>.jpg")
 
     Classes: the sorted class folder names appearing in the lists (no official class file).
-    A few files of the archive are not decodable JPEGs in some copies; the packer skips and
-    lists them (dataset.json ``skipped``).
+    A few files of the archive are not decodable JPEGs in some copies: :func:`prepare_dataset`
+    lists them and stops; with ``skip_corrupt`` (``--skip-corrupt``) it leaves them out and
+    records them in ``dataset.json`` (``skipped``).
     """
     root = _pick_root(src_dir, ['indoorCVPR_09'], 'TrainImages.txt')
     files = _require(root, ['TrainImages.txt', 'TestImages.txt', 'Images'], INDOOR_LAYOUT)[:2]
@@ -283,11 +330,14 @@ def read_caltech256(src_dir, per_class, seed=0, test_per_class=None, with_clutte
         train += [(label, '256_ObjectCategories/%s/%s' % (d, files[i])) for i in sorted(tr)]
         test += [(label, '256_ObjectCategories/%s/%s' % (d, files[i])) for i in sorted(te)]
     name = 'caltech256_%d' % per_class
-    return SplitSpec(name, root, [d for _, d in folders],
-                     [('train', train), ('test', test)], [],
-                     '%d train per class (seed %d), test = %s; %s' % (
-                         per_class, seed, 'last %d of the permutation' % test_per_class if test_per_class
-                         else 'the rest', 'with 257.clutter' if with_clutter else '257.clutter excluded'))
+    expected = dict(OFFICIAL_COUNTS.get(name, {}))
+    if with_clutter and 'classes' in expected:
+        expected['classes'] += 1
+    protocol = '%d train per class (seed %d), test = %s; %s' % (
+        per_class, seed, 'last %d of the permutation' % test_per_class if test_per_class else 'the rest',
+        'with 257.clutter' if with_clutter else '257.clutter excluded')
+    return SplitSpec(name, root, [d for _, d in folders], [('train', train), ('test', test)], [], protocol,
+                     expected=expected)
 
 
 @PREPARERS.register('caltech256_30')
@@ -537,22 +587,119 @@ def fraction_name(fraction):
     return 'train_%s' % ('%g' % (100.0 * float(fraction)))
 
 
+DEFAULT_VAL_FRACTION = 0.1
+
+
+def carve_validation(rows, classes, fraction=None, per_class=None, seed=0):
+    """Split the official training rows ``[(label, relpath), ...]`` into ``(train, val)``.
+
+    Per class ``c`` with ``n_c`` training images, ``k_c`` of them go to val: ``per_class``,
+    or else ``max(1, floor(F n_c + 1/2))`` for ``F = fraction`` (default
+    :data:`DEFAULT_VAL_FRACTION`, 10 %; :func:`~gluon_transfer.data.datasets.subset_count`),
+    chosen by the seeded class-balanced draw of
+    :func:`~gluon_transfer.data.datasets.class_balanced_subset` over the official order
+    (``SeedSequence([seed, c])``), so a seed fixes the split. Every class keeps at least one
+    training image (a :class:`DataError` names a class that would not). Both lists keep the
+    official order."""
+    from .datasets import class_balanced_subset
+    if per_class is not None and fraction is not None:
+        raise ConfigError('give a validation fraction or a count per class, not both')
+    if per_class is None:
+        fraction = DEFAULT_VAL_FRACTION if fraction is None else float(fraction)
+        if not 0 < fraction < 1:
+            raise ConfigError('validation fraction must be in (0, 1), got %r' % fraction)
+    elif int(per_class) != per_class or per_class < 1:
+        raise ConfigError('validation images per class must be a positive integer, got %r' % (per_class,))
+    labels = np.array([lab for lab, _ in rows], np.int64)
+    pos = class_balanced_subset(labels, np.arange(len(rows)), fraction, seed, per_class=per_class)
+    n_all = np.bincount(labels, minlength=len(classes))
+    n_val = np.bincount(labels[pos], minlength=len(classes))
+    short = np.nonzero(n_all - n_val < 1)[0]
+    if len(short):
+        c = int(short[0])
+        raise DataError('class %r has %d training image(s): a validation split of %d leaves none to train on '
+                        '(lower --val-fraction / --val-per-class)' % (classes[c], n_all[c], n_val[c]))
+    val_pos = set(pos.tolist())
+    return ([r for i, r in enumerate(rows) if i not in val_pos], [r for i, r in enumerate(rows) if i in val_pos])
+
+
+def _read_json(path):
+    import json
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+def _write_json(path, obj):
+    import json
+    tmp = '%s.part%d' % (path, os.getpid())
+    with open(tmp, 'w') as f:
+        json.dump(obj, f, indent=1)
+    os.replace(tmp, path)
+
+
+def _claim_out_dir(out_dir, name, src_dir, classes, split_names, stems, force):
+    """Refuse (DataError naming the file) an ``out_dir`` holding another set's files, then
+    write a provisional ``dataset.json`` naming this set, so that a run interrupted later
+    is recognised as this set's own partial output. ``force`` skips the checks."""
+    from .pack import check_overwrite, read_classes
+    man_path = os.path.join(out_dir, 'dataset.json')
+    man = _read_json(man_path) if os.path.exists(man_path) else None
+    if not force:
+        if os.path.exists(man_path):
+            if not isinstance(man, dict) or (man.get('name'), man.get('source_dir')) != (name, src_dir):
+                what = ('%s prepared from %s' % (man.get('name'), man.get('source_dir'))
+                        if isinstance(man, dict) else 'something unreadable')
+                raise DataError('%s describes %s; refusing to overwrite that set with %s from %s (pass --force, '
+                                'or choose another output folder)' % (man_path, what, name, src_dir))
+        else:
+            cpath = os.path.join(out_dir, 'classes.txt')
+            if os.path.exists(cpath) and read_classes(cpath) != list(classes):
+                raise DataError('%s exists with other class names; refusing to overwrite it (pass --force, or '
+                                'choose another output folder)' % cpath)
+            for stem in stems:
+                for ext in ('.rec', '.idx'):
+                    if os.path.exists(os.path.join(out_dir, stem + ext)):
+                        raise DataError('%s exists and was not written by preparing %s; refusing to overwrite it '
+                                        '(pass --force, or choose another output folder)'
+                                        % (os.path.join(out_dir, stem + ext), name))
+        for split in split_names:
+            check_overwrite(os.path.join(out_dir, split), os.path.join(out_dir, 'lists', split + '.lst'))
+    os.makedirs(os.path.join(out_dir, 'lists'), exist_ok=True)
+    if not (isinstance(man, dict) and (man.get('name'), man.get('source_dir')) == (name, src_dir)):
+        _write_json(man_path, {'name': name, 'source_dir': src_dir, 'complete': False})
+
+
 def prepare_dataset(name, src_dir, out_dir, resize=DEFAULT_RESIZE, quality=95, workers=2, seed=0,
-                    holdout=None, fractions=(), force=False, progress=None, **reader_options):
+                    val_fraction=None, val_per_class=None, fractions=(), force=False, progress=None,
+                    check_counts=True, skip_corrupt=False, **reader_options):
     """Read ``name``'s official layout in ``src_dir`` and write ``out_dir``.
 
-    Writes ``{train,val[,test]}.rec/.idx/.lst`` (via :func:`~gluon_transfer.data.pack.pack`;
-    the input lists are kept in ``lists/``), ``classes.txt`` (official order),
-    ``train_<pct>.rec/.idx`` for each of ``fractions`` and ``dataset.json``.
+    Writes ``train``, ``val`` and ``test`` ``.rec/.idx/.lst`` (via
+    :func:`~gluon_transfer.data.pack.pack`; the input lists are kept in ``lists/``),
+    ``classes.txt`` (official order), ``train_<pct>.rec/.idx`` for each of ``fractions`` and
+    ``dataset.json`` (counts, sources, options, SHA-1s of the official split files and of
+    every ``.rec``).
 
-    Splits: a set with an official val (DTD) writes train/val/test as published. A set with
-    only train/test writes ``val`` = the official test split (``dataset.json`` says so in
-    ``splits.val.source`` and ``val_is_official_test``), or, with ``holdout=F``, ``val`` = a
-    seeded class-balanced fraction F of the official train split
-    (:func:`~gluon_transfer.data.datasets.class_balanced_subset`), ``train`` = the rest and
-    ``test`` = the official test split. Training records are stored in a seeded shuffled
-    order (so ImageRecordIter's contiguous shards each see every class), evaluation
-    records in the official order.
+    Splits: ``test`` is always the official test split, kept for the final evaluation
+    (``tools/evaluate.py --rec-val OUT/test.rec``); model selection never sees it. ``val``
+    is the official val split where the set has one (DTD), else a seeded per-class split
+    carved from the official training list (:func:`carve_validation`: ``val_fraction``,
+    default 10 %, at least one image per class, or ``val_per_class`` images per class;
+    ``seed``), and ``train`` is the rest of the official training list. Training records
+    are stored in a seeded shuffled order (so ImageRecordIter's contiguous shards each see
+    every class), evaluation records in the official order.
+
+    Checks, before anything is packed: the split files give the published numbers of
+    classes and images (:data:`OFFICIAL_COUNTS`; ``check_counts=False`` skips this), every
+    listed image exists, and ``out_dir`` holds no other set's files (``force=True``
+    overwrites them). Images that cannot be decoded make the call fail with
+    :class:`~gluon_transfer.data.pack.CorruptImagesError` listing all of them, over all
+    splits, unless ``skip_corrupt`` (then they are left out and listed in ``dataset.json``).
+    Published checksums of the split files are not checked: none is known for these sets
+    (their SHA-1s are recorded instead).
 
     ``resize``: shorter side in pixels, re-encoded as JPEG ``quality`` (0 keeps the original
     bytes). Default 320: training takes random resized crops of the stored image and
@@ -563,84 +710,94 @@ def prepare_dataset(name, src_dir, out_dir, resize=DEFAULT_RESIZE, quality=95, w
     with ``seed`` (the same records ``build_data(train_fraction=F, fraction_seed=seed)``
     picks from it). Returns the ``dataset.json`` dict.
     """
-    import json
     import time
     from .datasets import class_balanced_subset, write_record_subset
-    from .pack import pack
+    from .pack import pack, CorruptImagesError
     from .recordio import inspect_recordio
     t0 = time.time()
     spec = read_split(name, src_dir, **reader_options)
-    check_images(spec, LAYOUTS.get(name, ''))
     for split, rows in spec.splits.items():
         if not rows:
             raise DataError('%s: the %s split of %s is empty' % (spec.root, split, name))
+    if check_counts:
+        check_official_counts(spec)
+    check_images(spec, LAYOUTS.get(name, ''))
+    for frac in fractions:
+        if not 0 < float(frac) <= 1:
+            raise ConfigError('fraction must be in (0, 1], got %r' % frac)
     out = collections.OrderedDict()
     sources = {}
-    val_is_test = False
     if 'val' in spec.splits:
-        if holdout:
-            raise ConfigError('%s has an official val split; --holdout applies to sets with train/test only' % name)
-        for k, v in spec.splits.items():
-            out[k] = v
+        if val_fraction is not None or val_per_class is not None:
+            raise ConfigError('%s has an official val split; --val-fraction / --val-per-class apply to sets '
+                              'with train/test only' % name)
+        for k in ('train', 'val', 'test'):
+            out[k] = spec.splits[k]
             sources[k] = 'official %s split' % k
+        validation = {'source': 'official'}
     else:
-        train = spec.splits['train']
-        if holdout:
-            if not 0 < float(holdout) < 1:
-                raise ConfigError('holdout must be in (0, 1), got %r' % holdout)
-            labels = np.array([lab for lab, _ in train])
-            val_pos = set(class_balanced_subset(labels, np.arange(len(train)), float(holdout), seed).tolist())
-            out['train'] = [r for i, r in enumerate(train) if i not in val_pos]
-            out['val'] = [r for i, r in enumerate(train) if i in val_pos]
-            out['test'] = spec.splits['test']
-            sources.update(train='official train split minus the val holdout',
-                           val='seeded class-balanced %g of the official train split (seed %d)' % (float(holdout), seed),
-                           test='official test split')
-        else:
-            out['train'] = train
-            out['val'] = spec.splits['test']
-            sources.update(train='official train split',
-                           val='official test split (the set has no official val split)')
-            val_is_test = True
-    out_dir = os.path.abspath(out_dir)
-    os.makedirs(os.path.join(out_dir, 'lists'), exist_ok=True)
+        out['train'], out['val'] = carve_validation(spec.splits['train'], spec.classes, val_fraction,
+                                                    val_per_class, seed)
+        out['test'] = spec.splits['test']
+        rule = ('%d per class' % val_per_class if val_per_class is not None else
+                '%g of each class, at least 1' % (DEFAULT_VAL_FRACTION if val_fraction is None else val_fraction))
+        sources.update(train='official train split minus the val split',
+                       val='seeded per-class split of the official train split (%s, seed %d)' % (rule, seed),
+                       test='official test split (final evaluation only)')
+        validation = {'source': 'carved from the official train split',
+                      'fraction': None if val_per_class is not None else
+                      (DEFAULT_VAL_FRACTION if val_fraction is None else float(val_fraction)),
+                      'per_class': val_per_class, 'seed': seed}
+    src_dir = os.path.abspath(os.path.expanduser(src_dir))
+    out_dir = os.path.abspath(os.path.expanduser(out_dir))
+    stems = [fraction_name(f) for f in fractions]
+    _claim_out_dir(out_dir, name, src_dir, spec.classes, list(out), stems, force)
     report = collections.OrderedDict()
+    corrupt = []
     for split, rows in out.items():
         if split == 'train':
             order = np.random.RandomState(seed).permutation(len(rows))
             rows = [rows[i] for i in order]
         lst = os.path.join(out_dir, 'lists', split + '.lst')
         _write_if_changed(lst, ''.join('%d\t%f\t%s\n' % (i, float(lab), rel) for i, (lab, rel) in enumerate(rows)))
-        rep = pack(lst, os.path.join(out_dir, split), resize=resize, quality=quality, workers=workers,
-                   root=spec.root, force=force, progress=progress)
+        try:
+            rep = pack(lst, os.path.join(out_dir, split), resize=resize, quality=quality, workers=workers,
+                       root=spec.root, force=force, progress=progress, skip_corrupt=skip_corrupt)
+        except CorruptImagesError as e:
+            corrupt += [(rel, why, split) for rel, why in e.images]
+            continue
         report[split] = {'records': rep.written, 'listed': len(rows),
                          'skipped': [list(s) for s in rep.skipped], 'source': sources[split],
                          'rec': split + '.rec'}
+    if corrupt:
+        raise CorruptImagesError(
+            '%s: %d image(s) cannot be read or decoded (first: %s in the %s split: %s); the splits holding them '
+            'were not (re)written: fix or remove them, or pass --skip-corrupt to pack without them'
+            % (spec.root, len(corrupt), corrupt[0][0], corrupt[0][2], corrupt[0][1]), corrupt)
     _write_if_changed(os.path.join(out_dir, 'classes.txt'), ''.join(c + '\n' for c in spec.classes))
     subsets = collections.OrderedDict()
     if fractions:
         info = inspect_recordio(os.path.join(out_dir, 'train.rec'))
         for frac in fractions:
             frac = float(frac)
-            if not 0 < frac <= 1:
-                raise ConfigError('fraction must be in (0, 1], got %r' % frac)
             stem = fraction_name(frac)
             pos = class_balanced_subset(info.labels, info.keys, frac, seed)
             write_record_subset(info, pos, os.path.join(out_dir, stem))
             subsets[stem] = {'fraction': frac, 'seed': seed, 'records': int(len(pos)), 'rec': stem + '.rec'}
     for entry in list(report.values()) + list(subsets.values()):
         entry['rec_sha1'] = _sha1(os.path.join(out_dir, entry['rec']))
+    counts = collections.OrderedDict([('classes', spec.num_classes)] + [(k, len(v)) for k, v in spec.splits.items()])
     manifest = collections.OrderedDict([
-        ('name', name), ('protocol', spec.protocol), ('source_dir', os.path.abspath(src_dir)),
+        ('name', name), ('protocol', spec.protocol), ('source_dir', src_dir),
         ('image_root', spec.root), ('num_classes', spec.num_classes), ('classes', 'classes.txt'),
-        ('val_is_official_test', val_is_test), ('splits', report), ('fractions', subsets),
+        ('validation', validation), ('splits', report), ('fractions', subsets),
+        ('official_counts', collections.OrderedDict([
+            ('found', counts), ('published', spec.expected or None),
+            ('checked', bool(check_counts and spec.expected))])),
         ('split_files', collections.OrderedDict(
             (os.path.relpath(p, spec.root), _sha1(p)) for p in spec.split_files)),
         ('options', dict(reader_options, resize=resize, quality=quality if resize else None, seed=seed,
-                         holdout=holdout)),
-        ('seconds', round(time.time() - t0, 2))])
-    tmp = os.path.join(out_dir, 'dataset.json.part')
-    with open(tmp, 'w') as f:
-        json.dump(manifest, f, indent=1)
-    os.replace(tmp, os.path.join(out_dir, 'dataset.json'))
+                         val_fraction=val_fraction, val_per_class=val_per_class, skip_corrupt=skip_corrupt)),
+        ('complete', True), ('seconds', round(time.time() - t0, 2))])
+    _write_json(os.path.join(out_dir, 'dataset.json'), manifest)
     return manifest
