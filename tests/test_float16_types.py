@@ -394,3 +394,41 @@ def test_afa_on_float16_maps(stage):
             e = (np.maximum(s64.reshape(n, c, -1) @ W1.T, 0) @ W2.T)[:, :, 0] + module.bias.data().asnumpy()
             want = want + 0.5 * c * (_softmax(e, 1) * sq.sum(axis=2)).sum(axis=1)
     _assert_float32_close(got, want)
+
+
+# ------------------------------------------------------------------ the distillation task
+def _fp16_student_and_teacher():
+    student = gt.get_model('wrn16_1', classes=10)
+    student.initialize()
+    student.cast('float16')
+    teacher = gt.get_model('wrn16_1', classes=10)
+    teacher.initialize()
+    return student, teacher
+
+
+def test_distill_checks_shapes_with_the_students_dtype(monkeypatch):
+    """Attention transfer into a float16 student: the start-up shape check feeds the student
+    float16 and the float32 teacher float32 (a float32 probe would fail the student's graph)."""
+    from gluon_transfer.engine.tasks import Distill
+    seen = []
+
+    def forward(block, x, with_maps):           # records the probe dtype; no float16 arithmetic on CPU
+        seen.append(np.dtype(x.dtype))
+        n = x.shape[0]
+        return mx.nd.zeros((n, 10)), [mx.nd.zeros((n, 16, 32, 32)), mx.nd.zeros((n, 32, 16, 16))]
+    monkeypatch.setattr(Distill, '_forward', staticmethod(forward))
+    student, teacher = _fp16_student_and_teacher()
+    task = Distill(teacher, ('stage1', 'stage2'), beta=1e3, alpha=0.5, input_shape=(1, 3, 32, 32))
+    task.setup(student, [mx.cpu()])
+    assert seen == [F16, F32]
+    out, _, _ = graph_types(grouped(task._student_at(mx.sym.var('data', dtype='float16'))),
+                            data=((2, 3, 32, 32), 'float16'))
+    assert out == [F16, F32, F32]
+
+
+def test_gradient_at_refuses_a_float16_student():
+    from gluon_transfer.engine.tasks import Distill
+    student, teacher = _fp16_student_and_teacher()
+    task = Distill(teacher, grad_at_beta=1.0, input_shape=(1, 3, 32, 32))
+    with pytest.raises(ConfigError, match=r'^--grad-at-beta needs --dtype float32: .*float16 resolves only'):
+        task.setup(student, [mx.cpu()])

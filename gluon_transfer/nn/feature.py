@@ -30,16 +30,21 @@ from mxnet import gluon
 
 from ..errors import ConfigError
 
-__all__ = ['FeatureTaps', 'feature_symbols', 'tapped', 'stage_aliases', 'block_paths', 'data_var']
+__all__ = ['FeatureTaps', 'feature_symbols', 'tapped', 'stage_aliases', 'block_paths', 'data_var', 'net_input_dtype']
+
+
+def net_input_dtype(net):
+    """``'float16'`` when any parameter of ``net`` is float16 (a ``cast('float16')`` network:
+    its input must be float16 too), else ``'float32'``."""
+    half = any(np.dtype(p.dtype) == np.float16 for p in net.collect_params().values() if p.dtype is not None)
+    return 'float16' if half else 'float32'
 
 
 def data_var(net, name='data'):
-    """``mx.sym.var(name)`` typed with ``net``'s input dtype: float16 when any parameter is
-    float16 (a ``cast('float16')`` network), else float32. A SymbolBlock over a trace from an
-    untyped input takes every parameter as float32, which the shared Parameters of a
+    """``mx.sym.var(name)`` typed with :func:`net_input_dtype`. A SymbolBlock over a trace from
+    an untyped input takes every parameter as float32, which the shared Parameters of a
     float16 network refuse; a typed input lets it infer each parameter's own dtype."""
-    half = any(np.dtype(p.dtype) == np.float16 for p in net.collect_params().values() if p.dtype is not None)
-    return mx.sym.var(name, dtype='float16' if half else 'float32')
+    return mx.sym.var(name, dtype=net_input_dtype(net))
 
 
 def block_paths(net):
