@@ -1,5 +1,6 @@
 # Two commands do all the set-up:  `make demo`  and  `make test`.
-# Both create .venv with the pinned CPU stack on first use (Python 3.10 or 3.11:
+# Both create .venv with the pinned CPU stack and the ONNX extra (so the export tests run) on
+# first use, and again when either requirements file changes (Python 3.10 or 3.11:
 # mxnet 1.9.1 needs numpy<1.24, which has no wheels for 3.12+).
 SHELL := /bin/bash
 PY ?= $(shell command -v python3.11 || command -v python3.10 || command -v python3)
@@ -18,10 +19,10 @@ help:
 
 venv: $(STAMP)
 
-$(STAMP): requirements.txt
+$(STAMP): requirements.txt requirements-onnx.txt
 	@$(PY) -c 'import sys; v = sys.version_info[:2]; sys.exit(0 if (3, 8) <= v < (3, 12) else "gluon_transfer needs Python 3.8-3.11 (mxnet 1.9.1 needs numpy<1.24); found %d.%d at $(PY). Set PY=/path/to/python3.11" % v)'
 	test -x $(PYTHON) || $(PY) -m venv $(VENV)
-	$(PYTHON) -m pip install --disable-pip-version-check -q -r requirements.txt
+	$(PYTHON) -m pip install --disable-pip-version-check -q -r requirements.txt -r requirements-onnx.txt
 	@touch $@
 
 demo: $(STAMP)

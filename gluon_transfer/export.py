@@ -6,10 +6,18 @@
 re-imported with ``mx.gluon.SymbolBlock.imports`` and the re-imported outputs are compared
 with the Gluon network's on a fixed random input (inference mode, running BN statistics).
 
-``export_onnx`` converts such a pair with ``mx.onnx.export_model`` (needs ``onnx<1.19``; see
-requirements-onnx.txt), runs ``onnx.checker`` and, when ``onnxruntime`` is installed, compares
-its outputs with MXNet's.
+``export_onnx`` converts such a pair with mxnet 1.9.1's ONNX converter (needs ``onnx<1.19``;
+see requirements-onnx.txt) at ONNX opset 13 (:data:`ONNX_OPSET`), runs ``onnx.checker`` and,
+when ``onnxruntime`` is installed, compares its outputs with MXNet's.
+
+Why a fixed opset: ``mx.onnx.export_model`` labels the model with the newest opset of the
+installed onnx package (18 and above for onnx >= 1.13) but its operator translations stop at
+opset 13, so ops that changed later come out in their opset-13 form. ``mean`` (the AFF global
+branch) becomes ``ReduceMean`` with an ``axes`` attribute, which opset 18 moved to an input:
+onnx >= 1.13 rejects such a model ("Unrecognized attribute: axes for operator ReduceMean").
+Declaring opset 13 makes the file say what the converter wrote.
 """
+import contextlib
 import os
 import warnings
 
@@ -20,7 +28,10 @@ from .errors import CheckpointError, ConfigError
 from .nn import fused
 from .models.common import rebuild_without_taps
 
-__all__ = ['export_symbol', 'export_onnx', 'parse_shape']
+__all__ = ['export_symbol', 'export_onnx', 'parse_shape', 'ONNX_OPSET']
+
+# The newest opset mxnet 1.9.1's ONNX translations are written for (see the module docstring).
+ONNX_OPSET = 13
 
 
 def parse_shape(text):
@@ -166,13 +177,55 @@ def _symbol_for_onnx(symbol_file, params_file):
     return sym, params, fixed
 
 
+@contextlib.contextmanager
+def _graph_check_at(opset):
+    """Within this block ``onnx.checker.check_graph`` validates against ``opset``: the converter
+    checks its graph with onnx's default context (the newest opset), which would reject the
+    opset-13 operators it writes before the model even declares its opset."""
+    from onnx import checker, helper
+    ctx = checker.C.CheckerContext()
+    ctx.opset_imports = {'': opset}
+    ctx.ir_version = helper.find_min_ir_version_for([helper.make_opsetid('', opset)], ignore_unknown=True)
+    original = checker.check_graph
+
+    def check_graph(graph, _ctx=None, *args, **kwargs):
+        return original(graph, ctx, *args, **kwargs)
+    checker.check_graph = check_graph
+    try:
+        yield
+    finally:
+        checker.check_graph = original
+
+
+def _convert_to_onnx(sym, params, input_shape, onnx_file):
+    """``mx.onnx.export_model``'s conversion with the opset pinned to :data:`ONNX_OPSET` (the
+    public function takes no opset); the file is written atomically. The IR version is the
+    lowest one that carries that opset, so older onnxruntime builds load the file too."""
+    import onnx
+    from onnx import TensorProto, helper
+    from mxnet.onnx.mx2onnx._export_onnx import MXNetGraph
+    with _graph_check_at(ONNX_OPSET):
+        graph = MXNetGraph().create_onnx_graph_proto(sym, params, in_shapes=[tuple(input_shape)],
+                                                     in_types=[TensorProto.FLOAT], opset_version=ONNX_OPSET,
+                                                     dynamic=False)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid('', ONNX_OPSET)])
+    model.ir_version = helper.find_min_ir_version_for(list(model.opset_import), ignore_unknown=True)
+    tmp = '%s.tmp-%d' % (onnx_file, os.getpid())
+    try:
+        onnx.save(model, tmp)
+        os.replace(tmp, onnx_file)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
 def export_onnx(symbol_file, params_file, input_shape, onnx_file, check=True, rtol=1e-4, atol=1e-5, seed=0,
                 log=None):
-    """Convert an exported symbol/params pair to ONNX (opset chosen by MXNet's exporter).
+    """Convert an exported symbol/params pair to ONNX (opset :data:`ONNX_OPSET`).
 
     Runs ``onnx.checker.check_model``; with ``check`` and ``onnxruntime`` installed, compares
     onnxruntime's output with ``SymbolBlock.imports``' on a fixed random input.
-    Returns a dict: ``onnx`` (path), ``checked_with_onnxruntime`` (bool), ``max_abs_diff``.
+    Returns a dict: ``onnx`` (path), ``opset``, ``checked_with_onnxruntime`` (bool), ``max_abs_diff``.
     """
     say = log or (lambda msg: None)
     _require_onnx()
@@ -184,13 +237,16 @@ def export_onnx(symbol_file, params_file, input_shape, onnx_file, check=True, rt
     with warnings.catch_warnings():
         warnings.simplefilter('ignore')
         try:
-            mx.onnx.export_model(sym, params, in_shapes=[tuple(input_shape)], in_types=[np.float32],
-                                 onnx_file_path=onnx_file)
-        except Exception as err:  # the exporter raises bare exceptions for unsupported ops
+            _convert_to_onnx(sym, params, input_shape, onnx_file)
+        except Exception as err:  # the converter raises bare exceptions for unsupported ops
             raise ConfigError('ONNX export of %s failed: %s' % (symbol_file, str(err).splitlines()[0])) from None
-    onnx.checker.check_model(onnx.load(onnx_file))
-    say('wrote %s (onnx.checker passed)' % onnx_file)
-    result = {'onnx': onnx_file, 'checked_with_onnxruntime': False, 'max_abs_diff': None}
+    try:
+        onnx.checker.check_model(onnx.load(onnx_file))
+    except onnx.checker.ValidationError as err:
+        raise ConfigError('ONNX export of %s: %s fails onnx.checker: %s'
+                          % (symbol_file, onnx_file, str(err).strip().splitlines()[0])) from None
+    say('wrote %s (opset %d; onnx.checker passed)' % (onnx_file, ONNX_OPSET))
+    result = {'onnx': onnx_file, 'opset': ONNX_OPSET, 'checked_with_onnxruntime': False, 'max_abs_diff': None}
     if not check:
         return result
     try:

@@ -70,16 +70,94 @@ def test_parse_shape():
         parse_shape('3,32,32')
 
 
-def test_onnx_export_matches(tmp_path):
-    pytest.importorskip('onnx')
-    net = small_net()
-    res = export_symbol(net, str(tmp_path / 'm'), (1, 3, 32, 32))
-    out = export_onnx(res['symbol'], res['params'], (1, 3, 32, 32), str(tmp_path / 'm.onnx'))
-    assert os.path.isfile(out['onnx'])
+def _onnxruntime_logits(onnx_file, x):
+    import onnxruntime
+    opts = onnxruntime.SessionOptions()
+    opts.log_severity_level = 3
+    sess = onnxruntime.InferenceSession(onnx_file, sess_options=opts, providers=['CPUExecutionProvider'])
+    return sess.run(None, {sess.get_inputs()[0].name: x})[0]
+
+
+@pytest.mark.parametrize('fusion', ['iaff', 'aff', 'add'])
+def test_onnx_export_matches(tmp_path, fusion):
+    """AFF networks convert (their global branch's ``mean`` is ReduceMean, whose ``axes`` the
+    converter writes as an attribute: valid at the declared opset 13, not at 18+), pass
+    onnx.checker, and onnxruntime reproduces the Gluon network (rtol 1e-4)."""
+    onnx = pytest.importorskip('onnx')
+    from gluon_transfer.export import ONNX_OPSET
+    net = small_net(fusion=fusion)
+    res = export_symbol(net, str(tmp_path / 'm'), (2, 3, 32, 32))
+    check_graph = onnx.checker.check_graph
+    out = export_onnx(res['symbol'], res['params'], (2, 3, 32, 32), str(tmp_path / 'm.onnx'))
+    assert onnx.checker.check_graph is check_graph                 # the converter's check is restored
+    assert os.path.isfile(out['onnx']) and out['opset'] == ONNX_OPSET == 13
+    model = onnx.load(out['onnx'])
+    assert [(o.domain, o.version) for o in model.opset_import] == [('', 13)]
+    ops = {n.op_type for n in model.graph.node}
+    assert ('ReduceMean' in ops) == (fusion != 'add')
+    assert [f for f in os.listdir(str(tmp_path)) if '.tmp-' in f] == []
     if importlib.util.find_spec('onnxruntime') is None:
         pytest.skip('onnxruntime not installed: conversion checked, outputs not compared')
     # includes the input BatchNorm(scale=False): fix_gamma must survive the conversion
     assert out['checked_with_onnxruntime'] and out['max_abs_diff'] < 1e-4
+    x = np.random.RandomState(11).uniform(-1, 1, size=(2, 3, 32, 32)).astype(np.float32)
+    want = net(mx.nd.array(x))[0].asnumpy()                      # the Gluon network (taps dropped)
+    assert np.abs(want).max() > 1e-3
+    np.testing.assert_allclose(_onnxruntime_logits(out['onnx'], x), want, rtol=1e-4, atol=1e-5)
+
+
+def _export_tool_onnx(tmp_path, capsys, model, extra, shape):
+    pytest.importorskip('onnx')
+    pytest.importorskip('onnxruntime')
+    tool = load_tool('export')
+    net = gt.get_model(model, classes=10, **extra[1])
+    mx.random.seed(1)
+    net.initialize(mx.init.Xavier())
+    rng = np.random.RandomState(1)
+    for key, p in net._collect_params_with_prefix().items():  # non-trivial BN statistics
+        if key.endswith('running_var'):
+            p.set_data(mx.nd.array(rng.uniform(0.5, 1.5, p.shape)))
+        elif key.endswith(('running_mean', 'beta')):
+            p.set_data(mx.nd.array(rng.normal(0, 0.2, p.shape)))
+    params = str(tmp_path / 'w.params')
+    net.save_parameters(params)
+    prefix = str(tmp_path / 'deploy' / 'net')
+    rc = tool.main(['--model', model] + extra[0] + ['--classes', '10', '--params', params,
+                    '--input-shape', ','.join(map(str, shape)), '--out', prefix, '--onnx'])
+    out = capsys.readouterr()
+    assert rc == 0, out.err
+    assert 'opset 13; onnx.checker passed' in out.out and 'onnxruntime output matches MXNet' in out.out
+    x = np.random.RandomState(5).uniform(-1, 1, size=shape).astype(np.float32)
+    np.testing.assert_allclose(_onnxruntime_logits(prefix + '.onnx', x), net(mx.nd.array(x)).asnumpy(),
+                               rtol=1e-4, atol=1e-5)
+
+
+def test_export_tool_onnx_cifar_aff(tmp_path, capsys):
+    """``tools/export.py --onnx`` on a CIFAR AFF network (the default MKLDNN export plus the plain
+    graph converted for ONNX)."""
+    _export_tool_onnx(tmp_path, capsys, 'cifar_aff_resnet',
+                      (['--blocks', '1', '--channel-times', '1', '--fusion', 'aff'],
+                       dict(blocks=1, channel_times=1, fusion='aff')),
+                      (1, 3, 32, 32))
+
+
+@pytest.mark.slow
+def test_export_tool_onnx_imagenet_aff_resnet50(tmp_path, capsys):
+    _export_tool_onnx(tmp_path, capsys, 'aff_resnet50', ([], {}), (1, 3, 64, 64))
+
+
+def test_onnx_gated_afs_network_is_a_clear_error(tmp_path):
+    """The converter has no ``sort`` (the gates' winner-take-all): a one-line ConfigError, no
+    file left behind, and onnx's checker restored."""
+    onnx = pytest.importorskip('onnx')
+    net = gt.get_model('afs_resnet_v1b', layers=[1, 1, 1, 1], classes=4, density=0.8)
+    net.initialize(mx.init.Xavier())
+    res = export_symbol(net, str(tmp_path / 'afs'), (1, 3, 32, 32))
+    check_graph = onnx.checker.check_graph
+    with pytest.raises(ConfigError, match=r'^ONNX export of .*afs-symbol.json failed: .*\bsort\b'):
+        export_onnx(res['symbol'], res['params'], (1, 3, 32, 32), str(tmp_path / 'afs.onnx'))
+    assert onnx.checker.check_graph is check_graph
+    assert not [f for f in os.listdir(str(tmp_path)) if f.endswith('.onnx') or '.tmp-' in f]
 
 
 def test_onnx_missing_is_clear(monkeypatch):

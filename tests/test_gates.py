@@ -76,6 +76,26 @@ def test_wta_density_as_array_parameter():
     np.testing.assert_array_equal(got, [[1, 0, 0, 1]])
 
 
+def test_wta_on_float16_gate_values(rng):
+    """A float16 network's gates: float16 h and masks give a float16 0/1 mask keeping the same
+    channels (ties included) as the numpy rule, and a wide layer keeps ceil(0.9 * 2048) = 1844
+    channels -- float16 arithmetic (0.9 -> 0.89990, 1843 exactly) would keep 1843."""
+    h = rng.randint(0, 4, size=(6, 20)).astype(np.float16) * np.float16(0.5)
+    dyn = (rng.rand(20) > 0.3).astype(np.float16)
+    for d in (0.9, 0.5, 0.3):
+        got = wta_mask(mx.nd, mx.nd.array(h, dtype='float16'), mx.nd.array(dyn, dtype='float16'), mx.nd.array([d]))
+        assert got.dtype == np.float16
+        np.testing.assert_array_equal(got.asnumpy(), numpy_wta(h.astype(np.float32), dyn, d))
+    gate = AFSGate(4, 2048, density=0.9)
+    gate.initialize()
+    gate.cast('float16')
+    assert gate.mask_m.data().dtype == np.float16 and gate.wta_density.data().dtype == np.float32
+    hw = mx.nd.array(rng.rand(2, 2048), dtype='float16')
+    got = wta_mask(mx.nd, hw, gate.mask_m.data() * gate.mask_s.data(), gate.wta_density.data())
+    assert got.dtype == np.float16
+    assert (got.asnumpy().sum(axis=1) == exact_ceil(0.9, 2048)).all() and exact_ceil(0.9, 2048) == 1844
+
+
 def _relu(x):
     return np.maximum(x, 0)
 

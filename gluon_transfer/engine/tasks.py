@@ -113,7 +113,9 @@ class Distill(Task):
     forward+backward of the teacher and three of the student (J_S and the two differences),
     about 5x the time of a distillation step on CPU (bench/README.md). BN running
     statistics touched by these extra passes are restored, so only the main pass updates
-    them; the extra passes synchronise the device (``waitall``) around that.
+    them; the extra passes synchronise the device (``waitall``) around that. A float16 student
+    (``--dtype float16``) is refused with gradient-based AT: the step of the central difference
+    (1e-3 of the input RMS) is about one float16 rounding step, so the difference would be noise.
     """
     name = 'distill'
 
@@ -151,15 +153,22 @@ class Distill(Task):
         self.input_shape = tuple(input_shape) if input_shape else None
         self.at_scale = 1.0
         self._student = self._teacher = self._student_at = self._teacher_at = None
+        self._sdtype = 'float32'
         self._checked = False
         self._grad_views = None
         self._pending = []
 
     # ---------------------------------------------------------------- set-up
     def setup(self, net, ctx):
+        from ..errors import ConfigError
         from ..losses.at import AttentionTaps
-        from ..nn.feature import tapped
+        from ..nn.feature import net_input_dtype, tapped
         ctx = list(ctx)
+        self._sdtype = net_input_dtype(net)
+        if self.grad_at_beta > 0 and self._sdtype == 'float16':
+            raise ConfigError('--grad-at-beta needs --dtype float32: its central difference moves the input by '
+                              '--grad-at-step (%g) in RMS, while float16 resolves only 2^-10 (~1e-3) at unit scale'
+                              % self.grad_at_step)
         tparams = self.teacher.collect_params()
         tparams.setattr('grad_req', 'null')
         tparams.reset_ctx(ctx)
@@ -192,7 +201,7 @@ class Distill(Task):
         """One inference forward of student and teacher at ``input_shape``: the tap counts,
         each group's spatial size and (for KD / gradient AT) the class counts must agree."""
         from ..errors import ConfigError
-        x = mx.nd.zeros(self.input_shape, ctx=ctx)
+        x = mx.nd.zeros(self.input_shape, ctx=ctx, dtype=self._sdtype)   # the engine's input dtype
         with autograd.pause(train_mode=False):
             s_logits, s_maps = self._forward(self._student, x, bool(self.student_taps))
             t_logits, t_maps = self._forward(self._teacher, x.astype(self._tdtype), bool(self.teacher_taps))

@@ -24,12 +24,27 @@ import difflib
 import re
 import warnings
 
+import numpy as np
 import mxnet as mx
 from mxnet import gluon
 
 from ..errors import ConfigError
 
-__all__ = ['FeatureTaps', 'feature_symbols', 'tapped', 'stage_aliases', 'block_paths']
+__all__ = ['FeatureTaps', 'feature_symbols', 'tapped', 'stage_aliases', 'block_paths', 'data_var', 'net_input_dtype']
+
+
+def net_input_dtype(net):
+    """``'float16'`` when any parameter of ``net`` is float16 (a ``cast('float16')`` network:
+    its input must be float16 too), else ``'float32'``."""
+    half = any(np.dtype(p.dtype) == np.float16 for p in net.collect_params().values() if p.dtype is not None)
+    return 'float16' if half else 'float32'
+
+
+def data_var(net, name='data'):
+    """``mx.sym.var(name)`` typed with :func:`net_input_dtype`. A SymbolBlock over a trace from
+    an untyped input takes every parameter as float32, which the shared Parameters of a
+    float16 network refuse; a typed input lets it infer each parameter's own dtype."""
+    return mx.sym.var(name, dtype=net_input_dtype(net))
 
 
 def block_paths(net):
@@ -101,7 +116,7 @@ def feature_symbols(net, names):
     names = tuple(names)
     if not names:
         raise ConfigError('FeatureTaps needs at least one tap name')
-    data = mx.sym.var('data')
+    data = data_var(net)
     if tuple(getattr(net, 'feature_names', ())) == names:
         with warnings.catch_warnings():
             warnings.simplefilter('ignore')

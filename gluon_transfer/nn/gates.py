@@ -52,6 +52,7 @@ alters the pretrained function from the start.
 """
 import math
 
+import numpy as np
 import mxnet as mx
 from mxnet.gluon import HybridBlock, nn
 
@@ -83,34 +84,40 @@ def wta_keep_count(density, n_dynamic):
 
 
 def wta_mask(F, h, dyn, density):
-    """0/1 mask (same shape as ``h``, (N, C)) keeping per row the ``ceil(d*n_dyn - 1e-3)``
+    """0/1 mask (same shape and dtype as ``h``, (N, C)) keeping per row the ``ceil(d*n_dyn - 1e-3)``
     largest entries of ``h`` among the columns where ``dyn`` (a (C,) 0/1 vector) is 1.
 
     ``h`` must be >= 0 (a ReLU output): excluded columns get the key -1 and so rank last.
     The float64 key ``v * (1 + (C-1-c) 2^-40) + (C-1-c) 2^-200`` orders equal values by
     lower index ``c``, keeps the order of distinct float32 values and makes every key
     distinct, so "key >= the k-th largest key" (one sort and a pick) keeps exactly ``k``
-    entries per row whatever the ties (``density``: a float or a (1,) array). Works on
-    NDArray and Symbol; the mask carries no gradient."""
+    entries per row whatever the ties (``density``: a float or a (1,) array). ``k`` is
+    computed in float32 and the key in float64 whatever the dtype of ``h`` and ``dyn``
+    (float16 included), so a float16 network keeps the same channels as a float32 one
+    with the same gate values. Works on NDArray and Symbol; the mask carries no gradient."""
     v = F.broadcast_add(F.broadcast_mul(h, dyn.reshape((1, -1))), (dyn - 1).reshape((1, -1)))
     v64 = F.cast(v, dtype='float64')
     idx = F.contrib.arange_like(v64, axis=1)                     # (C,) 0..C-1, float64
     rev = F.broadcast_sub(F.max(idx).reshape((1,)), idx)          # C-1-c
     key = F.broadcast_add(F.broadcast_mul(v64, (1.0 + rev * _REL_TIE).reshape((1, -1))),
                           (rev * _ABS_TIE).reshape((1, -1)))
+    # k in float32 whatever the dtype of h: float16 cannot hold every count above 2048 nor
+    # d * n to the 1e-3 the tolerance needs (0.9 * 2048 = 1843.2 would become 1843).
+    n_dyn = F.sum(F.cast(dyn, dtype='float32'))
     if isinstance(density, (int, float)):
-        kf = F.sum(dyn) * float(density) - WTA_TOL
+        kf = n_dyn * float(density) - WTA_TOL
     else:                                             # a (1,) array/symbol (the gate's parameter)
-        kf = F.sum(dyn) * density - WTA_TOL
-    k = F.ceil(kf)                                    # (1,) float: channels to keep
+        kf = n_dyn * F.cast(density, dtype='float32') - WTA_TOL
+    k = F.ceil(kf)                                    # (1,) float32: channels to keep
     # Keys are distinct, so "key >= the k-th largest key" keeps exactly k per row.
     ranked = F.sort(key, axis=1, is_ascend=False)
     col = F.slice_axis(key, axis=1, begin=0, end=1).reshape((-1,))        # (N,) shape donor
     idx = F.broadcast_add(F.zeros_like(F.cast(col, dtype='float32')), F.maximum(k - 1, 0))
     thr = F.pick(ranked, idx, axis=1, keepdims=True)                       # (N, 1)
-    keep = F.broadcast_mul(F.cast(F.broadcast_greater_equal(key, thr), dtype='float32'),
-                           F.cast(k >= 1, dtype='float32').reshape((1, 1)))
-    return F.BlockGrad(F.cast(keep, dtype='float32'))
+    keep = F.broadcast_logical_and(F.broadcast_greater_equal(key, thr),    # (N, C) float64 0/1
+                                   F.cast(k >= 1, dtype='float64').reshape((1, 1)))
+    # 0/1 in the dtype of h (where's condition may have any dtype), so h * mask needs no cast
+    return F.BlockGrad(F.where(keep, F.ones_like(h), F.zeros_like(h)))
 
 
 class AFSGate(HybridBlock):
@@ -157,6 +164,21 @@ class AFSGate(HybridBlock):
                                           grad_req='null', differentiable=False)
             self.wta_density = self.params.get('density', shape=(1,), init=mx.init.Constant(self.density),
                                                grad_req='null', differentiable=False)
+
+    def cast(self, dtype):
+        """Like ``HybridBlock.cast``, but a float16 cast leaves the WTA density in float32 (as
+        Gluon's BatchNorm keeps its parameters): float16's 0.9 is 0.89990, which would change
+        ``k = ceil(d * n - 1e-3)`` for wide layers (n = 2048: 1843 instead of 1844). The
+        density is never cast at all, so its value is not rounded on the way."""
+        if np.dtype(dtype) != np.float16:
+            return super().cast(dtype)
+        self._clear_cached_op()
+        for child in self._children.values():
+            child.cast(dtype)
+        for param in self.params.values():
+            if param is not self.wta_density:
+                param.cast(dtype)
+        return None
 
     def set_enabled(self, flag):
         self.enabled = bool(flag)
