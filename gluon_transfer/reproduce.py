@@ -1072,6 +1072,15 @@ def _last_epoch(folder):
         return None
 
 
+def _set_aside_if_unstarted(run, echo):
+    """A new run that stopped before its first checkpoint: move its (non-empty) folder to
+    ``seed<k>.failed-<n>`` so that the next invocation starts it again; nothing is deleted."""
+    if os.path.isdir(run.folder) and not os.path.isfile(os.path.join(run.folder, POINTER)) and os.listdir(run.folder):
+        dest = _move_aside(run.folder)
+        echo('    no checkpoint was written: its folder moved to %s; the next invocation starts it again'
+             % arg_path(dest))
+
+
 def _move_aside(folder):
     n = 1
     while os.path.exists('%s.failed-%d' % (folder, n)):
@@ -1277,7 +1286,12 @@ def execute_plan(plan, echo=print, verbose=False, heartbeat=60.0, runner_command
         remaining = [r for r in plan.runs[i:] if states[r.key][0] in ('new', 'interrupted')]
         progress.line(i, run, state, remaining)
         fresh = state == 'new'
-        rc, duration = run_one(run, resume=not fresh, echo=echo, verbose=verbose, heartbeat=heartbeat, poll=poll)
+        try:
+            rc, duration = run_one(run, resume=not fresh, echo=echo, verbose=verbose, heartbeat=heartbeat, poll=poll)
+        except KeyboardInterrupt:
+            if fresh:
+                _set_aside_if_unstarted(run, echo)
+            raise
         ledger = _read_json(run.ledger_path) or {}
         if rc == 0:
             attempts = ledger.get('attempts', [])
@@ -1308,11 +1322,8 @@ def execute_plan(plan, echo=print, verbose=False, heartbeat=60.0, runner_command
             echo('failed %s (exit %s after %s); log: %s%s' % (run.key, rc, _fmt_duration(duration),
                                                               arg_path(run.log_path),
                                                               ('\n    ' + '\n    '.join(tail[-3:])) if tail else ''))
-            if fresh and os.path.isdir(run.folder) and not os.path.isfile(os.path.join(run.folder, POINTER)):
-                if os.listdir(run.folder):
-                    dest = _move_aside(run.folder)
-                    echo('    no checkpoint was written: its folder moved to %s; the next invocation starts it again'
-                         % arg_path(dest))
+            if fresh:
+                _set_aside_if_unstarted(run, echo)
     write_reports(plan.full, runner_command, log=echo)
     return outcome
 
