@@ -102,7 +102,8 @@ class Mixed4a(_Concat):
         super().__init__(**kwargs)
         with self.name_scope():
             self.branch0 = _seq(BasicConv(64, 1, in_channels=160), BasicConv(96, 3, in_channels=64))
-            self.branch1 = _seq(BasicConv(64, 1, in_channels=160), BasicConv(64, (1, 7), padding=(0, 3), in_channels=64),
+            self.branch1 = _seq(BasicConv(64, 1, in_channels=160),
+                                BasicConv(64, (1, 7), padding=(0, 3), in_channels=64),
                                 BasicConv(64, (7, 1), padding=(3, 0), in_channels=64), BasicConv(96, 3, in_channels=64))
 
 
