@@ -364,17 +364,60 @@ def _read_legacy(path, file_size):
     return obj, storages
 
 
+_SAFETENSORS_DTYPES = {'F32': '<f4', 'F64': '<f8', 'F16': '<f2', 'BF16': 'bfloat16', 'I64': '<i8', 'I32': '<i4',
+                       'I16': '<i2', 'I8': 'i1', 'U8': 'u1', 'BOOL': '?'}
+
+
+def _is_safetensors(path, file_size):
+    with open(path, 'rb') as f:
+        head = f.read(9)
+    return len(head) == 9 and head[8:9] == b'{' and 8 + struct.unpack('<Q', head[:8])[0] <= file_size
+
+
+def _read_safetensors(path, file_size):
+    """A ``.safetensors`` file (timm / Hugging Face hub weights): an 8-byte little-endian
+    header length, a JSON header ``{name: {dtype, shape, data_offsets: [begin, end]}}``
+    and the raw little-endian data; no code can be embedded in it."""
+    import json
+    with open(path, 'rb') as f:
+        n = struct.unpack('<Q', f.read(8))[0]
+        try:
+            header = json.loads(f.read(n).decode('utf-8'))
+        except ValueError as err:
+            raise CheckpointError('%s: unreadable safetensors header: %s' % (path, err)) from None
+        base = 8 + n
+        out = collections.OrderedDict()
+        for key, meta in header.items():
+            if key == '__metadata__':
+                continue
+            if not isinstance(meta, dict) or meta.get('dtype') not in _SAFETENSORS_DTYPES:
+                raise CheckpointError('%s: tensor %r has an unsupported entry %r' % (path, key, meta))
+            dt = _DType(meta['dtype'], _SAFETENSORS_DTYPES[meta['dtype']])
+            shape = tuple(int(s) for s in meta.get('shape', ()))
+            begin, end = (int(v) for v in meta.get('data_offsets', (-1, -1)))
+            numel = int(np.prod(shape, dtype=object)) if shape else 1
+            if any(s < 0 for s in shape) or not 0 <= begin <= end or end - begin != numel * dt.itemsize \
+                    or base + end > file_size:
+                raise CheckpointError('%s: tensor %r declares shape %s over bytes [%d, %d) of a %d-byte data '
+                                      'section' % (path, key, shape, begin, end, file_size - base))
+            f.seek(base + begin)
+            out[key] = np.array(dt.decode(f.read(end - begin)).reshape(shape))
+    return out
+
+
 def read_pth(path):
     """Load a ``torch.save`` file (zip or legacy layout) into numpy arrays, safely.
 
     Returns the saved object with every tensor replaced by a contiguous ``np.ndarray``
-    (bfloat16 becomes float32). Raises :class:`CheckpointError` for missing, truncated or
-    foreign files, for sizes the file cannot hold and for pickles that reference anything
-    but tensor/storage globals."""
+    (bfloat16 becomes float32). A ``.safetensors`` file is read too (a flat dict). Raises
+    :class:`CheckpointError` for missing, truncated or foreign files, for sizes the file
+    cannot hold and for pickles that reference anything but tensor/storage globals."""
     if not os.path.isfile(path):
         raise CheckpointError('file not found: %s' % path)
     file_size = os.path.getsize(path)
     try:
+        if _is_safetensors(path, file_size):
+            return _read_safetensors(path, file_size)
         if zipfile.is_zipfile(path):
             obj, _ = _read_zip(path, file_size)
         else:

@@ -4,6 +4,7 @@ import collections
 import importlib.util
 import os
 import pickle
+import struct
 import zipfile
 
 import numpy as np
@@ -313,3 +314,37 @@ def test_declared_sizes_are_checked_before_allocating(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith('error: ') and err.count('\n') == 1 and "'layer1.weight'" in err
     assert not (tmp_path / 'out.params').exists()
+
+
+def _save_safetensors(state, path, header_patch=None):
+    """The safetensors layout, written by hand: u64 header length, JSON header, raw data."""
+    import json
+    codes = {np.dtype('float32'): 'F32', np.dtype('float16'): 'F16', np.dtype('int64'): 'I64'}
+    header, blobs, at = {'__metadata__': {'format': 'pt'}}, [], 0
+    for k, v in state.items():
+        raw = np.ascontiguousarray(v).tobytes()
+        header[k] = {'dtype': codes[v.dtype], 'shape': list(v.shape), 'data_offsets': [at, at + len(raw)]}
+        blobs.append(raw)
+        at += len(raw)
+    header.update(header_patch or {})
+    text = json.dumps(header).encode()
+    with open(path, 'wb') as f:
+        f.write(struct.pack('<Q', len(text)) + text + b''.join(blobs))
+
+
+def test_reads_safetensors(tmp_path):
+    want = collections.OrderedDict([('conv.weight', np.arange(24, dtype=np.float32).reshape(2, 3, 2, 2)),
+                                    ('bn.num_batches_tracked', np.array(7, np.int64)),
+                                    ('half', np.array([1.5, -2.0], np.float16))])
+    path = tmp_path / 'model.safetensors'
+    _save_safetensors(want, str(path))
+    got = read_pth(str(path))
+    assert list(got) == list(want)
+    for k, v in want.items():
+        assert got[k].dtype == v.dtype and got[k].shape == v.shape
+        np.testing.assert_array_equal(got[k], v)
+    bad = tmp_path / 'bad.safetensors'
+    _save_safetensors(want, str(bad), {'conv.weight': {'dtype': 'F32', 'shape': [2 ** 20, 2 ** 20],
+                                                       'data_offsets': [0, 96]}})
+    with pytest.raises(CheckpointError, match=r"tensor 'conv.weight' declares shape \(1048576, 1048576\)"):
+        read_pth(str(bad))

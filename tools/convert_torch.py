@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Convert PyTorch weights (torchvision, timm, functional-zoo .pth files) to Gluon .params.
+"""Convert PyTorch weights (torchvision, timm, functional-zoo .pth / .safetensors files) to Gluon .params.
 
     python tools/convert_torch.py resnet50-0676ba61.pth resnet50_v1b-tv.params          # torchvision ResNet-50
     python tools/convert_torch.py mobilenet_v2-b0353104.pth mnv2.params --classes 1000    # new head, see below
@@ -42,7 +42,7 @@ def _positive(text):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0],
                                 epilog='Details and the end-to-end recipe: docs/weights.md')
-    p.add_argument('src', help='PyTorch .pth file (torch.save, zip or legacy layout)')
+    p.add_argument('src', help='PyTorch .pth file (torch.save, zip or legacy layout) or .safetensors file')
     p.add_argument('dst', help='output Gluon .params file')
     p.add_argument('--arch', default=None, choices=ARCH_CHOICES,
                    help='target network (default: detected from the keys; must agree with the file)')
