@@ -2,13 +2,15 @@
 
 Reading (:func:`read_pth`)
 --------------------------
-Both ``torch.save`` layouts are read with the standard library and numpy:
+Both ``torch.save`` layouts and safetensors files are read with the standard library and numpy:
 
 * the zip layout (torch >= 1.6): ``<name>/data.pkl`` (the pickled object) and one raw
   little-endian file ``<name>/data/<key>`` per storage;
 * the legacy layout (the functional-zoo era): consecutive pickles -- magic number, protocol
   version, system info, the object, the list of storage keys -- followed by each storage
-  as an int64 element count and its raw bytes.
+  as an int64 element count and its raw bytes;
+* ``.safetensors`` (timm / Hugging Face hub weights): an 8-byte header length, a JSON
+  header of names, dtypes, shapes and byte ranges, then the raw data (no pickle at all).
 
 Unpickling is restricted: ``find_class`` resolves only the tensor/storage rebuild globals
 (``torch._utils._rebuild_tensor{,_v2,_v3}``, ``_rebuild_parameter``, the typed

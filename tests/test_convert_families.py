@@ -259,3 +259,33 @@ def test_tool_report_and_no_overwrite(tmp_path, gen, tool, capsys):
     assert 'exists; pass --force' in capsys.readouterr().err and dst.read_bytes() == before
     assert tool.main([str(src), str(dst), '-q', '--force']) == 0
     assert len(capsys.readouterr().out.splitlines()) == 2
+
+
+@pytest.mark.slow
+def test_convert_then_fine_tune(tmp_path, gen):
+    """The documented path: a torchvision checkpoint -> .params -> train_transfer.py --source-params."""
+    import cv2
+    import runpy
+    from gluon_transfer.data.pack import pack
+    rs = np.random.RandomState(0)
+    for split, n in (('train', 4), ('val', 2)):
+        for ci, c in enumerate(('ant', 'bee')):
+            d = tmp_path / 'img' / split / c
+            d.mkdir(parents=True)
+            for k in range(n):
+                img = rs.randint(0, 256, (40, 40, 3)).astype(np.uint8)
+                img[..., ci] = 255
+                cv2.imwrite(str(d / ('%d.png' % k)), img)
+        pack(str(tmp_path / 'img' / split), str(tmp_path / 'data' / split), workers=1, classes=['ant', 'bee'])
+    sd = T.resnet_state(gen, 18)
+    pth_writer.save_zip({'model': collections.OrderedDict(('module.' + k, v) for k, v in sd.items())},
+                        str(tmp_path / 'r18.pth'))
+    tool = runpy.run_path(os.path.join(ROOT, 'tools', 'convert_torch.py'), run_name='convert_test')
+    assert tool['main']([str(tmp_path / 'r18.pth'), str(tmp_path / 'r18.params'), '-q']) == 0
+    script = runpy.run_path(os.path.join(ROOT, 'train_transfer.py'), run_name='convert_test')
+    assert script['main'](['--model', 'resnet18_v1b', '--source-params', str(tmp_path / 'r18.params'),
+                           '--data-dir', str(tmp_path / 'data'), '--input-size', '32', '--batch-size', '2',
+                           '--max-iter', '1', '--reg', 'l2sp', '--save-dir', str(tmp_path / 'run'), '-j', '1']) == 0
+    log = (tmp_path / 'run' / 'train.log').read_text()
+    assert 'source resnet18_v1b from %s: loaded 102 arrays (classifier of 1000 classes, replaced)' \
+        % (tmp_path / 'r18.params') in log
