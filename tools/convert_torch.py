@@ -1,11 +1,11 @@
 #!/usr/bin/env python
 """Convert PyTorch weights (torchvision, timm, functional-zoo .pth / .safetensors files) to Gluon .params.
 
-    python tools/convert_torch.py resnet50-0676ba61.pth resnet50_v1b-tv.params          # torchvision ResNet-50
-    python tools/convert_torch.py mobilenet_v2-b0353104.pth mnv2.params --classes 1000    # new head, see below
-    python tools/convert_torch.py inception_v3_google-0cc3c7bd.pth inceptionv3-tv.params  # needs 299 px input
-    python tools/convert_torch.py inception_v4.pth inception_v4.params --imagenet-input   # timm checkpoint
-    python tools/convert_torch.py afa_resnet101_dogs.pth afa-r101.params                  # {'model': ...}, module.
+    python tools/convert_torch.py resnet50.pth resnet50_v1b-tv.params                  # torchvision ResNet-50
+    python tools/convert_torch.py mobilenet_v2.pth mnv2.params --classes 1000           # new head, see --classes
+    python tools/convert_torch.py inception_v3.pth inceptionv3-tv.params                # needs 299 px input
+    python tools/convert_torch.py inception_v4.safetensors v4.params --imagenet-input   # timm weights
+    python tools/convert_torch.py afa_resnet101.pth afa-r101.params                     # {'model': ...}, module.
 
 The architecture is detected from the keys: torchvision ResNet-18/34/50/101/152 ->
 resnet*_v1b, torchvision MobileNetV2 -> mobilenetv2_1.0, torchvision Inception-v3 ->
@@ -25,9 +25,6 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-ARCH_CHOICES = ('resnet18_v2', 'resnet18_v1b', 'resnet34_v1b', 'resnet50_v1b', 'resnet101_v1b', 'resnet152_v1b',
-                'mobilenetv2_1.0', 'inceptionv3', 'inception_v4')
-
 
 def _positive(text):
     try:
@@ -40,11 +37,13 @@ def _positive(text):
 
 
 def main(argv=None):
+    from gluon_transfer.convert_torch import ARCHS, convert_file
+    from gluon_transfer.errors import GluonTransferError
     p = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0],
                                 epilog='Details and the end-to-end recipe: docs/weights.md')
     p.add_argument('src', help='PyTorch .pth file (torch.save, zip or legacy layout) or .safetensors file')
     p.add_argument('dst', help='output Gluon .params file')
-    p.add_argument('--arch', default=None, choices=ARCH_CHOICES,
+    p.add_argument('--arch', default=None, choices=ARCHS,
                    help='target network (default: detected from the keys; must agree with the file)')
     head = p.add_mutually_exclusive_group()
     head.add_argument('--classes', type=_positive, default=None, metavar='N',
@@ -61,8 +60,6 @@ def main(argv=None):
     p.add_argument('--force', action='store_true', help='replace DST if it exists')
     p.add_argument('-q', '--quiet', action='store_true', help='print only the summary line')
     args = p.parse_args(argv)
-    from gluon_transfer.convert_torch import convert_file
-    from gluon_transfer.errors import GluonTransferError
     try:
         conv = convert_file(args.src, args.dst, args.arch, classes=args.classes, drop_head=args.drop_head,
                             transform_input=args.transform_input, imagenet_input=args.imagenet_input,
