@@ -965,6 +965,8 @@ def convert_file(src, dst, arch=None, classes=None, drop_head=False, transform_i
     :class:`Conversion`."""
     import mxnet as mx
     from .zoo import get_model
+    if os.path.exists(dst) and os.path.exists(src) and os.path.samefile(src, dst):
+        raise CheckpointError('the output %s is the input file; choose another name' % dst)
     if os.path.exists(dst) and not overwrite:
         raise CheckpointError('%s exists; pass --force to replace it' % dst)
     trail = []

@@ -90,13 +90,14 @@ def test_afa_resnet101_checkpoint(tmp_path, gen):
     _close(_net('resnet101_v1b', dst, 120)(mx.nd.array(x)).asnumpy(), T.resnet_forward(sd, x, 101))
 
 
-def test_resnet152_detected_and_complete(gen):
-    """Key-level check (no forward): every ResNet-152 key is placed or dropped."""
-    sd = T.resnet_state(gen, 152)
-    assert detect_source(sd)[1] == 'resnet152_v1b'
+@pytest.mark.parametrize('depth,last', [(34, 'layer3.5.bn2.gamma'), (152, 'layer3.35.bn3.gamma')])
+def test_other_depths_detected_and_complete(gen, depth, last):
+    """Key-level check (no forward; ResNet-18/50/101 are checked end to end above): every
+    key is placed or dropped, the blocks per stage pick the target."""
+    sd = T.resnet_state(gen, depth)
+    assert detect_source(sd)[1] == 'resnet%d_v1b' % depth
     conv = convert(sd)
-    assert len(conv.params) + len(conv.dropped) == len(sd)
-    assert 'layer3.35.bn3.gamma' in conv.params and 'layer3.35.conv3.weight' in conv.params
+    assert len(conv.params) + len(conv.dropped) == len(sd) and last in conv.params
 
 
 # ----------------------------------------------------------------- MobileNetV2
@@ -259,6 +260,8 @@ def test_tool_report_and_no_overwrite(tmp_path, gen, tool, capsys):
     assert 'exists; pass --force' in capsys.readouterr().err and dst.read_bytes() == before
     assert tool.main([str(src), str(dst), '-q', '--force']) == 0
     assert len(capsys.readouterr().out.splitlines()) == 2
+    assert tool.main([str(src), str(src), '--force']) == 2
+    assert 'is the input file' in capsys.readouterr().err and src.stat().st_size > 0
 
 
 @pytest.mark.slow
