@@ -506,7 +506,7 @@ def _family(sd):
         return 'fz-at'
     if any(re.match(r'group\d+\.block\d+\.', k) for k in sd):
         return 'fz'
-    if 'layer1.0.conv1.weight' in sd or 'conv1.weight' in sd and 'bn1.running_mean' in sd:
+    if 'layer1.0.conv1.weight' in sd or ('conv1.weight' in sd and 'bn1.running_mean' in sd):
         return 'tv-resnet'
     if 'features.1.conv.0.0.weight' in sd or 'features.18.0.weight' in sd:
         return 'tv-mobilenetv2'
