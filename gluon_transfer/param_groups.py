@@ -7,14 +7,31 @@ Layer groups (derived from the network's structure)
 ---------------------------------------------------
 The reference groups Inception-v4 by the top-level modules of ``features`` (3 stem
 convs, Mixed/Inception/Reduction blocks; index 0-21) plus the classifier. The same rule
-applied to any Gluon network: walk the children in registration order, descend into
-(Hybrid)Sequential containers, and make every other child that holds parameters one
-group, except that a normalisation layer joins the Conv2D/Dense group right before it
-(a stem ``conv1`` + ``bn1`` is one layer, like Inception's BasicConv2d). The classifier
-(:func:`~gluon_transfer.losses.transfer_common.head_name`) is always the last group.
-For GluonCV ResNet-v1b this gives ``conv1`` (conv1 + bn1), one group per residual block
-``layer1.0, layer1.1, ..., layer4.2`` and ``fc``: 17 + 1 groups for ResNet-50, 34 + 1 for
-ResNet-101. Group indices ``i = 0..L-1`` count from the input, as the reference's.
+applied to any Gluon network: walk the children in registration order and make each
+child that holds parameters one group, where
+
+* a (Hybrid)Sequential *stage* -- one holding more than one conv/dense layer, like
+  ``layer1`` of a ResNet or the ``features`` list itself -- is descended into;
+* a (Hybrid)Sequential holding a single conv/dense layer (with its normalisation and
+  activation: Inception's basic conv, GluonCV's ``_make_basic_conv``) is one group;
+* a block of parallel branches (a (Hybrid)Concurrent, or any other composite block) is one
+  group: the branches inside an Inception/Reduction block are never split;
+* a normalisation layer joins the Conv2D/Dense group right before it (a stem ``conv1`` +
+  ``bn1`` is one layer, like Inception's BasicConv2d).
+
+The classifier (:func:`~gluon_transfer.losses.transfer_common.head_name`) is always the
+last group. Group indices ``i = 0..L-1`` count from the input, as the reference's. Counts
+(backbone groups + classifier):
+
+* GluonCV ResNet-v1b: ``conv1`` (conv1 + bn1), one group per residual block
+  ``layer1.0 ... layer4.2`` and ``fc``: 17 + 1 for ResNet-50, 34 + 1 for ResNet-101;
+* ``inception_v4``: ``features.0`` ... ``features.21`` + ``output``: 22 + 1 (the reference's);
+* GluonCV ``inceptionv3``: the five stem basic convs ``features.0, 1, 2, 4, 5`` (3 and 6
+  are parameter-free max-pools), ``features.7`` ... ``features.17`` (3 A, 1 B, 4 C, 1 D, 2 E
+  blocks) + ``output``: 16 + 1;
+* GluonCV ``mobilenetv2_1.0``: the stem ``features.0`` (+ BN ``features.1``), the 17
+  inverted-residual blocks ``features.3`` ... ``features.19``, the last 1x1 conv
+  ``features.20`` (+ BN ``features.21``) + ``output``: 19 + 1.
 
 Learning rates (``--lrs head,upper,lower`` with ``--num-low-lr-layers k``)
 -----------------------------------------------------------------------
@@ -53,11 +70,23 @@ or classifier); ``kind`` 'weight' (conv/dense kernel), 'bias', 'norm' (BN gamma/
 of its parameter penalty ('w0' = the source weights, '0' = zero; rate 0 = none); ``shape``."""
 
 _SEQUENTIAL = (gluon.nn.HybridSequential, gluon.nn.Sequential)
+_CONCURRENT = (gluon.contrib.nn.HybridConcurrent, gluon.contrib.nn.Concurrent)
 _MERGE_INTO = (gluon.nn.Conv2D, gluon.nn.Dense)
 
 
 def _is_norm(block):
     return 'norm' in type(block).__name__.lower()
+
+
+def _weight_layers(block):
+    """Number of Conv2D/Dense layers in ``block`` and below."""
+    own = 1 if isinstance(block, _MERGE_INTO) else 0
+    return own + sum(_weight_layers(c) for c in block._children.values())
+
+
+def _is_stage(block):
+    """A sequential container to descend into: not parallel branches, not one conv unit."""
+    return isinstance(block, _SEQUENTIAL) and not isinstance(block, _CONCURRENT) and _weight_layers(block) > 1
 
 
 def _own_params(block, path):
@@ -98,7 +127,7 @@ def layer_groups(net):
             keys = [k for k in child._collect_params_with_prefix(p)]
             if not keys:
                 continue
-            if isinstance(child, _SEQUENTIAL):
+            if _is_stage(child):
                 own = [k for k, _ in _own_params(child, p)]
                 if own:
                     groups.append([p, own, False])

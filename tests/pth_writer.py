@@ -1,5 +1,6 @@
 """A minimal writer of the two ``torch.save`` layouts (zip and legacy) for flat dicts of
-numpy arrays, so tests can make full-size functional-zoo files without torch."""
+numpy arrays (optionally nested in checkpoint dicts), so tests can make full-size
+files without torch."""
 import collections
 import io
 import pickle
@@ -22,19 +23,30 @@ class Global:
         raise RuntimeError('stand-in only')
 
 
+class Declared:
+    """An array written with a forged storage element count (``numel``, in the pickle and in
+    the legacy header) and/or tensor ``size``/``stride``: a malformed file for tests."""
+
+    def __init__(self, arr, numel=None, size=None, stride=None):
+        self.arr, self.numel, self.size, self.stride = np.ascontiguousarray(arr), numel, size, stride
+
+
 class _StorageRef:
-    def __init__(self, key, arr):
+    def __init__(self, key, arr, numel=None):
         self.key, self.arr = key, arr
+        self.numel = int(arr.size) if numel is None else numel
 
 
 class _Tensor:
-    def __init__(self, storage, arr):
+    def __init__(self, storage, arr, size=None, stride=None):
         self.storage, self.arr = storage, arr
+        self.size = tuple(arr.shape) if size is None else tuple(size)
+        self.stride = tuple(int(np.prod(arr.shape[i + 1:])) for i in range(arr.ndim)) if stride is None \
+            else tuple(stride)
 
     def __reduce__(self):
-        stride = tuple(int(np.prod(self.arr.shape[i + 1:])) for i in range(self.arr.ndim))
         return (Global('torch._utils', '_rebuild_tensor_v2'),
-                (self.storage, 0, tuple(self.arr.shape), stride, False, collections.OrderedDict()))
+                (self.storage, 0, self.size, self.stride, False, collections.OrderedDict()))
 
 
 class _Pickler(pickle._Pickler):
@@ -44,7 +56,7 @@ class _Pickler(pickle._Pickler):
 
     def persistent_id(self, obj):
         if isinstance(obj, _StorageRef):
-            pid = ('storage', Global('torch', _NAMES[obj.arr.dtype]), obj.key, 'cpu', int(obj.arr.size))
+            pid = ('storage', Global('torch', _NAMES[obj.arr.dtype]), obj.key, 'cpu', obj.numel)
             return pid + (None,) if self.legacy else pid
         return None
 
@@ -55,13 +67,21 @@ class _Pickler(pickle._Pickler):
         super().save(obj, save_persistent_id)
 
 
-def _prepare(state):
-    storages, obj = [], collections.OrderedDict()
-    for i, (k, v) in enumerate(state.items()):
-        arr = np.ascontiguousarray(v)
-        ref = _StorageRef(str(i), arr)
-        storages.append(ref)
-        obj[k] = _Tensor(ref, arr)
+def _prepare(state, storages=None):
+    """Arrays become tensors (one storage each); nested dicts are followed; other values
+    (ints, strings) are pickled as they are, as ``torch.save`` does for checkpoints."""
+    storages = [] if storages is None else storages
+    obj = collections.OrderedDict()
+    for k, v in state.items():
+        if isinstance(v, dict):
+            obj[k] = _prepare(v, storages)[0]
+        elif isinstance(v, (np.ndarray, Declared)):
+            d = v if isinstance(v, Declared) else Declared(v)
+            ref = _StorageRef(str(len(storages)), d.arr, d.numel)
+            storages.append(ref)
+            obj[k] = _Tensor(ref, d.arr, d.size, d.stride)
+        else:
+            obj[k] = v
     return obj, storages
 
 
@@ -86,5 +106,5 @@ def save_legacy(state, path):
         _Pickler(f, legacy=True).dump(obj)
         pickle.dump([s.key for s in storages], f, protocol=2)
         for s in storages:
-            f.write(struct.pack('<q', s.arr.size))
+            f.write(struct.pack('<q', s.numel))
             f.write(s.arr.tobytes())

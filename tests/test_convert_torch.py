@@ -4,6 +4,7 @@ import collections
 import importlib.util
 import os
 import pickle
+import struct
 import zipfile
 
 import numpy as np
@@ -207,7 +208,8 @@ def test_at_resnet18_zip_to_resnet18_v2(tmp_path, rng, gen):
     back = read_pth(str(src))
     assert all(np.array_equal(back[k], sd[k]) for k in sd)
     dst = tmp_path / 'r18v2.params'
-    assert convert_file(str(src), str(dst)) == ('resnet18_v2', 98)
+    conv = convert_file(str(src), str(dst))
+    assert (conv.arch, len(conv.params)) == ('resnet18_v2', 98)
     x = rng.uniform(-2, 2, (1, 3, 32, 32))
     _check(gluon_logits('resnet18_v2', str(dst), x), np_at_resnet18(sd, x))
     # the identity BNs: data BN and the missing group0.block0.affine0
@@ -221,7 +223,7 @@ def test_fb_resnet18_legacy_to_resnet18_v1b(tmp_path, rng, gen):
     src = tmp_path / 'resnet-18-export.pth'
     pth_writer.save_legacy(sd, str(src))
     dst = tmp_path / 'r18.params'
-    assert convert_file(str(src), str(dst))[0] == 'resnet18_v1b'
+    assert convert_file(str(src), str(dst)).arch == 'resnet18_v1b'
     x = rng.uniform(-2, 2, (1, 3, 32, 32))
     _check(gluon_logits('resnet18_v1b', str(dst), x), np_fb_resnet(sd, x, (2, 2, 2, 2)))
 
@@ -269,3 +271,80 @@ def test_tool_main(tmp_path, gen, capsys):
     assert 'resnet18_v1b' in capsys.readouterr().out
     net = gt.get_model('resnet18_v1b', params=str(tmp_path / 'r18.params'))
     assert net.fc.weight.shape == (1000, 512)
+
+
+# ----------------------------------------------------------------- declared sizes vs real bytes
+def test_declared_sizes_are_checked_before_allocating(tmp_path, capsys):
+    """A legacy file declaring 2^40 elements (4 TiB) for a 100-element storage, a zip whose
+    pickle and member disagree, and a tensor addressing more than its storage: each is a
+    one-line error naming the tensor, never a MemoryError."""
+    arr = np.arange(100, dtype=np.float32)
+    legacy = tmp_path / 'huge_legacy.pth'
+    pth_writer.save_legacy({'conv1.weight': arr[:4], 'layer1.weight': pth_writer.Declared(arr, numel=2 ** 40)},
+                           str(legacy))
+    with pytest.raises(CheckpointError, match=r"storage 1 \(tensor 'layer1.weight'\) declares 1099511627776 "
+                                              r"elements \(4398046511104 bytes\) but only 400 bytes are left"):
+        read_pth(str(legacy))
+    negative = tmp_path / 'negative.pth'
+    pth_writer.save_legacy({'w': pth_writer.Declared(arr, numel=-5)}, str(negative))
+    with pytest.raises(CheckpointError, match=r"storage 0 declares -5 elements"):
+        read_pth(str(negative))
+    mismatch = tmp_path / 'mismatch.pth'
+    pth_writer.save_legacy({'w': pth_writer.Declared(arr, numel=50)}, str(mismatch))
+    with pytest.raises(CheckpointError, match=r"tensor 'w' reaches element 99 of a storage of 50 elements"):
+        read_pth(str(mismatch))
+    zpath = tmp_path / 'huge_zip.pth'
+    pth_writer.save_zip({'fc.weight': pth_writer.Declared(arr, numel=2 ** 40)}, str(zpath))
+    with pytest.raises(CheckpointError, match=r"storage 0 \(tensor 'fc.weight'\) declares 1099511627776 elements "
+                                              r"\(4398046511104 bytes\) but its data file holds 400 bytes"):
+        read_pth(str(zpath))
+    # a tensor of 2^40 elements over the 100-element storage (stride 0: a broadcast view)
+    view = tmp_path / 'view.pth'
+    pth_writer.save_zip({'w': pth_writer.Declared(arr, size=(2 ** 40,), stride=(0,))}, str(view))
+    with pytest.raises(CheckpointError, match=r"tensor 'w' declares 1099511627776 elements .* the file has only"):
+        read_pth(str(view))
+    far = tmp_path / 'far.pth'
+    pth_writer.save_zip({'w': pth_writer.Declared(arr, size=(10, 11), stride=(11, 1))}, str(far))
+    with pytest.raises(CheckpointError, match=r"tensor 'w' reaches element 109 of a storage of 100"):
+        read_pth(str(far))
+    spec = importlib.util.spec_from_file_location('convert_tool', os.path.join(ROOT, 'tools', 'convert_torch.py'))
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    assert tool.main([str(legacy), str(tmp_path / 'out.params')]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith('error: ') and err.count('\n') == 1 and "'layer1.weight'" in err
+    assert not (tmp_path / 'out.params').exists()
+
+
+def _save_safetensors(state, path, header_patch=None):
+    """The safetensors layout, written by hand: u64 header length, JSON header, raw data."""
+    import json
+    codes = {np.dtype('float32'): 'F32', np.dtype('float16'): 'F16', np.dtype('int64'): 'I64'}
+    header, blobs, at = {'__metadata__': {'format': 'pt'}}, [], 0
+    for k, v in state.items():
+        raw = np.ascontiguousarray(v).tobytes()
+        header[k] = {'dtype': codes[v.dtype], 'shape': list(v.shape), 'data_offsets': [at, at + len(raw)]}
+        blobs.append(raw)
+        at += len(raw)
+    header.update(header_patch or {})
+    text = json.dumps(header).encode()
+    with open(path, 'wb') as f:
+        f.write(struct.pack('<Q', len(text)) + text + b''.join(blobs))
+
+
+def test_reads_safetensors(tmp_path):
+    want = collections.OrderedDict([('conv.weight', np.arange(24, dtype=np.float32).reshape(2, 3, 2, 2)),
+                                    ('bn.num_batches_tracked', np.array(7, np.int64)),
+                                    ('half', np.array([1.5, -2.0], np.float16))])
+    path = tmp_path / 'model.safetensors'
+    _save_safetensors(want, str(path))
+    got = read_pth(str(path))
+    assert list(got) == list(want)
+    for k, v in want.items():
+        assert got[k].dtype == v.dtype and got[k].shape == v.shape
+        np.testing.assert_array_equal(got[k], v)
+    bad = tmp_path / 'bad.safetensors'
+    _save_safetensors(want, str(bad), {'conv.weight': {'dtype': 'F32', 'shape': [2 ** 20, 2 ** 20],
+                                                       'data_offsets': [0, 96]}})
+    with pytest.raises(CheckpointError, match=r"tensor 'conv.weight' declares shape \(1048576, 1048576\)"):
+        read_pth(str(bad))

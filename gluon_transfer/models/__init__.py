@@ -2,3 +2,4 @@
 from . import cifar_aff, imagenet_aff  # noqa: F401,E402
 from . import wrn  # noqa: F401
 from . import afs_resnet  # noqa: F401
+from . import inception_v4  # noqa: F401
