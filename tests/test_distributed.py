@@ -316,6 +316,143 @@ def test_sigterm_to_launcher_stops_everything():
     assert len(pids) == 4 and not any(_alive(p) for p in pids.values())
 
 
+def test_port_in_use_is_a_one_line_error(capsys):
+    """A --port something already listens on is refused before anything starts, naming the
+    port (ps-lite's scheduler would die with an MXNet traceback: 'bind failed')."""
+    import socket
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        s.listen()
+        port = s.getsockname()[1]
+        assert launch.main(['-n', '1', '-s', '1', '--local', '--port', str(port), '--', 'true']) == 2
+    err = capsys.readouterr().err
+    assert err.count('\n') == 1 and err.startswith('error: --port %d is not available on 127.0.0.1' % port), err
+    assert 'leave --port out' in err
+
+
+def _wait_dead(pids, timeout):
+    end = time.time() + timeout
+    while time.time() < end and any(_alive(p) for p in pids):
+        time.sleep(0.05)
+    return [p for p in pids if _alive(p)]
+
+
+def _kill_groups(pids):
+    for pid in pids:
+        try:
+            os.killpg(pid, signal.SIGKILL)
+        except OSError:
+            pass
+
+
+def test_watchdog_stops_the_groups_when_the_launcher_pipe_closes():
+    """The fallback alone: the watchdog stops every group it was told about (grandchildren
+    included) when its pipe closes without 'done', and leaves them alone after 'done'."""
+    script = 'sleep 60 & echo $!; wait'
+    for done in (False, True):
+        procs = [subprocess.Popen(['sh', '-c', script], stdout=subprocess.PIPE, text=True, start_new_session=True)
+                 for _ in range(2)]
+        children = [int(p.stdout.readline()) for p in procs]
+        pids = [p.pid for p in procs] + children
+        try:
+            dog = launch.start_watchdog(grace=1.0)
+            for p in procs:
+                dog.stdin.write(b'%d\n' % p.pid)
+            dog.stdin.write(b'done\n' if done else b'')
+            dog.stdin.close()                   # what the launcher's death does
+            assert dog.wait(timeout=15) == 0
+            for p in procs:
+                if not done:
+                    p.wait(timeout=10)         # reap our own children (no zombies)
+            if done:
+                assert all(_alive(p) for p in pids)
+            else:
+                assert _wait_dead(pids, 10) == []
+        finally:
+            _kill_groups([p.pid for p in procs])
+            for p in procs:
+                p.wait(timeout=10)
+                p.stdout.close()
+
+
+@pytest.mark.skipif(not sys.platform.startswith('linux'), reason='PR_SET_PDEATHSIG is Linux only')
+def test_parent_death_signal_kills_the_child():
+    """A child started with parent_death_signal() dies when its parent is SIGKILLed."""
+    code = ('import subprocess, sys, time; sys.path.insert(0, %r); from gluon_transfer.launch import '
+            'parent_death_signal; p = subprocess.Popen(["sleep", "60"], preexec_fn=parent_death_signal(), '
+            'start_new_session=True); print(p.pid, flush=True); time.sleep(60)' % ROOT)
+    parent = subprocess.Popen([sys.executable, '-c', code], stdout=subprocess.PIPE, text=True,
+                              start_new_session=True)
+    child = None
+    try:
+        child = int(parent.stdout.readline())
+        assert _alive(child)
+        parent.kill()
+        parent.wait(timeout=10)
+        assert _wait_dead([child], 10) == []
+    finally:
+        parent.kill()
+        parent.wait(timeout=10)
+        parent.stdout.close()
+        if child:
+            _kill_groups([child])
+
+
+def _sigkill_launcher(run, ready, timeout):
+    """Wait for ``ready(output)``, SIGKILL the launcher, and return the pids it reported."""
+    pids = {}
+    try:
+        assert run.wait_for(ready, timeout), run.text()
+        pids = run.pids()
+        os.kill(run.p.pid, signal.SIGKILL)
+        assert run.p.wait(timeout=10) == -signal.SIGKILL
+    except BaseException:
+        run.p.kill()
+        _kill_groups(pids.values())
+        raise
+    return pids
+
+
+@pytest.mark.slow
+def test_sigkill_of_launcher_takes_the_job_down(tmp_path):
+    """SIGKILL of a running launcher (no chance to stop anything itself): the scheduler, the
+    server and the two training workers of a live dist_sync job are gone soon after, and
+    training stopped (no worker finished). With --log-dir the processes do not write to the
+    launcher's pipes, so nothing else (a broken pipe) would end them."""
+    logs = tmp_path / 'logs'
+    run = LauncherRun(['-n', '2', '-s', '1', '--local', '--grace', '2', '--log-dir', str(logs), '--'] + WORKER +
+                      ['--out', str(tmp_path), '--epochs', '200', '--sleep', '0.05', '--deferred'])
+
+    def stepping(_):
+        texts = [(logs / ('worker%d.log' % i)).read_text() if (logs / ('worker%d.log' % i)).exists() else ''
+                 for i in (0, 1)]
+        return all('step 3\n' in t for t in texts)
+    pids = _sigkill_launcher(run, stepping, 120)
+    try:
+        assert sorted(pids) == ['scheduler', 'server 0', 'worker 0', 'worker 1']
+        assert _wait_dead(pids.values(), 15) == [], run.text()
+    finally:
+        _kill_groups(pids.values())
+        run.finish(15)
+    assert not (tmp_path / 'final_rank0.npz').exists() and not (tmp_path / 'final_rank1.npz').exists()
+
+
+@pytest.mark.slow
+def test_sigkill_of_launcher_also_stops_grandchildren():
+    """Processes the workers started themselves (in their process groups) go too."""
+    run = LauncherRun(['-n', '2', '-s', '1', '--local', '--grace', '1', '--', 'sh', '-c',
+                       'sleep 120 & echo child $!; wait'])
+    child = re.compile(r'\[worker (\d)\] child (\d+)')
+    pids = _sigkill_launcher(run, lambda t: len(child.findall(t)) == 2, 60)
+    grandchildren = [int(m[1]) for m in child.findall(run.text())]
+    try:
+        assert _wait_dead(list(pids.values()) + grandchildren, 15) == [], run.text()
+    finally:
+        _kill_groups(pids.values())
+        run.finish(15)
+    assert 'launch watchdog: the launcher (pid %d) died' % run.p.pid in run.text()
+
+
 # ---------------------------------------------------------------------------- dist_sync on loopback
 class _LineSink(_Sink):
     def lines(self):
