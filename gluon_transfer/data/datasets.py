@@ -224,7 +224,8 @@ def build_data(preset, data_dir=None, rec_train=None, rec_val=None, batch_size=1
     CIFAR presets, the original binary files (read into memory, served by
     :class:`~gluon_transfer.data.base.ArrayIter` with :func:`~gluon_transfer.data.cifar.pad_crop_flip`).
 
-    Every ``.rec`` is structure-checked (and decode-checked when small, ``verify='auto'``)
+    Every ``.rec`` is structure-checked, and every record ImageRecordIter will read is
+    decode-checked (``verify='auto'``, at any file size; see :func:`~gluon_transfer.data.recordio.verify_decode`),
     before ImageRecordIter opens it. Classes: ``classes.txt`` next to the training
     ``.rec`` when present (its length is ``num_classes``), else ``max label + 1`` over the
     training (or, without it, evaluation) records; every label must lie below it.

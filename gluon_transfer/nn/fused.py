@@ -35,6 +35,8 @@ import threading
 
 import numpy as np
 
+from ..cache import cache_dir
+
 __all__ = ['load_kernel', 'kernel_active', 'disabled', 'OP_NAME', 'MEAN_OP']
 
 OP_NAME = 'gt_aff_fuse'
@@ -93,11 +95,6 @@ def _compiler():
     return path, '%s | %s' % (os.path.realpath(path), lines[0].strip())
 
 
-def _cache_dir():
-    return os.environ.get('GLUON_TRANSFER_CACHE') or os.path.join(os.path.expanduser('~'), '.cache',
-                                                                 'gluon_transfer')
-
-
 def _library_path(mx, cpu=None, compiler=None):
     """Cache path of the library for this source, mxnet, compiler and CPU.
 
@@ -111,7 +108,7 @@ def _library_path(mx, cpu=None, compiler=None):
     cpu = _cpu_tag() if cpu is None else cpu
     compiler = _compiler()[1] if compiler is None else compiler
     key.update('\0'.join(_FLAGS + [mx.__version__, sys.platform, cpu, compiler]).encode())
-    return os.path.join(_cache_dir(), 'libgt_aff_%s.so' % key.hexdigest()[:16])
+    return cache_dir('libgt_aff_%s.so' % key.hexdigest()[:16])
 
 
 def _digest(path):
