@@ -192,7 +192,8 @@ def test_cache_key_follows_cpu_flags_and_compiler(tmp_path, monkeypatch):
     monkeypatch.setenv('GLUON_TRANSFER_CACHE', str(tmp_path))
     monkeypatch.setattr(fused, '_compiler', lambda: ('/usr/bin/g++', '/usr/bin/g++-12 | g++ 12.2.0'), raising=False)
     keys = {}
-    for name, extra in (('avx512', 'avx512f avx512bw amx_tile'), ('avx2', ''), ('avx512_again', 'avx512f avx512bw amx_tile')):
+    avx512 = 'avx512f avx512bw amx_tile'
+    for name, extra in (('avx512', avx512), ('avx2', ''), ('avx512_again', avx512)):
         info = tmp_path / ('cpuinfo_' + name)
         info.write_text(CPUINFO % (extra, extra))
         monkeypatch.setattr(fused, '_CPUINFO', str(info), raising=False)
