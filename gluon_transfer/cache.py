@@ -1,6 +1,7 @@
 """Where gluon_transfer keeps what it can rebuild: ``$GLUON_TRANSFER_CACHE``, by default
-``~/.cache/gluon_transfer`` (the compiled fused AFF kernel, the record of which large
-RecordIO files passed the decode check). Deleting it loses nothing but time."""
+``~/.cache/gluon_transfer`` (the compiled fused AFF kernel, ``--train-fraction`` subsets of
+RecordIO sets, the record of which large RecordIO files passed the decode check). Deleting
+it loses nothing but time."""
 import os
 
 __all__ = ['cache_dir']

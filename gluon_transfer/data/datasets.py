@@ -53,6 +53,7 @@ import os
 
 import numpy as np
 
+from ..cache import cache_dir as user_cache_dir
 from ..errors import ConfigError, DataError
 from ..registry import DATASETS, unknown_name_message
 from .base import ArrayIter
@@ -507,10 +508,8 @@ def default_subset_dir(rec):
     with ``GLUON_TRANSFER_CACHE`` defaulting to ``~/.cache/gluon_transfer`` (the cache of the
     fused AFF kernel). Never inside the user's data folder."""
     src = os.path.abspath(rec)
-    root = os.environ.get('GLUON_TRANSFER_CACHE') or os.path.join(os.path.expanduser('~'), '.cache',
-                                                                  'gluon_transfer')
     tag = hashlib.sha1(src.encode('utf-8', 'surrogateescape')).hexdigest()[:12]
-    return os.path.join(root, 'subsets', tag)
+    return user_cache_dir('subsets', tag)
 
 
 def subset_recordio(info, fraction, seed=0, cache_dir=None):
