@@ -395,7 +395,7 @@ class FineTune:
         size = int(math.ceil(args.input_size / float(args.crop_ratio)))
         bundle = build_data(args.dataset, data_dir=args.data_dir, rec_val=args.rec_val, rec_val_idx=args.rec_val_idx,
                             batch_size=max(1, batch_size // 4), num_workers=args.num_workers, num_parts=num_parts,
-                            part_index=part_index, seed=args.seed, input_size=size, crop_ratio=1.0,
+                            part_index=part_index, shard_val=False, seed=args.seed, input_size=size, crop_ratio=1.0,
                             with_train=False)
         return bundle.val
 

@@ -17,7 +17,12 @@ the scheduler on the first host, server ``i`` and worker ``i`` on host ``i mod H
 Supervision: each process runs in its own process group. The job stops -- every group
 gets SIGTERM, then SIGKILL after ``--grace`` seconds -- as soon as any worker exits
 non-zero, the scheduler or a server exits before the workers finish, the launcher
-receives SIGINT/SIGTERM/SIGHUP, or ``--timeout`` passes. Exit status: 0 when all workers
+receives SIGINT/SIGTERM/SIGHUP, or ``--timeout`` passes. When the launcher itself dies
+without stopping the job (SIGKILL, a crash), the job dies with it: on Linux every process
+gets SIGKILL from the kernel when the launcher goes (``PR_SET_PDEATHSIG``), and a small
+watchdog process (started first, fed the process ids through a pipe only the launcher
+holds) sees the pipe close and stops every process group as above, which also reaches the
+processes' own children and works where ``prctl`` does not exist. Exit status: 0 when all workers
 succeed; the failed worker's status (128+signal for a signal) when one fails; 1 when the
 scheduler or a server fails; 124 on timeout; 128+signal when interrupted. Worker ``i`` is
 the i-th worker started; ps-lite assigns the kvstore rank when workers connect (the
@@ -27,6 +32,7 @@ Output: each line of a process is printed with a ``[worker 0]``/``[server 0]``/`
 prefix, or written to ``LOG_DIR/worker0.log`` etc. with ``--log-dir``.
 """
 import argparse
+import ctypes
 import os
 import shlex
 import signal
@@ -39,7 +45,7 @@ from collections import namedtuple
 from .engine.distributed import dmlc_env, find_free_port
 
 __all__ = ['Host', 'ProcSpec', 'LaunchError', 'parse_hosts', 'parse_args', 'ssh_command', 'plan', 'Launcher',
-           'main']
+           'check_port_free', 'parent_death_signal', 'start_watchdog', 'main']
 
 Host = namedtuple('Host', ['address', 'user', 'ssh_port'])
 ProcSpec = namedtuple('ProcSpec', ['role', 'index', 'argv', 'env', 'host'])
@@ -86,7 +92,9 @@ def build_parser():
     where = p.add_mutually_exclusive_group()
     where.add_argument('--hosts', default=None, help='hosts file: start the processes over SSH')
     where.add_argument('--local', action='store_true', help='start all processes here on 127.0.0.1 (default)')
-    p.add_argument('--port', type=int, default=0, help='scheduler port (default: a free port of this machine)')
+    p.add_argument('--port', type=int, default=0,
+                   help='scheduler port (default: a free port of this machine; with --local, a port in use is '
+                        'an error)')
     p.add_argument('--timeout', type=float, default=0, help='stop the job after this many seconds (0: never)')
     p.add_argument('--grace', type=float, default=5.0, help='seconds between SIGTERM and SIGKILL when stopping')
     p.add_argument('--log-dir', default=None, help='write LOG_DIR/<role><i>.log instead of prefixed output')
@@ -156,6 +164,21 @@ def ssh_command(host, argv, env, cwd=None, options=()):
     return cmd
 
 
+def check_port_free(host, port):
+    """Raise :class:`LaunchError` naming ``host:port`` when a socket already listens there.
+
+    Binds the way the ps-lite scheduler will (ZeroMQ sets ``SO_REUSEADDR``, so connections
+    lingering in TIME_WAIT do not count as in use)."""
+    import socket
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError as e:
+            raise LaunchError('--port %d is not available on %s (%s): another process uses it; pick another '
+                              'port, or leave --port out to get a free one' % (port, host, e.strerror or e)) from None
+
+
 def plan(args):
     """The processes of the job, in start order: scheduler, servers, workers."""
     server_argv = [args.python, '-c', 'import mxnet']
@@ -164,6 +187,8 @@ def plan(args):
             [('worker', i, list(args.command)) for i in range(n)]
     specs = []
     if args.hosts_list is None:
+        if args.port:
+            check_port_free('127.0.0.1', args.port)
         port = args.port or find_free_port('127.0.0.1')
         extra = {'PYTHONUNBUFFERED': os.environ.get('PYTHONUNBUFFERED', '1')}
         for role, i, argv in roles:
@@ -205,6 +230,46 @@ def _describe_status(rc):
     return 'status %d' % rc
 
 
+_PR_SET_PDEATHSIG = 1      # <linux/prctl.h>
+
+
+def parent_death_signal(sig=signal.SIGKILL):
+    """A ``preexec_fn`` for ``subprocess.Popen`` that makes the kernel send ``sig`` to the
+    child when the thread that started it dies (``prctl(PR_SET_PDEATHSIG)``; the setting
+    survives ``exec``), or None where that is not available (not Linux, no ``prctl``).
+
+    The kernel ties the signal to the *thread* that forked the child, so the launcher must
+    start and outlive its children in one thread (``Launcher.run`` does: it stops them
+    before it returns). A parent that died between ``fork`` and ``prctl`` is caught by
+    comparing ``getppid()`` with the parent's pid."""
+    if not sys.platform.startswith('linux'):
+        return None
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl    # resolved here: no dlopen after fork
+    except (OSError, AttributeError):
+        return None
+    prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
+    prctl.restype = ctypes.c_int
+    parent = os.getpid()
+    signum = int(sig)
+
+    def preexec():
+        prctl(_PR_SET_PDEATHSIG, signum, 0, 0, 0)     # on failure the watchdog remains
+        if os.getppid() != parent:
+            os._exit(128 + signum)
+    return preexec
+
+
+def start_watchdog(grace):
+    """Start the watchdog process (``_launch_watchdog.py``) and return its ``Popen``: write
+    ``"<pgid>\\n"`` to its stdin for every process group to guard, ``"done\\n"`` once the
+    job is stopped. It runs in its own session and ignores SIGINT/SIGHUP/SIGTERM, so what
+    takes the launcher down (a terminal's signals included) does not take it down too."""
+    script = os.path.join(os.path.dirname(os.path.abspath(__file__)), '_launch_watchdog.py')
+    return subprocess.Popen([sys.executable, '-I', '-S', script, repr(float(grace)), str(os.getpid())],
+                            stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, start_new_session=True)
+
+
 class Launcher:
     """Start ``specs`` (each in its own process group) and supervise them (see module doc)."""
 
@@ -221,6 +286,7 @@ class Launcher:
         self._files = []
         self._lock = threading.Lock()
         self._signal = None
+        self._watchdog = None
 
     def _say(self, msg):
         with self._lock:
@@ -251,8 +317,11 @@ class Launcher:
             stdout = f
         else:
             stdout = subprocess.PIPE
+        # Own session (pgid == pid) so a stop reaches the process's children; SIGKILL from the
+        # kernel if this thread dies without stopping it (parent_death_signal).
         p = subprocess.Popen(spec.argv, env=spec.env, stdin=subprocess.DEVNULL, stdout=stdout,
-                             stderr=subprocess.STDOUT, start_new_session=True)
+                             stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=parent_death_signal())
+        self._guard('%d\n' % p.pid)
         if stdout is subprocess.PIPE:
             t = threading.Thread(target=self._pump, args=(p.stdout, '[%s]' % _name(spec)), daemon=True)
             t.start()
@@ -261,6 +330,17 @@ class Launcher:
         where = ' on %s' % spec.host.address if spec.host else ''
         self._say('launch: started %s (pid %d)%s' % (_name(spec), p.pid, where))
         return p
+
+    def _guard(self, line):
+        """Tell the watchdog a process group to guard (or ``done``)."""
+        if self._watchdog is None:
+            return
+        try:
+            self._watchdog.stdin.write(line.encode())
+            self._watchdog.stdin.flush()
+        except OSError:         # it died: the parent-death signal still covers the children
+            self._say('launch: the watchdog process (pid %d) is gone' % self._watchdog.pid)
+            self._watchdog = None
 
     def _on_signal(self, signum, frame):
         self._signal = signum
@@ -288,6 +368,17 @@ class Launcher:
 
     def _finish(self):
         self._stop()
+        if self._watchdog is not None:
+            self._guard('done\n')
+            try:
+                self._watchdog.stdin.close()
+            except OSError:
+                pass
+            try:
+                self._watchdog.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self._watchdog.kill()
+                self._watchdog.wait()
         for t in self._threads:
             t.join(timeout=2)
         for f in self._files:
@@ -300,6 +391,7 @@ class Launcher:
             for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
                 handlers[sig] = signal.signal(sig, self._on_signal)
         try:
+            self._watchdog = start_watchdog(self.grace)
             return self._run()
         finally:
             self._finish()

@@ -5,7 +5,9 @@ worker's shard of generated data (``num_parts = num_workers``, ``part_index = ra
 writes, to ``--out``: ``init_rank<r>.npz`` (its weights before training), ``final_rank<r>.npz``
 (after) and ``info_rank<r>.json`` (rank, workers, iterations per epoch, LR trace).
 Each worker initialises with a different seed, so equal final weights also show that
-the kvstore broadcasts rank 0's initial weights.
+the kvstore broadcasts rank 0's initial weights. ``--bn`` puts a BatchNorm after the conv
+(its running statistics are then in the .npz files too) and ``--val`` evaluates every epoch
+on all samples (not sharded), recording each epoch's val numbers in ``info_rank<r>.json``.
 """
 import argparse
 import json
@@ -34,12 +36,16 @@ FIT = dict(optimizer='sgd', lr=0.2, momentum=0.9, wd=1e-3, lr_mode='step', lr_de
            lr_decay_epochs=(1,), mode='hybrid', log_interval=0, seed=5)
 
 
-def make_net(seed, deferred=False):
+def make_net(seed, deferred=False, bn=False):
     """Initialised by a forward pass of zeros, or left with deferred shapes (``deferred``:
-    the Engine's first training forward initialises it)."""
+    the Engine's first training forward initialises it). ``bn``: conv -> BatchNorm -> relu."""
     net = gluon.nn.HybridSequential()
-    net.add(gluon.nn.Conv2D(4, 3, padding=1, activation='relu'), gluon.nn.GlobalAvgPool2D(),
-            gluon.nn.Dense(CLASSES))
+    if bn:
+        net.add(gluon.nn.Conv2D(4, 3, padding=1, use_bias=False), gluon.nn.BatchNorm(momentum=0.8),
+                gluon.nn.Activation('relu'))
+    else:
+        net.add(gluon.nn.Conv2D(4, 3, padding=1, activation='relu'))
+    net.add(gluon.nn.GlobalAvgPool2D(), gluon.nn.Dense(CLASSES))
     mx.random.seed(seed)
     net.initialize(mx.init.Xavier())
     if not deferred:
@@ -56,6 +62,11 @@ def make_shard(num_parts, part_index):
     imgs, labels = make_data()
     return ArrayIter(imgs, labels, BATCH, mean=(120,) * 3, std=(60,) * 3, shuffle=True, last_batch='rollover',
                      num_parts=num_parts, part_index=part_index, seed=3)
+
+
+def make_val():
+    imgs, labels = make_data()
+    return ArrayIter(imgs, labels, BATCH, mean=(120,) * 3, std=(60,) * 3, shuffle=False, last_batch='pad')
 
 
 def params_of(net):
@@ -85,10 +96,12 @@ def main():
     p.add_argument('--resume', default=None)
     p.add_argument('--sleep', type=float, default=0.0)
     p.add_argument('--deferred', action='store_true', help='deferred parameter shapes (no init files)')
+    p.add_argument('--bn', action='store_true', help='a BatchNorm after the conv')
+    p.add_argument('--val', action='store_true', help='evaluate on all samples every epoch')
     a = p.parse_args()
     kv, rank, nw = create_kvstore(a.kvstore)
     train = make_shard(nw, rank)
-    net = make_net(seed=100 + rank, deferred=a.deferred)
+    net = make_net(seed=100 + rank, deferred=a.deferred, bn=a.bn)
     os.makedirs(a.out, exist_ok=True)
     if not a.deferred:
         np.savez(os.path.join(a.out, 'init_rank%d.npz' % rank), **params_of(net))
@@ -96,8 +109,8 @@ def main():
     ckpt = CheckpointManager(a.save_dir, 'tiny') if a.save_dir else None
     metrics = os.path.join(a.save_dir, 'metrics.jsonl') if a.save_dir else None
     task = SlowClassify(a.sleep) if a.sleep else Classify()
-    engine = Engine(net, task, [mx.cpu()], cfg, train, num_classes=CLASSES, checkpoint=ckpt, metrics_path=metrics,
-                    run_info={'model': 'tiny'})
+    engine = Engine(net, task, [mx.cpu()], cfg, train, make_val() if a.val else None, num_classes=CLASSES,
+                    checkpoint=ckpt, metrics_path=metrics, run_info={'model': 'tiny'})
     print('ready rank %d of %d, %d iterations per epoch' % (rank, nw, engine.iters_per_epoch), flush=True)
     engine.fit(resume=a.resume)
     mx.nd.waitall()
@@ -105,7 +118,8 @@ def main():
     with open(os.path.join(a.out, 'info_rank%d.json' % rank), 'w') as f:
         json.dump({'rank': rank, 'num_workers': nw, 'iters_per_epoch': engine.iters_per_epoch,
                    'shard_batches': len(train), 'lr_trace': engine.lr_trace,
-                   'global_step': engine.global_step}, f)
+                   'global_step': engine.global_step,
+                   'val': [{k: h[k] for k in h if k.startswith('val_')} for h in engine.history]}, f)
     print('done rank %d' % rank, flush=True)
 
 

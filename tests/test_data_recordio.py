@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import mxnet as mx
 
-from gluon_transfer.data import RecordIter, inspect_recordio, record_iter_kwargs, get_preset
+from gluon_transfer.data import RecordIter, build_data, inspect_recordio, record_iter_kwargs, get_preset
 from gluon_transfer.data.recordio import read_record, unpack_payload, indexed_part_size, RECORD_MAGIC
 from gluon_transfer.errors import DataError, ConfigError
 from data_helpers import write_rec, solid_image
@@ -113,6 +113,80 @@ def test_garbled_jpeg_named_before_cpp_iter(tmp_path, no_cpp_iter):
     inspect_recordio(rec)  # the structure is intact
     with pytest.raises(DataError, match=r'j\.rec: record 5 holds \d+ bytes that do not decode'):
         RecordIter(rec, batch_size=4, data_shape=(3, 8, 8))  # verify='auto' decodes small files
+
+
+@pytest.fixture
+def big_file_rules(monkeypatch, tmp_path):
+    """Treat every file as a large one (the tests' files are a few kB): the old size limit of
+    the decode check (if this version still had one) and the size from which a passed check
+    is remembered both drop to 0; the cache goes to a temporary directory."""
+    from gluon_transfer.data import recordio
+    monkeypatch.setattr(recordio, 'AUTO_DECODE_BYTES', 0, raising=False)
+    monkeypatch.setattr(recordio, 'STAMP_MIN_BYTES', 0, raising=False)
+    monkeypatch.setenv('GLUON_TRANSFER_CACHE', str(tmp_path / 'cache'))
+    return recordio
+
+
+def test_corrupt_record_is_an_error_at_every_size(tmp_path, no_cpp_iter, big_file_rules):
+    """A large file's undecodable record is refused like a small file's, before
+    ImageRecordIter opens the file. (With the CIFAR presets' pad + random-crop augmentation,
+    ImageRecordIter turns it into a blank training image without a word: measured.)"""
+    rec, idx = write_rec(str(tmp_path / 'j'), 12, payload_of=_garble)
+    shape, aug = record_iter_kwargs('cifar10', True, 8)
+    with pytest.raises(DataError, match=r'j\.rec: record 5 holds \d+ bytes that do not decode'):
+        RecordIter(rec, batch_size=4, data_shape=shape, aug=aug, train=True)
+    with pytest.raises(DataError, match=r'j\.rec: record 5 holds \d+ bytes that do not decode'):
+        build_data('cifar10', rec_train=rec, rec_val=rec, batch_size=4, input_size=8, pipeline='record')
+    assert not (tmp_path / 'cache').exists()           # a failed check is not remembered
+
+
+def test_passed_check_of_a_large_file_runs_once_per_version(tmp_path, big_file_rules, monkeypatch):
+    """Large files: a passed check is remembered for the records checked, keyed on the files'
+    identity; another part, or a changed file, is checked (again)."""
+    rec, idx = write_rec(str(tmp_path / 'ok'), 16)
+    calls = []
+    real = big_file_rules.find_bad_record
+
+    def counting(info, positions=None, workers=1):
+        calls.append(list(positions))
+        return real(info, positions, workers)
+    monkeypatch.setattr(big_file_rules, 'find_bad_record', counting)
+    RecordIter(rec, batch_size=4, data_shape=(3, 8, 8))
+    RecordIter(rec, batch_size=4, data_shape=(3, 8, 8), num_parts=2, part_index=1)   # inside the full check
+    assert calls == [list(range(16))]
+    assert len(os.listdir(str(tmp_path / 'cache' / 'verified'))) == 1
+    # Same size, one record garbled in place: the file's identity (times) changed.
+    info = inspect_recordio(rec)
+    with open(rec, 'r+b') as f:
+        f.seek(int(info.offsets[9]) + 8 + 24 + 30)
+        f.write(b'\x00' * 8)
+    with pytest.raises(DataError, match=r'ok\.rec: record 9 '):
+        RecordIter(rec, batch_size=4, data_shape=(3, 8, 8))
+    assert len(calls) == 2
+    # A part checked on its own is remembered as that part only.
+    rec2, _ = write_rec(str(tmp_path / 'ok2'), 16)
+    RecordIter(rec2, batch_size=4, data_shape=(3, 8, 8), num_parts=2, part_index=0)
+    RecordIter(rec2, batch_size=4, data_shape=(3, 8, 8), num_parts=2, part_index=0)
+    RecordIter(rec2, batch_size=4, data_shape=(3, 8, 8), num_parts=2, part_index=1)
+    assert calls[2:] == [list(range(8)), list(range(8, 16))]
+
+
+def test_parallel_decode_check_names_the_first_bad_record(tmp_path, monkeypatch):
+    from gluon_transfer.data import recordio
+    monkeypatch.setattr(recordio, 'PARALLEL_MIN_RECORDS', 1)
+    bad = {5, 17, 18}
+
+    def payload(i):
+        return b'not an image %d' % i if i in bad else None
+    rec, idx = write_rec(str(tmp_path / 'p'), 24, payload_of=payload)
+    info = inspect_recordio(rec)
+    want = (5, 'holds 14 bytes that do not decode as an image')
+    assert recordio.find_bad_record(info) == want
+    assert recordio.find_bad_record(info, workers=2) == want
+    assert recordio.find_bad_record(info, range(6, 24), workers=3) == (17, want[1].replace('14', '15'))
+    assert recordio.find_bad_record(info, range(19, 24), workers=2) is None
+    with pytest.raises(DataError, match=r'p\.rec: record 5 holds 14 bytes'):
+        RecordIter(rec, batch_size=4, data_shape=(3, 8, 8), preprocess_threads=2)
 
 
 def test_garbled_jpeg_error_from_cpp_iter_is_named(tmp_path):

@@ -147,6 +147,35 @@ def test_create_kvstore_errors(monkeypatch):
     assert distributed.global_batch_size(16, 3) == 48
 
 
+def test_average_running_stats_over_devices():
+    """One process, two devices: every BatchNorm running statistic becomes the mean of its
+    device copies; weights and other no-gradient parameters (AFS-style masks) are untouched;
+    with one copy of everything nothing is done."""
+    net = gluon.nn.HybridSequential()
+    net.add(gluon.nn.Conv2D(3, 1, in_channels=2), gluon.nn.BatchNorm(in_channels=3))
+    mask = net.params.get('mask_m', shape=(3,), init=mx.init.One(), grad_req='null', differentiable=False)
+    ctx = [mx.cpu(0), mx.cpu(1)]
+    net.initialize(ctx=ctx)
+    rng = np.random.RandomState(0)
+    values = {}
+    for p in net.collect_params().values():
+        copies = [rng.normal(size=p.shape).astype(np.float32) for _ in ctx]
+        for d, v in zip(p.list_data(), copies):
+            d[:] = v
+        values[p.name] = copies
+    names = [p.name for p in distributed.running_stat_params(net.collect_params())]
+    assert len(names) == 2 and all(n.endswith(('running_mean', 'running_var')) for n in names)
+    assert distributed.average_running_stats(None, net.collect_params()) == 2
+    for p in net.collect_params().values():
+        got = [d.asnumpy() for d in p.list_data()]
+        want = [(values[p.name][0] + values[p.name][1]) / 2] * 2 if p.name in names else values[p.name]
+        for g, w in zip(got, want):
+            np.testing.assert_allclose(g, w, rtol=1e-6, atol=1e-7, err_msg=p.name)
+    one = gluon.nn.BatchNorm(in_channels=3)
+    one.initialize()
+    assert distributed.average_running_stats('device', one.collect_params()) == 0
+
+
 # ---------------------------------------------------------------------------- launcher arguments
 @pytest.mark.parametrize('argv, message', [
     (['-n', '0', '--', 'true'], '-n/--num-workers must be at least 1, got 0'),
@@ -316,6 +345,143 @@ def test_sigterm_to_launcher_stops_everything():
     assert len(pids) == 4 and not any(_alive(p) for p in pids.values())
 
 
+def test_port_in_use_is_a_one_line_error(capsys):
+    """A --port something already listens on is refused before anything starts, naming the
+    port (ps-lite's scheduler would die with an MXNet traceback: 'bind failed')."""
+    import socket
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        s.listen()
+        port = s.getsockname()[1]
+        assert launch.main(['-n', '1', '-s', '1', '--local', '--port', str(port), '--', 'true']) == 2
+    err = capsys.readouterr().err
+    assert err.count('\n') == 1 and err.startswith('error: --port %d is not available on 127.0.0.1' % port), err
+    assert 'leave --port out' in err
+
+
+def _wait_dead(pids, timeout):
+    end = time.time() + timeout
+    while time.time() < end and any(_alive(p) for p in pids):
+        time.sleep(0.05)
+    return [p for p in pids if _alive(p)]
+
+
+def _kill_groups(pids):
+    for pid in pids:
+        try:
+            os.killpg(pid, signal.SIGKILL)
+        except OSError:
+            pass
+
+
+def test_watchdog_stops_the_groups_when_the_launcher_pipe_closes():
+    """The fallback alone: the watchdog stops every group it was told about (grandchildren
+    included) when its pipe closes without 'done', and leaves them alone after 'done'."""
+    script = 'sleep 60 & echo $!; wait'
+    for done in (False, True):
+        procs = [subprocess.Popen(['sh', '-c', script], stdout=subprocess.PIPE, text=True, start_new_session=True)
+                 for _ in range(2)]
+        children = [int(p.stdout.readline()) for p in procs]
+        pids = [p.pid for p in procs] + children
+        try:
+            dog = launch.start_watchdog(grace=1.0)
+            for p in procs:
+                dog.stdin.write(b'%d\n' % p.pid)
+            dog.stdin.write(b'done\n' if done else b'')
+            dog.stdin.close()                   # what the launcher's death does
+            assert dog.wait(timeout=15) == 0
+            for p in procs:
+                if not done:
+                    p.wait(timeout=10)         # reap our own children (no zombies)
+            if done:
+                assert all(_alive(p) for p in pids)
+            else:
+                assert _wait_dead(pids, 10) == []
+        finally:
+            _kill_groups([p.pid for p in procs])
+            for p in procs:
+                p.wait(timeout=10)
+                p.stdout.close()
+
+
+@pytest.mark.skipif(not sys.platform.startswith('linux'), reason='PR_SET_PDEATHSIG is Linux only')
+def test_parent_death_signal_kills_the_child():
+    """A child started with parent_death_signal() dies when its parent is SIGKILLed."""
+    code = ('import subprocess, sys, time; sys.path.insert(0, %r); from gluon_transfer.launch import '
+            'parent_death_signal; p = subprocess.Popen(["sleep", "60"], preexec_fn=parent_death_signal(), '
+            'start_new_session=True); print(p.pid, flush=True); time.sleep(60)' % ROOT)
+    parent = subprocess.Popen([sys.executable, '-c', code], stdout=subprocess.PIPE, text=True,
+                              start_new_session=True)
+    child = None
+    try:
+        child = int(parent.stdout.readline())
+        assert _alive(child)
+        parent.kill()
+        parent.wait(timeout=10)
+        assert _wait_dead([child], 10) == []
+    finally:
+        parent.kill()
+        parent.wait(timeout=10)
+        parent.stdout.close()
+        if child:
+            _kill_groups([child])
+
+
+def _sigkill_launcher(run, ready, timeout):
+    """Wait for ``ready(output)``, SIGKILL the launcher, and return the pids it reported."""
+    pids = {}
+    try:
+        assert run.wait_for(ready, timeout), run.text()
+        pids = run.pids()
+        os.kill(run.p.pid, signal.SIGKILL)
+        assert run.p.wait(timeout=10) == -signal.SIGKILL
+    except BaseException:
+        run.p.kill()
+        _kill_groups(pids.values())
+        raise
+    return pids
+
+
+@pytest.mark.slow
+def test_sigkill_of_launcher_takes_the_job_down(tmp_path):
+    """SIGKILL of a running launcher (no chance to stop anything itself): the scheduler, the
+    server and the two training workers of a live dist_sync job are gone soon after, and
+    training stopped (no worker finished). With --log-dir the processes do not write to the
+    launcher's pipes, so nothing else (a broken pipe) would end them."""
+    logs = tmp_path / 'logs'
+    run = LauncherRun(['-n', '2', '-s', '1', '--local', '--grace', '2', '--log-dir', str(logs), '--'] + WORKER +
+                      ['--out', str(tmp_path), '--epochs', '200', '--sleep', '0.05', '--deferred'])
+
+    def stepping(_):
+        texts = [(logs / ('worker%d.log' % i)).read_text() if (logs / ('worker%d.log' % i)).exists() else ''
+                 for i in (0, 1)]
+        return all('step 3\n' in t for t in texts)
+    pids = _sigkill_launcher(run, stepping, 120)
+    try:
+        assert sorted(pids) == ['scheduler', 'server 0', 'worker 0', 'worker 1']
+        assert _wait_dead(pids.values(), 15) == [], run.text()
+    finally:
+        _kill_groups(pids.values())
+        run.finish(15)
+    assert not (tmp_path / 'final_rank0.npz').exists() and not (tmp_path / 'final_rank1.npz').exists()
+
+
+@pytest.mark.slow
+def test_sigkill_of_launcher_also_stops_grandchildren():
+    """Processes the workers started themselves (in their process groups) go too."""
+    run = LauncherRun(['-n', '2', '-s', '1', '--local', '--grace', '1', '--', 'sh', '-c',
+                       'sleep 120 & echo child $!; wait'])
+    child = re.compile(r'\[worker (\d)\] child (\d+)')
+    pids = _sigkill_launcher(run, lambda t: len(child.findall(t)) == 2, 60)
+    grandchildren = [int(m[1]) for m in child.findall(run.text())]
+    try:
+        assert _wait_dead(list(pids.values()) + grandchildren, 15) == [], run.text()
+    finally:
+        _kill_groups(pids.values())
+        run.finish(15)
+    assert 'launch watchdog: the launcher (pid %d) died' % run.p.pid in run.text()
+
+
 # ---------------------------------------------------------------------------- dist_sync on loopback
 class _LineSink(_Sink):
     def lines(self):
@@ -373,6 +539,83 @@ def reference_run(init, steps):
             trainer.step(x.shape[0])
             states.append({k: p.data().asnumpy() for k, p in net._collect_params_with_prefix().items()})
     return states[steps - 1]
+
+
+def _np_conv3x3(x, w):
+    """3x3 convolution, padding 1, no bias: x (N, C, H, W), w (O, C, 3, 3) -> (N, O, H, W)."""
+    h, wd = x.shape[2:]
+    xp = np.pad(x, ((0, 0), (0, 0), (1, 1), (1, 1)))
+    return sum(np.einsum('nchw,oc->nohw', xp[:, :, i:i + h, j:j + wd], w[:, :, i, j])
+               for i in range(3) for j in range(3))
+
+
+def reference_run_bn(init, steps):
+    """The BatchNorm variant (``dist_worker.py --bn``) of a 2-worker job, in one process.
+
+    Weights: each worker's batch on its own device ([cpu(0), cpu(1)]: BatchNorm normalises
+    each batch with its own statistics, as per worker), gradients summed over the devices
+    (kvstore 'local'), SGD and LR schedule as :func:`reference_run`. Running statistics, in
+    numpy from the conv weights of every step: worker r's batch mean ``mu`` and (biased)
+    variance ``var`` of the conv output over (N, H, W) update ``m_r <- 0.8 m_r + 0.2 mu``,
+    ``v_r <- 0.8 v_r + 0.2 var`` (BatchNorm momentum 0.8, from 0 and 1); returned as their
+    mean over the two workers."""
+    lrs = (0.2, 0.2, 0.02, 0.02)
+    ctx = [mx.cpu(0), mx.cpu(1)]
+    net = dist_worker.make_net(0, bn=True)
+    net.collect_params().reset_ctx(ctx)
+    for k, p in net._collect_params_with_prefix().items():
+        p.set_data(mx.nd.array(init[k]))
+    trainer = gluon.Trainer(net.collect_params(), 'sgd', {'learning_rate': lrs[0], 'momentum': 0.9, 'wd': 1e-3},
+                            kvstore='local', update_on_kvstore=False)
+    shards = [dist_worker.make_shard(2, r) for r in range(2)]
+    means = [np.asarray(init['1.running_mean'], np.float64)] * 2
+    variances = [np.asarray(init['1.running_var'], np.float64)] * 2
+    for step in range(steps):
+        epoch, i = divmod(step, 2)
+        if i == 0:
+            for s in shards:
+                s.set_epoch(epoch)
+            iters = [iter(s) for s in shards]
+        batches = [next(it) for it in iters]
+        w = net[0].weight.data(ctx[0]).asnumpy().astype(np.float64)
+        for r, b in enumerate(batches):
+            y = _np_conv3x3(b.data.asnumpy().astype(np.float64), w)
+            means[r] = 0.8 * means[r] + 0.2 * y.mean(axis=(0, 2, 3))
+            variances[r] = 0.8 * variances[r] + 0.2 * y.var(axis=(0, 2, 3))
+        with autograd.record():
+            losses = []
+            for b, c in zip(batches, ctx):
+                logp = mx.nd.log_softmax(net(b.data.as_in_context(c)), axis=-1)
+                losses.append(-mx.nd.pick(logp, b.label.as_in_context(c), axis=-1).sum())
+        autograd.backward(losses)
+        trainer.set_learning_rate(lrs[step])
+        trainer.step(8)
+    out = {k: p.data(ctx[0]).asnumpy() for k, p in net._collect_params_with_prefix().items()
+           if not k.endswith(('running_mean', 'running_var'))}
+    out['1.running_mean'] = (means[0] + means[1]) / 2
+    out['1.running_var'] = (variances[0] + variances[1]) / 2
+    return out
+
+
+@pytest.mark.slow
+def test_dist_sync_batchnorm_statistics_agree(tmp_path):
+    """With BatchNorm each worker's running statistics average only its own shard's batches.
+    After a 2-epoch job both workers hold the same statistics (their mean, bit-identical),
+    so both report the same val numbers every epoch; the statistics and weights equal the
+    single-process reference (per-worker BatchNorm, running statistics in numpy)."""
+    argv = ['-n', '2', '-s', '1', '--local', '--'] + WORKER + ['--out', str(tmp_path), '--epochs', '2', '--bn', '--val']
+    rc, text = finish_in_process(launch_in_process(argv))
+    assert rc == 0, text
+    info, init, final = _load_run(tmp_path)
+    stats = [k for k in final[0] if k.endswith(('running_mean', 'running_var'))]
+    assert len(stats) == 2
+    for k in final[0]:
+        np.testing.assert_array_equal(final[0][k], final[1][k], err_msg=k)
+    assert [len(i['val']) for i in info] == [2, 2] and info[0]['val'] == info[1]['val']
+    ref = reference_run_bn(init[0], steps=4)
+    for k in ref:
+        np.testing.assert_allclose(final[0][k], ref[k], rtol=1e-5, atol=1e-6, err_msg=k)
+    assert np.abs(ref[stats[0]]).max() > 1e-2 and np.abs(ref[stats[1]] - 1).max() > 1e-2   # they moved
 
 
 @pytest.fixture(scope='module')

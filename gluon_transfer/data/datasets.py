@@ -53,6 +53,7 @@ import os
 
 import numpy as np
 
+from ..cache import cache_dir as user_cache_dir
 from ..errors import ConfigError, DataError
 from ..registry import DATASETS, unknown_name_message
 from .base import ArrayIter
@@ -224,7 +225,8 @@ def build_data(preset, data_dir=None, rec_train=None, rec_val=None, batch_size=1
     CIFAR presets, the original binary files (read into memory, served by
     :class:`~gluon_transfer.data.base.ArrayIter` with :func:`~gluon_transfer.data.cifar.pad_crop_flip`).
 
-    Every ``.rec`` is structure-checked (and decode-checked when small, ``verify='auto'``)
+    Every ``.rec`` is structure-checked, and every record ImageRecordIter will read is
+    decode-checked (``verify='auto'``, at any file size; see :func:`~gluon_transfer.data.recordio.verify_decode`),
     before ImageRecordIter opens it. Classes: ``classes.txt`` next to the training
     ``.rec`` when present (its length is ``num_classes``), else ``max label + 1`` over the
     training (or, without it, evaluation) records; every label must lie below it.
@@ -506,10 +508,8 @@ def default_subset_dir(rec):
     with ``GLUON_TRANSFER_CACHE`` defaulting to ``~/.cache/gluon_transfer`` (the cache of the
     fused AFF kernel). Never inside the user's data folder."""
     src = os.path.abspath(rec)
-    root = os.environ.get('GLUON_TRANSFER_CACHE') or os.path.join(os.path.expanduser('~'), '.cache',
-                                                                  'gluon_transfer')
     tag = hashlib.sha1(src.encode('utf-8', 'surrogateescape')).hexdigest()[:12]
-    return os.path.join(root, 'subsets', tag)
+    return user_cache_dir('subsets', tag)
 
 
 def subset_recordio(info, fraction, seed=0, cache_dir=None):

@@ -14,6 +14,11 @@ multi-device training, with processes instead of devices:
   start from the same weights (``kvstore.init`` broadcasts rank 0's) and apply the same
   update to the same ``G``.
 
+BatchNorm running statistics are not gradients: each worker's (and each device's) copy is an
+exponential average over the batches *it* saw. At the end of every epoch the engine replaces
+every copy by the mean over devices and workers (:func:`average_running_stats`), so that
+evaluation, the metrics and the checkpoint see the same network on every worker.
+
 Hence ``--lr`` is the learning rate of the global batch ``B``, and one epoch is
 ``len(shard) = N / (W * b)`` iterations per worker, which is also what the LR schedule counts.
 
@@ -30,7 +35,8 @@ from ..errors import ConfigError
 from ..registry import unknown_name_message
 
 __all__ = ['KVSTORES', 'is_distributed', 'create_kvstore', 'global_batch_size', 'allgather',
-           'agree_epoch_length', 'broadcast_initial_params', 'dmlc_env', 'find_free_port', 'DMLC_VARS']
+           'agree_epoch_length', 'broadcast_initial_params', 'running_stat_params', 'average_running_stats',
+           'dmlc_env', 'find_free_port', 'DMLC_VARS']
 
 # kvstore names the engine accepts ('none' = no kvstore: the trainer updates locally).
 KVSTORES = ('none', 'local', 'device', 'nccl', 'dist_sync', 'dist_device_sync', 'dist_async',
@@ -44,6 +50,10 @@ DMLC_VARS = ('DMLC_ROLE', 'DMLC_PS_ROOT_URI', 'DMLC_PS_ROOT_PORT', 'DMLC_NUM_SER
 # server by ``(key * 9973) % num_servers`` in 32-bit ints, so the key must stay below
 # 2**31 / 9973 (~215000).
 _AGREE_KEY = 199999
+_STATS_KEY = 199998         # average_running_stats (same range rule)
+
+# Parameter names of BatchNorm running statistics: Gluon's, and those of imported symbols.
+RUNNING_STAT_SUFFIXES = ('running_mean', 'running_var', 'moving_mean', 'moving_var')
 
 
 def _kv_type(kv):
@@ -171,6 +181,70 @@ def broadcast_initial_params(trainer):
     for p in trainer._params:
         for d in p.list_data():
             d.wait_to_read()
+
+
+def running_stat_params(params):
+    """The BatchNorm running statistics among ``params`` (Parameters, or a ParameterDict):
+    parameters with ``grad_req='null'`` whose names end with one of ``RUNNING_STAT_SUFFIXES``
+    (other no-gradient parameters, e.g. the AFS gates' masks, are set by code, not averaged
+    from data, and are left alone). Unique by name, in the given order."""
+    if hasattr(params, 'values'):
+        params = params.values()
+    seen, out = set(), []
+    for p in params:
+        if p.grad_req == 'null' and p.name.endswith(RUNNING_STAT_SUFFIXES) and p.name not in seen:
+            seen.add(p.name)
+            out.append(p)
+    return out
+
+
+def average_running_stats(kv, params):
+    """Replace every copy of each BatchNorm running statistic in ``params`` by its mean over
+    the devices and the workers; returns how many parameters were averaged (0 when there is
+    one copy of each: one device, no ``dist_*`` kvstore with more than one worker).
+
+    For a statistic with copy ``s_{r,d}`` on device ``d`` of worker ``r`` (``D`` devices,
+    ``W`` workers), every copy becomes ``s = (1/W) sum_r (1/D) sum_d s_{r,d}``. Each copy
+    is an exponential moving average ``s <- m s + (1 - m) b_t`` of its own batches'
+    statistics ``b_t`` (mean, or unbiased variance, of a device's slice); the update is
+    linear, so the mean of the copies is the same moving average of the per-step mean of
+    the slices' statistics, whenever (and how often) the averaging happens. For the mean
+    that is the global batch's mean; for the variance it is the mean within-slice variance
+    (the spread between the slices' means is not in it), as with per-device BatchNorm on
+    several GPUs. The device mean is what ``save_parameters`` already stored.
+
+    Distributed: one push-pull of all statistics as one float32 vector under a key the
+    Trainer never uses; the servers sum the ``W`` pushes and every worker divides the same
+    sum by ``W``, so the copies are bit-identical on all workers afterwards. Every worker
+    must call it at the same point (it is collective), with the same parameter set."""
+    import mxnet as mx
+    stats = running_stat_params(params)
+    dist = kv is not None and is_distributed(kv) and kv.num_workers > 1
+    if not stats or not (dist or any(len(p.list_ctx()) > 1 for p in stats)):
+        return 0
+    cpu = mx.cpu()
+    local = []
+    for p in stats:
+        copies = [d.copyto(cpu).astype('float32').reshape((-1,)) for d in p.list_data()]
+        local.append(copies[0] if len(copies) == 1 else mx.nd.add_n(*copies) / len(copies))
+    flat = mx.nd.concat(*local, dim=0) if len(local) > 1 else local[0]
+    if dist:
+        n = int(flat.size)
+        inited = getattr(kv, '_gluon_transfer_stats_size', None)
+        if inited is None:      # a key is initialised once per kvstore (a second init would hang)
+            kv.init(_STATS_KEY, mx.nd.zeros((n,)))
+            kv._gluon_transfer_stats_size = n
+        elif inited != n:
+            raise ValueError('average_running_stats: this kvstore carries %d statistics, not %d' % (inited, n))
+        total = mx.nd.zeros((n,))
+        kv.pushpull(_STATS_KEY, flat, out=total)
+        flat = total / kv.num_workers
+    start = 0
+    for p in stats:
+        size = int(np.prod(p.shape))
+        p.set_data(flat[start:start + size].reshape(p.shape).astype(p.dtype))
+        start += size
+    return len(stats)
 
 
 def dmlc_env(role, root_uri, root_port, num_workers, num_servers, node_host=None, interface=None):

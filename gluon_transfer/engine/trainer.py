@@ -12,7 +12,8 @@ Multi-device is a context list (gradients are summed over devices by the kvstore
 divided by the global batch); distributed is a kvstore name or a ``dist_sync`` kvstore
 (gradients are summed over workers too, so the step divides by ``batch * num_workers``;
 all workers run the same number of iterations per epoch; only rank 0 writes checkpoints
-and the metrics log; see ``engine/distributed.py``); precision is ``cfg.dtype``, with an
+and the metrics log; see ``engine/distributed.py``; BatchNorm running statistics are
+averaged over devices and workers at the end of every epoch, before evaluation); precision is ``cfg.dtype``, with an
 optional loss scaler (``cfg.amp_loss_scale``; its state is checkpointed; see
 ``engine/precision.py``).
 
@@ -226,6 +227,7 @@ class Engine:
             if self.global_step >= total_iters:
                 break
             stats = self.train_epoch(epoch, total_iters)
+            self._sync_running_stats()
             if self.val_data is not None:
                 stats.update(('val_' + k, v) for k, v in self.evaluate(self.val_data).items())
             self._end_epoch(epoch, stats)
@@ -339,6 +341,16 @@ class Engine:
             return
         self._dist_init_pending = False
         distributed.broadcast_initial_params(self.trainer)
+
+    def _sync_running_stats(self):
+        """BatchNorm running statistics -> their mean over devices and workers, on every copy
+        (``distributed.average_running_stats``), before the epoch's evaluation and checkpoint:
+        each device and worker only averaged its own batches, so without this the workers of
+        a dist job would evaluate (and report) different networks."""
+        params = list(self.net.collect_params().values())
+        for block in self.task.blocks().values():
+            params += list(block.collect_params().values())
+        distributed.average_running_stats(self.kv, params)
 
     def _check_window(self, window, epoch):
         if not window:
