@@ -7,7 +7,6 @@ PY ?= $(shell command -v python3.11 || command -v python3.10 || command -v pytho
 VENV := .venv
 PYTHON := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-DEMO_DIR ?= runs/demo
 
 .PHONY: venv demo test test-fast bench bench-quick clean help
 
@@ -25,8 +24,9 @@ $(STAMP): requirements.txt requirements-onnx.txt
 	$(PYTHON) -m pip install --disable-pip-version-check -q -r requirements.txt -r requirements-onnx.txt
 	@touch $@
 
+# Each demo run gets a new folder runs/demo/<model>-<date>; runs/demo/latest points at the newest.
 demo: $(STAMP)
-	$(PYTHON) train_cifar.py --demo --save-dir $(DEMO_DIR)
+	$(PYTHON) train_cifar.py --demo
 
 test: $(STAMP)
 	$(PYTHON) -m pytest -q

@@ -6,7 +6,7 @@
     python train_transfer.py --model resnet50_v1b --source-pretrained --data-dir DIR --reg l2sp
     python train_transfer.py --model resnet101_v1b --source-params S.params --data-dir DIR --reg afa-ast \\
         --save-dir runs/afa1                                            # AFA stage 1, then stage 2:
-    python train_transfer.py --model resnet101_v1b --data-dir DIR --reg afa-act --init-from runs/afa1/X.params
+    python train_transfer.py --model resnet101_v1b --data-dir DIR --reg afa-act --init-from runs/afa1/best.params
     python train_transfer.py --model resnet50_v1b --source-params S.params --data-dir DIR --reg afd --afs \\
         --macs-budget 0.5                                               # AFDS: phase 1, masks, phase 2
     python train_transfer.py --model resnet50_v1b --data-dir DIR --print-param-groups \\

@@ -15,6 +15,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -22,6 +23,8 @@ ROOT = os.path.dirname(HERE)
 
 def train(name, extra, args):
     save = os.path.join(args.out, name)
+    if args.force and os.path.isfile(os.path.join(save, 'metrics.jsonl')):
+        save += time.strftime('-%Y%m%d-%H%M%S')        # a run folder is never reused: train into a new one
     cmd = [sys.executable, os.path.join(ROOT, 'train_cifar.py'), '--data-dir', args.data_dir,
            '--train-fraction', str(args.fraction), '--num-epochs', str(args.epochs), '--batch-size', '128',
            '--lr', '0.1', '--lr-mode', 'cosine', '--optimizer', 'sgd', '--wd', '5e-4', '--seed', '1',

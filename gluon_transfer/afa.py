@@ -33,7 +33,6 @@ MobileNetV2 -- :func:`gluon_transfer.nn.taps_mobilenet.mobilenetv2_taps`. Shapes
 checked at start-up (channels and strides) with a one-line error.
 """
 import copy
-import glob
 import json
 import logging
 import os
@@ -159,10 +158,8 @@ def holdout_split(rec, fraction, out_dir, seed=0, idx=None):
 
 # ------------------------------------------------------------------ driver
 def _best_params(save_dir):
-    found = sorted(glob.glob(os.path.join(save_dir, '*-best.params')))
-    if not found:
-        raise CheckpointError('no best checkpoint in %s (was the holdout split evaluated?)' % save_dir)
-    return found[-1]
+    from .engine.checkpoint import best_params_path
+    return best_params_path(save_dir)
 
 
 def _train_rec(args, flag='--afa-two-stage'):

@@ -757,7 +757,7 @@ def recorded_gate_options(params_path):
     that file alone (``tools/export.py --model afs_...``) builds the same function.
 
     Looks, in order, at the checkpoint record beside the file (``<stem>.json``, key ``afds``),
-    the run's ``afds_report.json`` in the same folder (e.g. for a ``*-best.params``). Returns
+    the run's ``afds_report.json`` in the same folder (e.g. for ``best.params``). Returns
     ``({}, None)`` when neither exists, else ``(options, path_read)``."""
     folder = os.path.dirname(os.path.abspath(params_path))
     stem = params_path[:-len('.params')] if params_path.endswith('.params') else params_path

@@ -4,12 +4,27 @@ the engine, so the three trainers never copy code from each other.
 
 Flags follow GluonCV / open-aff conventions (``--batch-size`` is per device, ``--gpus``,
 ``--num-gpus``, ``--lr-decay-epoch 40,60``, ``--resume-params``...).
+
+Where a run writes (:func:`plan_run_dir`, :func:`open_run_dir`; the files are described in
+``engine/checkpoint.py``): ``--save-dir DIR`` when given, refused when ``DIR`` already holds a
+run (continue that one with ``--resume DIR``); ``--resume DIR`` alone continues in ``DIR``;
+otherwise a new folder ``runs/<script>/<model>-<YYYYmmdd-HHMMSS>`` (``runs/demo/...`` for
+``--demo``), with ``runs/<script>/latest`` pointing at the newest. Distributed runs
+(``--kvstore dist_*``) need ``--save-dir`` (or ``--resume``): every worker process must
+write into the same folder. Arguments are checked (:func:`validate_args`) and data, network
+and task are built before the folder or any file is created, so a run refused for bad
+arguments leaves nothing behind. A run ends with a summary: best val top-1 and its epoch,
+wall time, the files left and the commands to evaluate and export the best network.
 """
 import argparse
 import copy
+import difflib
+import fnmatch
 import logging
 import os
+import shlex
 import sys
+import time
 import warnings
 
 from .errors import ConfigError, GluonTransferError
@@ -35,7 +50,7 @@ PRESET_DEFAULTS = {
 # `make demo`: a short real run on the CIFAR-10 sample committed in data/cifar10_sample.
 DEMO_DEFAULTS = dict(data_dir=os.path.join(REPO_ROOT, 'data', 'cifar10_sample'), model='cifar_resnet20_v1',
                      dataset='cifar10', batch_size=64, num_epochs=8, lr=0.2, lr_mode='cosine',
-                     warmup_epochs=1, wd=5e-4, log_interval=20, save_dir=os.path.join('runs', 'demo'))
+                     warmup_epochs=1, wd=5e-4, log_interval=20)
 
 # Model options forwarded to get_model() when given (None = the model's own default).
 MODEL_OPTIONS = []
@@ -76,12 +91,47 @@ def _int_list(text):
         raise argparse.ArgumentTypeError('expected comma-separated numbers, got %r' % text) from None
 
 
+class ArgumentParser(argparse.ArgumentParser):
+    """``argparse.ArgumentParser`` whose errors are one line on stderr (``error: ...``, exit
+    status 2), and which names the closest known option for a mistyped one
+    (``--epochs`` -> ``did you mean --num-epochs?``, by ``difflib`` similarity)."""
+
+    def error(self, message):
+        prefix = 'unrecognized arguments: '
+        if message.startswith(prefix):
+            message = self.unknown_options_message(message[len(prefix):].split())
+        self.exit(2, 'error: %s\n' % message)
+
+    def unknown_options_message(self, tokens):
+        known = sorted({o for a in self._actions for o in a.option_strings})
+        unknown = [t for t in tokens if t.startswith('-') and not _is_number(t)]
+        if not unknown:
+            return 'unrecognized arguments: %s (see --help)' % ' '.join(tokens)
+        parts = []
+        for tok in unknown:
+            name = tok.split('=', 1)[0]
+            close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+            parts.append('%s (did you mean %s?)' % (name, close[0]) if close else name)
+        return 'unknown option%s %s; see --help' % ('s' if len(parts) > 1 else '', ', '.join(parts))
+
+
+def _is_number(text):
+    try:
+        float(text)
+        return True
+    except ValueError:
+        return False
+
+
 def build_parser(preset, description):
     d = PRESET_DEFAULTS[preset]
-    p = argparse.ArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = ArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument('--list-models', nargs='?', const='', default=None, metavar='PATTERN',
+                   help='print the model names (registered and GluonCV) matching PATTERN (a glob such as '
+                        "'*aff*', or a substring; none: all) and exit")
     g = p.add_argument_group('model')
     aliases = MODEL_ALIASES.get(preset, {})
-    g.add_argument('--model', default=d['model'], help='registered or GluonCV model name%s' % (
+    g.add_argument('--model', default=d['model'], help='registered or GluonCV model name, see --list-models%s' % (
         ' (open-aff aliases: %s)' % ', '.join('%s = %s' % kv for kv in sorted(aliases.items())) if aliases else ''))
     g.add_argument('--params', default=None, help='initialise the network from this .params file (checked)')
     g.add_argument('--init', default=d['init'], choices=['xavier', 'msra'],
@@ -150,10 +200,18 @@ def build_parser(preset, description):
     g.add_argument('--log-interval', type=int, default=d['log_interval'], help='batches between progress lines')
 
     g = p.add_argument_group('checkpoints and logs')
-    g.add_argument('--save-dir', default=os.path.join('runs', preset), help='checkpoints, metrics.jsonl, train.log')
+    g.add_argument('--save-dir', default=None,
+                   help='run folder for checkpoints, best.params, metrics.jsonl, train.log; must not hold another '
+                        'run (default: a new folder runs/%s/MODEL-YYYYmmdd-HHMMSS%s, linked as runs/%s/latest)'
+                        % (preset, ' (runs/demo/... with --demo)' if preset == 'cifar' else '', preset))
     g.add_argument('--save-frequency', type=int, default=d['save_frequency'],
                    help='keep every N-th epoch checkpoint (the latest is always kept)')
-    g.add_argument('--resume', default=None, help='save dir or checkpoint .json to continue from (exact)')
+    g.add_argument('--resume', default=None,
+                   help='run folder or checkpoint .json to continue from (exact); the run continues in that folder '
+                        'unless --save-dir names a new one')
+    g.add_argument('--allow-schedule-change', action='store_true',
+                   help='--resume with other schedule options (--num-epochs, --lr, --lr-mode, decay, warm-up, batch '
+                        'size) than the checkpoint\'s: continue on the new schedule (default: refused)')
     g.add_argument('--resume-params', default='', help='GluonCV-style: parameters to resume from')
     g.add_argument('--resume-states', default='', help='GluonCV-style: trainer states to resume from')
     g.add_argument('--resume-epoch', type=int, default=0, help='GluonCV-style: epochs already done')
@@ -186,6 +244,131 @@ def parse_args(parser, argv=None):
     return args
 
 
+def validate_args(args, preset):
+    """One-line errors for option values no run can use, checked before anything is created.
+    (``train_transfer.py``'s ``--num-epochs 0`` means "enough epochs for ``--max-iter``"; its
+    ``--lr``/``--max-iter`` may still be None = the method's default.)"""
+    def bad(flag, rule, value):
+        raise ConfigError('%s must be %s, got %r' % (flag, rule, value))
+    if args.batch_size < 1:
+        bad('--batch-size', '>= 1 (images per device)', args.batch_size)
+    if preset == 'transfer':
+        if args.num_epochs < 0:
+            bad('--num-epochs', '>= 0 (0: enough epochs for --max-iter)', args.num_epochs)
+        if args.num_epochs == 0 and args.max_iter == 0:
+            raise ConfigError('--max-iter 0 with --num-epochs 0 leaves nothing to train: give --max-iter N '
+                              'or --num-epochs N')
+    elif args.num_epochs < 1:
+        bad('--num-epochs', '>= 1', args.num_epochs)
+    if args.max_iter is not None and args.max_iter < 0:
+        bad('--max-iter', '>= 0 (0: all epochs)', args.max_iter)
+    if args.lr is not None and not (args.lr > 0 and args.lr != float('inf')):
+        bad('--lr', 'a number > 0', args.lr)
+    if args.num_workers < 0:
+        bad('-j/--num-data-workers', '>= 0', args.num_workers)
+    if args.warmup_epochs < 0:
+        bad('--warmup-epochs', '>= 0', args.warmup_epochs)
+    if args.log_interval < 0:
+        bad('--log-interval', '>= 0 (0: no progress lines)', args.log_interval)
+    if args.save_frequency < 0:
+        bad('--save-frequency', '>= 0 (0: only the latest checkpoint)', args.save_frequency)
+    if args.resume_epoch < 0:
+        bad('--resume-epoch', '>= 0', args.resume_epoch)
+    if args.input_size < 1:
+        bad('--input-size', '>= 1', args.input_size)
+    if args.resume and (args.resume_params or args.resume_states or args.resume_epoch):
+        raise ConfigError('give either --resume DIR or the GluonCV-style --resume-params/--resume-states/'
+                          '--resume-epoch, not both')
+    return args
+
+
+def run_parent(args, preset):
+    """The folder that holds the default run folders: ``runs/demo`` or ``runs/<preset>``."""
+    return os.path.join('runs', 'demo' if getattr(args, 'demo', False) else preset)
+
+
+def display_path(path):
+    """``path`` relative to the working directory when it lies below it, else absolute."""
+    full = os.path.abspath(path)
+    rel = os.path.relpath(full)
+    return full if rel == os.pardir or rel.startswith(os.pardir + os.sep) else rel
+
+
+def plan_run_dir(args, preset):
+    """Decide where the run writes, creating nothing (see the module docstring). Sets
+    ``args.save_dir``: the explicit ``--save-dir`` (refused when it holds another run), the
+    folder of ``--resume`` when no ``--save-dir`` is given (the symlink ``latest`` resolved, so
+    a later run re-pointing it cannot redirect this one), or None: a new folder that
+    :func:`open_run_dir` creates. ``--resume`` is checked here (pointer and files present)."""
+    from .engine.checkpoint import POINTER, METRICS, holds_run, resolve_resume
+    from .engine.distributed import is_distributed
+    args.model = MODEL_ALIASES.get(preset, {}).get(args.model, args.model)
+    resume_dir = None
+    if args.resume:
+        _, d = resolve_resume(args.resume)
+        resume_dir = os.path.realpath(d)
+    if args.save_dir:
+        if holds_run(args.save_dir) and os.path.realpath(args.save_dir) != resume_dir:
+            names = os.listdir(args.save_dir)
+            found = next((n for n in (POINTER, METRICS) if n in names), None) or \
+                sorted(n for n in names if n.endswith('.params'))[0]
+            raise ConfigError('--save-dir %s already holds a run (%s): continue it with --resume %s, or choose '
+                              'another --save-dir' % (args.save_dir, found, args.save_dir))
+    elif resume_dir is not None:
+        args.save_dir = display_path(resume_dir)
+    elif is_distributed(args.kvstore):
+        raise ConfigError('--kvstore %s needs --save-dir DIR (or --resume DIR): all worker processes must write '
+                          'into the same run folder' % args.kvstore)
+    args.run_planned = ('planned', args.save_dir)
+    return args.save_dir
+
+
+def open_run_dir(args, preset):
+    """Create the run folder :func:`plan_run_dir` chose (planning first if needed; once per
+    ``args``) and return it: a new ``runs/<preset>/<model>-<YYYYmmdd-HHMMSS>[-n]`` made with
+    ``os.mkdir`` (never shared with a concurrent run), ``latest`` re-pointed at it; or the
+    given/resumed folder."""
+    from .engine.checkpoint import make_run_dir, point_latest
+    if args.save_dir is not None and getattr(args, 'run_dir_open', None) == args.save_dir:
+        return args.save_dir
+    if getattr(args, 'run_planned', None) != ('planned', args.save_dir):
+        plan_run_dir(args, preset)
+    if args.save_dir is None:
+        parent = run_parent(args, preset)
+        name = '%s-%s' % (str(args.model).replace(os.sep, '_'), time.strftime('%Y%m%d-%H%M%S'))
+        args.save_dir = make_run_dir(parent, name)
+        point_latest(parent, args.save_dir)
+    else:
+        os.makedirs(args.save_dir, exist_ok=True)
+    args.run_dir_open = args.save_dir
+    args.run_planned = ('planned', args.save_dir)
+    return args.save_dir
+
+
+def list_models_command(pattern, out=None):
+    """``--list-models [PATTERN]``: the names ``get_model``/``--model`` accept, ours and GluonCV's,
+    matching ``PATTERN`` (a glob when it has ``*?[``, else a substring; case-insensitive)."""
+    from .zoo import gluoncv_model_names, list_models
+    out = out or sys.stdout
+    pattern = (pattern or '').lower()
+
+    def match(name):
+        name = name.lower()
+        if any(c in pattern for c in '*?['):
+            return fnmatch.fnmatchcase(name, pattern)
+        return pattern in name
+    ours = [n for n in list_models(include_gluoncv=False) if match(n)]
+    gcv = sorted(n for n in set(gluoncv_model_names()) - set(ours) if match(n))
+    if not ours and not gcv:
+        raise ConfigError('no model name matches %r (--list-models without a pattern lists all)' % pattern)
+    for title, names in (('gluon_transfer', ours), ('GluonCV', gcv)):
+        if names:
+            out.write('%s models (%d):\n' % (title, len(names)))
+            out.write(''.join('  %s\n' % n for n in names))
+    out.flush()
+    return 0
+
+
 def resolve_ctx(args):
     import mxnet as mx
     if args.ctx:
@@ -211,7 +394,22 @@ def resolve_ctx(args):
     return out
 
 
-def setup_logging(save_dir, logging_file=None, rank=0):
+class _Pending(logging.Handler):
+    """Keeps the records logged before the run folder exists, for :func:`log_to_file`."""
+
+    def __init__(self):
+        super().__init__()
+        self.records = []
+
+    def emit(self, record):
+        self.records.append(record)
+
+
+def setup_logging(save_dir=None, logging_file=None, rank=0, defer=False):
+    """The ``gluon_transfer`` logger: console, plus ``logging_file`` or ``SAVE_DIR/train.log``
+    (``train.rank<r>.log`` for rank r > 0) when one is given. ``defer=True``: no file yet; the
+    records are kept until :func:`log_to_file` opens it (a run creates its folder only after
+    its arguments, data and network were checked)."""
     log = logging.getLogger('gluon_transfer')
     log.setLevel(logging.INFO)
     close_logging()
@@ -219,13 +417,29 @@ def setup_logging(save_dir, logging_file=None, rank=0):
     console = logging.StreamHandler(sys.stdout)
     console.setFormatter(fmt)
     log.addHandler(console)
-    os.makedirs(save_dir, exist_ok=True)
+    log.propagate = False
+    if defer:
+        log.addHandler(_Pending())
+    elif save_dir is not None or logging_file:
+        log_to_file(save_dir, logging_file, rank)
+    return log
+
+
+def log_to_file(save_dir, logging_file=None, rank=0):
+    """Add the log file (see :func:`setup_logging`) and write the records kept so far into it."""
+    log = logging.getLogger('gluon_transfer')
+    if save_dir is not None:
+        os.makedirs(save_dir, exist_ok=True)
     path = logging_file or os.path.join(save_dir, 'train.log' if rank == 0 else 'train.rank%d.log' % rank)
     fh = logging.FileHandler(path)
     fh.setFormatter(logging.Formatter('%(asctime)s %(message)s'))
+    for h in list(log.handlers):
+        if isinstance(h, _Pending):
+            for record in h.records:
+                fh.handle(record)
+            log.removeHandler(h)
     log.addHandler(fh)
-    log.propagate = False
-    return log
+    return path
 
 
 def close_logging():
@@ -276,7 +490,8 @@ def fit_config(args):
                      seed=args.seed, save_frequency=args.save_frequency, max_iters=args.max_iter,
                      reset_momentum_at_drops=getattr(args, 'reset_momentum', False),
                      amp_loss_scale=args.amp_loss_scale, amp_init_scale=args.amp_init_scale,
-                     amp_scale_window=args.amp_scale_window)
+                     amp_scale_window=args.amp_scale_window,
+                     allow_schedule_change=getattr(args, 'allow_schedule_change', False))
 
 
 def build_network(args, num_classes, ctx, log):
@@ -310,7 +525,11 @@ def run(args, preset, make_task=None, build_net=None, build_val=None, fit=None):
     :func:`build_network`; ``make_task(args, net, data, ctx, log) -> Task``;
     ``build_val(args, batch_size, num_parts, part_index) -> iterator or None`` replaces the
     evaluation iterator (None keeps it); ``fit(engine, args, log)`` trains (default
-    :func:`default_fit`; AFDS runs its two phases and the mask update there)."""
+    :func:`default_fit`; AFDS runs its two phases and the mask update there).
+
+    The run folder is created (:func:`open_run_dir`) only once data, network, task and engine
+    were built, so bad options leave no file behind; what was logged until then goes into its
+    ``train.log`` too."""
     with warnings.catch_warnings():
         warnings.simplefilter('ignore', DeprecationWarning)
         import mxnet as mx  # noqa: F401
@@ -321,11 +540,14 @@ def run(args, preset, make_task=None, build_net=None, build_val=None, fit=None):
     from .engine.tasks import Classify
     from .engine.trainer import Engine, seed_epoch
 
+    t_start = time.time()
     args.model = MODEL_ALIASES.get(preset, {}).get(args.model, args.model)
+    if getattr(args, 'run_planned', None) != ('planned', args.save_dir):
+        plan_run_dir(args, preset)
     # The ps-lite scheduler assigns ranks when the workers connect, so the kvstore comes
     # first: the rank names this worker's log file and picks its data shard.
     kv, part_index, num_parts = create_kvstore(args.kvstore)
-    log = setup_logging(args.save_dir, args.logging_file if part_index == 0 else None, part_index)
+    log = setup_logging(defer=True)
     if num_parts > 1:
         log.info('kvstore %s: worker rank %d of %d (pid %d); --lr is for the global batch of all workers',
                  args.kvstore, part_index, num_parts, os.getpid())
@@ -349,28 +571,126 @@ def run(args, preset, make_task=None, build_net=None, build_val=None, fit=None):
     val = build_val(args, args.batch_size * len(ctx), num_parts, part_index) if build_val else None
     if val is None:
         val = data.val
-    prefix = '%s-%s' % (args.dataset, args.model)
-    ckpt = CheckpointManager(args.save_dir, prefix, args.save_frequency, log)
-    engine = Engine(net, task, ctx, fit_cfg, data.train, val, data.num_classes, checkpoint=ckpt,
-                    logger=log, metrics_path=os.path.join(args.save_dir, 'metrics.jsonl'),
+    if val is None:
+        log.warning('WARNING: no validation split (%s): training without evaluation, so no epoch is ranked and no '
+                    'best.params is written; pass --rec-val FILE or add val.rec/.idx to the data dir',
+                    'no --rec-val, and %s has no val/test .rec' % args.data_dir if args.data_dir else 'no --rec-val')
+    engine = Engine(net, task, ctx, fit_cfg, data.train, val, data.num_classes, logger=log,
                     run_info={'model': args.model, 'dataset': args.dataset, 'model_kwargs': model_kwargs(args)})
+    save_dir = open_run_dir(args, preset)
+    log_to_file(save_dir, args.logging_file if part_index == 0 else None, part_index)
+    log.info('run folder: %s (checkpoints, best.params, metrics.jsonl, train.log)', display_path(save_dir))
+    prefix = '%s-%s' % (args.dataset, args.model)
+    engine.ckpt = CheckpointManager(save_dir, prefix, args.save_frequency, log)
+    engine.metrics_path = os.path.join(save_dir, 'metrics.jsonl')
     log.info('model %s on %s, %s, %s mode, %d epochs, lr %g (%s)', args.model, ','.join(map(str, ctx)),
              args.dtype, args.mode, args.num_epochs, args.lr, args.lr_mode)
     (fit or default_fit)(engine, args, log)
-    if engine.history:
-        last = engine.history[-1]
-        log.info('done: %d epochs, final val top1=%.4f, best %.4f; checkpoints in %s', last['epoch'],
-                 last.get('val_top1', float('nan')), engine.best_top1, args.save_dir)
+    if engine.is_writer:
+        log.info('%s', run_summary(engine, args, preset, time.time() - t_start))
     return engine
+
+
+def _duration(seconds):
+    seconds = int(round(seconds))
+    h, rem = divmod(seconds, 3600)
+    m, sec = divmod(rem, 60)
+    return '%dh%02dm%02ds' % (h, m, sec) if h else ('%dm%02ds' % (m, sec) if m else '%ds' % sec)
+
+
+def _model_flags(args):
+    """The model-option flags (``--fusion aff ...``) that rebuild this run's network."""
+    out = []
+    for flags, kwarg, _, _, _ in MODEL_OPTIONS:
+        value = getattr(args, 'model_' + kwarg, None)
+        if value is not None:
+            out += [flags[0], str(value)]
+    return out
+
+
+def run_summary(engine, args, preset, elapsed):
+    """The end-of-run block: what was trained, the best epoch, the files left and the exact
+    commands that evaluate and export the best network (``tools/evaluate.py``,
+    ``tools/export.py``; their flags)."""
+    from .engine.checkpoint import BEST_PARAMS, POINTER
+    save_dir = display_path(engine.ckpt.save_dir) if engine.ckpt is not None else None
+    ipe = max(engine.iters_per_epoch, 1)
+    planned = engine.cfg.num_epochs * ipe
+    steps = engine.global_step
+    full, rest = divmod(steps, ipe)
+    if steps < planned and engine.cfg.max_iters and steps >= engine.cfg.max_iters:
+        head = 'reached --max-iter %d: %d iterations done (%d of %d epochs complete%s)' % (
+            engine.cfg.max_iters, steps, full, engine.cfg.num_epochs,
+            ', %d of %d iterations of epoch %d' % (rest, ipe, full + 1) if rest else '')
+    else:
+        head = 'done: %d epochs (%d iterations)' % (full, steps) if not rest else \
+            'done: %d iterations (%d epochs + %d)' % (steps, full, rest)
+    lines = ['%s in %s' % (head, _duration(elapsed))]
+    best = os.path.join(save_dir, BEST_PARAMS) if save_dir else None
+    if engine.best_epoch is not None and engine.best_top1 >= 0:
+        last = engine.history[-1].get('val_top1') if engine.history else None
+        lines.append('best val top-1 %.4f at epoch %d%s' % (engine.best_top1, engine.best_epoch,
+                                                             '' if last is None else ' (last epoch: %.4f)' % last))
+    elif engine.val_data is None:
+        lines.append('no validation split: no epoch was ranked, no best.params')
+        best = None
+    params = None
+    if save_dir and os.path.isfile(os.path.join(save_dir, POINTER)):
+        from .engine.checkpoint import resolve_resume
+        meta, _ = resolve_resume(save_dir)
+        params = os.path.join(save_dir, meta['files']['params'])
+    lines.append('run folder: %s' % save_dir)
+    if best and os.path.isfile(best):
+        lines.append('  best:   %s (best.json: its epoch and val top-1)' % best)
+    if params:
+        lines.append('  latest: %s (%s; continue with --resume %s and the same options)' % (params, POINTER, save_dir))
+    weights = best if best and os.path.isfile(best) else params
+    if weights:
+        py = display_path(sys.executable)
+        q = shlex.quote
+        data = []
+        if args.rec_val:
+            data = ['--rec-val', args.rec_val]
+        elif args.data_dir:
+            data = ['--data-dir', args.data_dir]
+        extra = ['--crop-ratio', '%g' % args.crop_ratio] if args.crop_ratio != 0.875 else []
+        if args.coarse_labels:
+            extra.append('--coarse-labels')
+        model_flags = _model_flags(args)
+        tool = lambda name: display_path(os.path.join(REPO_ROOT, 'tools', name))  # noqa: E731
+        for flag, value in (('--ctx', args.ctx), ('--gpus', args.gpus), ('--num-gpus', args.num_gpus)):
+            if value:
+                extra += [flag, str(value)]
+        if args.dtype != 'float32':
+            extra += ['--dtype', args.dtype]
+        evaluate = [py, tool('evaluate.py'), '--model', args.model, '--params', weights, '--dataset', args.dataset] + \
+            data + ['--input-size', str(args.input_size), '--batch-size', str(args.batch_size * len(engine.ctx))] + \
+            extra + model_flags
+        export_model = ('afs_' + args.model) if getattr(args, 'afs', False) else args.model
+        export = [py, tool('export.py'), '--model', export_model, '--params', weights, '--classes',
+                  str(engine.num_classes), '--input-shape', '1,3,%d,%d' % (args.input_size, args.input_size),
+                  '--out', os.path.join(save_dir, 'export', export_model)] + model_flags
+        if data:
+            lines.append('evaluate: %s' % ' '.join(q(t) for t in evaluate))
+        else:
+            lines.append('evaluate: %s  (add --rec-val FILE)' % ' '.join(q(t) for t in evaluate))
+        lines.append('export:   %s' % ' '.join(q(t) for t in export))
+    return 'summary\n  ' + '\n  '.join(lines)
 
 
 def main(preset, description, argv=None, make_task=None, prepare=None, **hooks):
     """Entry point of a training script: one-line errors and a non-zero exit on bad input.
-    ``prepare(args)`` runs first (inside the error handling) and may return an exit status
-    to stop there (a dry run); ``hooks`` go to :func:`run`."""
+    ``--list-models`` prints and exits. The arguments are validated and the run folder
+    planned before anything is created; ``prepare(args)`` runs next (inside the error
+    handling) and may return an exit status to stop there (a dry run); ``hooks`` go to
+    :func:`run`."""
     parser = build_parser(preset, description)
     args = parse_args(parser, argv)
     try:
+        if args.list_models is not None:
+            return list_models_command(args.list_models)
+        validate_args(args, preset)
+        plan_run_dir(args, preset)
         if prepare is not None:
             status = prepare(args)
             if status is not None:
@@ -380,8 +700,13 @@ def main(preset, description, argv=None, make_task=None, prepare=None, **hooks):
         print('error: %s' % err, file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print('interrupted; the last completed epoch is checkpointed: continue with --resume %s' % args.save_dir,
-              file=sys.stderr)
+        from .engine.checkpoint import POINTER
+        d = getattr(args, 'run_dir_open', None)
+        if d and os.path.isfile(os.path.join(d, POINTER)):
+            print('interrupted; the last completed epoch is checkpointed: continue with --resume %s' % d,
+                  file=sys.stderr)
+        else:
+            print('interrupted before the first checkpoint was written', file=sys.stderr)
         return 130
     finally:
         close_logging()

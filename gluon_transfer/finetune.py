@@ -276,14 +276,17 @@ class FineTune:
 
     # ------------------------------------------------------------------ hooks
     def prepare(self, args):
-        from .cli import resolve_ctx
+        from .cli import open_run_dir, resolve_ctx
         if getattr(args, 'afa_two_stage', False):
             from .afa import run_two_stage
+            open_run_dir(args, 'transfer')             # holds the holdout split and both stages
             run_two_stage(args, run_stage)
             return 0
         ctx = resolve_ctx(args)
         if getattr(args, 'afs', False) and not getattr(args, 'print_param_groups', False):
-            from .afds import holdout_for_args
+            from .afds import holdout_for_args, resolve_afds_args
+            resolve_afds_args(args)                    # bad AFDS options fail before the run folder exists
+            open_run_dir(args, 'transfer')             # the holdout split is written there
             self.holdout = holdout_for_args(args)      # training then uses the rest of the records
         resolve_args(args, num_devices=len(ctx))
         self.make_regularizer(args, args.batch_size * len(ctx))   # bad regularizer settings fail here

@@ -93,10 +93,8 @@ def _fit(tmp_path, name, epochs, resume=None, net=None, mode='hybrid'):
     ckpt = CheckpointManager(str(tmp_path / name), 'toy', save_frequency=0)
     eng = Engine(net, Classify(), [mx.cpu()], cfg, tiny_data(), tiny_data(shuffle=False), num_classes=3,
                  checkpoint=ckpt, metrics_path=str(tmp_path / name / 'metrics.jsonl'), run_info={'model': 'toy'})
-    eng.cfg.num_epochs = epochs if resume is None else 3
-    if resume is None:
+    if resume is None:     # stop after `epochs` of the 3-epoch schedule (a resume must keep the schedule)
         eng.cfg.max_iters = epochs * len(eng.train_data)
-    eng.schedule.total_iters = 3 * len(eng.train_data)  # the schedule always spans 3 epochs
     eng.fit(resume=resume)
     return eng
 
@@ -113,7 +111,9 @@ def test_resume_is_exact(tmp_path, mode):
     assert full.lr_trace == part.lr_trace + resumed.lr_trace
     assert len(full.lr_trace) == 9
     lines = [json.loads(l) for l in (tmp_path / 'resumed' / 'metrics.jsonl').read_text().splitlines()]
-    assert [l['epoch'] for l in lines] == [2, 3]
+    # a resume into another folder starts its metrics with the resumed run's epochs
+    assert [l['epoch'] for l in lines] == [1, 2, 3]
+    assert lines[0] == json.loads((tmp_path / 'part' / 'metrics.jsonl').read_text().splitlines()[0])
 
 
 def test_checkpoint_pointer_survives_crash_during_save(tmp_path):
@@ -146,12 +146,31 @@ def test_periodic_and_best_checkpoints(tmp_path):
     net = tiny_net(bn=True)
     cfg = FitConfig(num_epochs=4, lr=0.1, lr_mode='constant', mode='imperative', save_frequency=2, log_interval=0)
     ckpt = CheckpointManager(str(tmp_path), 'toy', save_frequency=2)
-    Engine(net, Classify(), [mx.cpu()], cfg, tiny_data(), tiny_data(shuffle=False), 3, checkpoint=ckpt).fit()
+    eng = Engine(net, Classify(), [mx.cpu()], cfg, tiny_data(), tiny_data(shuffle=False), 3, checkpoint=ckpt)
+    eng.fit()
     names = sorted(os.listdir(tmp_path))
     assert 'toy-0002.params' in names and 'toy-0004.params' in names and 'toy-0004.states' in names
     assert 'toy-0001.params' not in names and 'toy-0003.params' not in names
-    best = [n for n in names if n.endswith('-best.params')]
-    assert len(best) == 1 and best[0].split('-')[0].replace('.', '').isdigit()
+    # one stable best file per run folder, its record naming the first epoch of the highest val top-1
+    assert [n for n in names if 'best' in n] == ['best.json', 'best.params']
+    tops = [h['val_top1'] for h in eng.history]
+    record = json.loads((tmp_path / 'best.json').read_text())
+    assert record['epoch'] == int(np.argmax(tops)) + 1 and record['val_top1'] == pytest.approx(max(tops))
+    assert record['params'] == 'best.params' and record['prefix'] == 'toy'
+    meta, _ = resolve_resume(str(tmp_path))
+    assert meta['best_epoch'] == record['epoch'] and meta['best_top1'] == pytest.approx(max(tops))
+    # best.params holds that epoch's network: its top-1 on val, computed here with numpy, is the record's
+    best = tiny_net(bn=True, seed=3)
+    best.load_parameters(str(tmp_path / 'best.params'))
+    val = tiny_data(shuffle=False)
+    val.set_epoch(0)
+    hits = n = 0
+    for batch in val:
+        keep = batch.data.shape[0] - int(batch.pad)
+        pred = best(batch.data).asnumpy()[:keep].argmax(axis=1)
+        hits += int((pred == batch.label.asnumpy()[:keep]).sum())
+        n += keep
+    assert hits / n == pytest.approx(record['val_top1'])
 
 
 class NaNAfter(Task):
@@ -201,3 +220,162 @@ def test_no_wd_on_bn_and_bias():
     mults = {k: p.wd_mult for k, p in net.collect_params().items()}
     assert all(v == 0 for k, v in mults.items() if k.endswith(('_gamma', '_beta', '_bias')))
     assert all(v == 1 for k, v in mults.items() if k.endswith('_weight'))
+
+
+# ---------------------------------------------------------------- nothing lost, nothing silent
+def _engine(save, task=None, val=True, **cfg_kw):
+    """A 3-epoch toy run (3 iterations per epoch) checkpointing into ``save``."""
+    kw = dict(num_epochs=3, lr=0.1, lr_mode='constant', mode='imperative', log_interval=0, seed=4)
+    kw.update(cfg_kw)
+    ckpt = CheckpointManager(str(save), 'toy')
+    return Engine(tiny_net(bn=True), task or Classify(), [mx.cpu()], FitConfig(**kw), tiny_data(),
+                  tiny_data(shuffle=False) if val else None, 3, checkpoint=ckpt,
+                  metrics_path=str(save / 'metrics.jsonl'), run_info={'model': 'toy'})
+
+
+class PoisonAt(Classify):
+    """Classify, but the ``k``-th backward pass puts NaN into the first conv weight: the
+    loss of that iteration (computed before) is finite, the network after the update is not."""
+
+    def __init__(self, k):
+        self.k, self.calls = k, 0
+
+    def after_backward(self, net):
+        self.calls += 1
+        if self.calls == self.k:
+            p = list(net.collect_params().values())[0]
+            p.set_data(p.data() * float('nan'))
+
+
+@pytest.mark.parametrize('val', [True, False])
+def test_divergence_in_the_last_update_of_an_epoch_is_not_saved(tmp_path, val):
+    """The epoch's last update makes the network NaN (its training loss is finite): the end of
+    epoch 2 stops with TrainingDiverged before writing, epoch 1's checkpoint (and best) stay."""
+    eng = _engine(tmp_path, PoisonAt(6), val=val)          # 3 iterations per epoch: the last of epoch 2
+    with pytest.raises(TrainingDiverged) as e:
+        eng.fit()
+    msg = str(e.value)
+    assert '\n' not in msg and 'epoch 2' in msg and 'checkpoint of epoch 1' in msg, msg
+    assert '1 parameter(s) hold NaN/inf (conv' in msg, msg   # ReLU maps NaN to 0: val loss alone can miss it
+    meta, _ = resolve_resume(str(tmp_path))
+    assert meta['epoch'] == 1
+    names = os.listdir(tmp_path)
+    assert not any(n.startswith('toy-0002') for n in names) and 'toy-0001.params' in names
+    assert [json.loads(l)['epoch'] for l in (tmp_path / 'metrics.jsonl').read_text().splitlines()] == [1]
+    saved = mx.nd.load(str(tmp_path / 'toy-0001.params'))
+    assert all(np.isfinite(v.asnumpy()).all() for v in saved.values())
+    if val:       # epoch 1 was the best so far: best.params is its network, untouched
+        assert 'and best.params' in msg
+        assert (tmp_path / 'best.params').read_bytes() == (tmp_path / 'toy-0001.params').read_bytes()
+        assert json.loads((tmp_path / 'best.json').read_text())['epoch'] == 1
+    else:
+        assert 'best.params' not in names
+
+
+class NaNPredictions(Classify):
+    """Finite training, NaN evaluation outputs from epoch 2 on (a val loss of NaN)."""
+
+    def __init__(self):
+        self.evals = 0
+
+    def predict(self, net, data):
+        self.evals += 1
+        out = net(data)
+        return out * float('nan') if self.evals > 3 else out     # 3 val batches per evaluation
+
+
+def test_nan_val_loss_stops_before_saving(tmp_path):
+    with pytest.raises(TrainingDiverged) as e:
+        _engine(tmp_path, NaNPredictions()).fit()
+    assert 'training diverged in epoch 2 (val loss nan)' in str(e.value)
+    assert resolve_resume(str(tmp_path))[0]['epoch'] == 1
+    assert json.loads((tmp_path / 'best.json').read_text())['epoch'] == 1
+
+
+def test_best_is_written_before_the_checkpoint(tmp_path):
+    """A kill while the new best is written leaves the old best and a pointer that names it."""
+    eng = _engine(tmp_path, max_iters=3)
+    calls = []
+    for name in ('save', 'save_best'):
+        orig = getattr(eng.ckpt, name)
+        setattr(eng.ckpt, name, lambda *a, _o=orig, _n=name, **k: (calls.append(_n), _o(*a, **k))[1])
+    eng.fit()
+    assert calls == ['save_best', 'save']               # epoch 1 is always a new best
+    old_best = (tmp_path / 'best.params').read_bytes()
+    pointer = (tmp_path / 'checkpoint.json').read_bytes()
+
+    class Kill(Exception):
+        pass
+
+    real = eng.net.save_parameters
+
+    def dies_writing_best(path):
+        if os.path.basename(path).startswith('.best.params'):
+            with open(path, 'wb') as f:
+                f.write(b'partial')
+            raise Kill()
+        real(path)
+
+    eng.net.save_parameters = dies_writing_best
+    stats = dict(eng.history[0], epoch=2, val_top1=2.0)   # better than any real top-1: a new best
+    with pytest.raises(Kill):
+        eng._end_epoch(1, stats)
+    assert (tmp_path / 'best.params').read_bytes() == old_best
+    assert (tmp_path / 'checkpoint.json').read_bytes() == pointer
+    meta, _ = resolve_resume(str(tmp_path))
+    assert meta['epoch'] == 1 and meta['best_epoch'] == 1
+    assert not [n for n in os.listdir(tmp_path) if n.endswith('.tmp')]
+
+
+def test_resume_repairs_a_missing_best(tmp_path):
+    run = tmp_path / 'run'
+    _engine(run, max_iters=3).fit()
+    ckpt_params = (run / 'toy-0001.params').read_bytes()
+    os.remove(run / 'best.params')
+    os.remove(run / 'best.json')
+    eng = _engine(run, max_iters=3)         # same schedule; stops at once (3 iterations done)
+    eng.fit(resume=str(run))
+    assert (run / 'best.params').read_bytes() == ckpt_params      # epoch 1 = the best epoch = the checkpoint
+    assert json.loads((run / 'best.json').read_text())['epoch'] == 1
+
+
+def test_resume_trims_metrics_past_the_checkpoint(tmp_path):
+    """A kill after the metrics line of epoch 2 but before its checkpoint (and a torn line):
+    the resume trains epoch 2 again, and metrics.jsonl keeps one line per epoch."""
+    run = tmp_path / 'run'
+    _engine(run, max_iters=3).fit()
+    first = (run / 'metrics.jsonl').read_text().splitlines()[0]
+    with open(run / 'metrics.jsonl', 'a') as f:
+        f.write(json.dumps(dict(json.loads(first), epoch=2)) + '\n{"epoch": 3, "train_lo')
+    _engine(run).fit(resume=str(run))
+    lines = (run / 'metrics.jsonl').read_text().splitlines()
+    assert [json.loads(l)['epoch'] for l in lines] == [1, 2, 3]
+    assert lines[0] == first
+
+
+def test_resume_with_another_schedule_is_refused_unless_allowed(tmp_path):
+    run = tmp_path / 'run'
+    _engine(run, max_iters=3).fit()
+    with pytest.raises(CheckpointError) as e:
+        _engine(run, num_epochs=5).fit(resume=str(run))
+    msg = str(e.value)
+    assert '--num-epochs 3 (checkpoint) vs 5 (now)' in msg and '--allow-schedule-change' in msg and '\n' not in msg
+    with pytest.raises(CheckpointError, match=r'--lr 0.1 \(checkpoint\) vs 0.05'):
+        _engine(run, lr=0.05).fit(resume=str(run))
+    six = _engine(run)
+    six.train_data = tiny_data(bs=6)        # 4 iterations per epoch instead of 3
+    six.iters_per_epoch = len(six.train_data)
+    with pytest.raises(CheckpointError, match='3 iterations per epoch'):
+        six.fit(resume=str(run))
+    eng = _engine(run, num_epochs=4, allow_schedule_change=True)
+    eng.fit(resume=str(run))
+    assert eng.start_epoch == 1 and eng.global_step == 12 and [h['epoch'] for h in eng.history] == [2, 3, 4]
+
+
+@pytest.mark.parametrize('kw, flag', [(dict(num_epochs=0), '--num-epochs'), (dict(num_epochs=-1), '--num-epochs'),
+                                      (dict(max_iters=-3), '--max-iter'), (dict(lr=-1.0), '--lr')])
+def test_fit_config_values_are_checked_by_flag(kw, flag):
+    with pytest.raises(ConfigError) as e:
+        Engine(tiny_net(), Classify(), [mx.cpu()], FitConfig(**dict(dict(warmup_epochs=1), **kw)), tiny_data(),
+               num_classes=3)
+    assert str(e.value).startswith(flag + ' must be') and 'warmup' not in str(e.value)

@@ -92,7 +92,12 @@ def test_train_cifar_end_to_end_and_resume(cifar_dir, tmp_path):
     assert 0.0 <= m[1]['val_top1'] <= 1.0 and m[1]['val_top5'] >= m[1]['val_top1']
     names = os.listdir(full)
     assert 'cifar10-cifar_resnet20_v1-0002.params' in names and 'checkpoint.json' in names
-    assert any(n.endswith('-best.params') for n in names) and 'train.log' in names
+    assert 'best.params' in names and 'best.json' in names and 'train.log' in names
+    with open(os.path.join(full, 'best.json')) as f:
+        best = json.load(f)
+    tops = [r['val_top1'] for r in m]
+    assert best['epoch'] == int(np.argmax(tops)) + 1 and best['val_top1'] == pytest.approx(max(tops))
+    assert 'best val top-1 %.4f at epoch %d' % (max(tops), best['epoch']) in out and 'tools/evaluate.py' in out
 
     part = str(tmp_path / 'part')
     # Stop after the first epoch's 6 iterations (48 images / 8), same 2-epoch schedule.
@@ -273,3 +278,206 @@ def test_train_imagenet_iaff_resnet50_open_aff_flags(imagenet_dir, tmp_path, cap
     keys = set(mx.nd.load(os.path.join(save, 'imagenet-aff_resnet-0001.params')))
     assert 'layer3.0.attention.global_att2.1.weight' in keys and not any(
         k.startswith('layer2.') and 'attention' in k for k in keys)
+
+
+# ---------------------------------------------------------------- run folders, argument checks, summary
+def quick_args(data_dir, *extra):
+    """One epoch of 6 iterations (48 images, batch 8), no --save-dir."""
+    return ['--data-dir', data_dir, '--model', 'cifar_resnet20_v1', '--batch-size', '8', '--num-epochs', '1',
+            '--lr', '0.05', '--log-interval', '0', '-j', '1', '--seed', '3'] + list(extra)
+
+
+def run_folder(out):
+    """The folder a run reported ('run folder: DIR (...)')."""
+    line = next(ln for ln in out.splitlines() if ' run folder: ' in ln)
+    return line.split(' run folder: ', 1)[1].split(' (')[0]
+
+
+def snapshot(d):
+    out = {}
+    for root, _, files in os.walk(d):
+        for f in files:
+            with open(os.path.join(root, f), 'rb') as fh:
+                out[os.path.relpath(os.path.join(root, f), d)] = fh.read()
+    return out
+
+
+def load_tool(name):
+    import importlib.util
+    spec = importlib.util.spec_from_file_location('tool_' + name, os.path.join(ROOT, 'tools', name + '.py'))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_each_run_gets_a_new_folder_and_latest_follows(cifar_dir, tmp_path, monkeypatch, capsys):
+    """Without --save-dir: runs/demo/<model>-<date>[-n] per run (`make demo; make demo`), the
+    first run's files untouched by the second, runs/demo/latest -> the newest."""
+    monkeypatch.chdir(tmp_path)
+    rc, out1, err = run_cli('cifar', ['--demo'] + quick_args(cifar_dir, '--max-iter', '2'), capsys)
+    assert rc == 0, err
+    first = run_folder(out1)
+    assert os.path.dirname(first) == os.path.join('runs', 'demo')
+    assert os.path.basename(first).startswith('cifar_resnet20_v1-20')
+    before = snapshot(first)
+    assert {'best.params', 'best.json', 'checkpoint.json', 'metrics.jsonl', 'train.log'} <= set(before)
+    assert os.path.realpath('runs/demo/latest') == os.path.realpath(first)
+    rc, out2, err = run_cli('cifar', ['--demo'] + quick_args(cifar_dir, '--max-iter', '2'), capsys)
+    assert rc == 0, err
+    second = run_folder(out2)
+    assert second != first and os.path.dirname(second) == os.path.join('runs', 'demo')
+    assert snapshot(first) == before                            # nothing deleted, appended or overwritten
+    assert sorted(os.listdir('runs/demo')) == sorted([os.path.basename(first), os.path.basename(second), 'latest'])
+    assert os.path.realpath('runs/demo/latest') == os.path.realpath(second)
+    assert 'run folder: %s' % second in out2 and os.path.isfile(os.path.join('runs/demo/latest', 'best.params'))
+
+
+def test_save_dir_holding_a_run_is_refused(cifar_dir, tmp_path, capsys):
+    for name in ('checkpoint.json', 'metrics.jsonl', 'old-0003.params'):
+        d = tmp_path / name.replace('.', '_')
+        d.mkdir()
+        (d / name).write_text('precious')
+        rc, _, err = run_cli('cifar', quick_args(cifar_dir, '--save-dir', str(d)), capsys)
+        one_line_error(rc, err, '--save-dir %s already holds a run (%s)' % (d, name), '--resume %s' % d,
+                       'another --save-dir')
+        assert os.listdir(d) == [name] and (d / name).read_text() == 'precious'
+
+
+def test_resume_continues_in_the_resumed_folder(cifar_dir, tmp_path, monkeypatch, capsys):
+    """--resume runs/cifar/latest without --save-dir: the same (real) folder, no new one, one
+    metrics line per epoch; another --num-epochs is refused naming both values."""
+    monkeypatch.chdir(tmp_path)
+    rc, out, err = run_cli('cifar', quick_args(cifar_dir, '--num-epochs', '2', '--max-iter', '6'), capsys)
+    assert rc == 0, err
+    first = run_folder(out)
+    rc, _, err = run_cli('cifar', quick_args(cifar_dir, '--num-epochs', '3', '--resume', 'runs/cifar/latest'), capsys)
+    one_line_error(rc, err, '--num-epochs 2 (checkpoint) vs 3 (now)', '--allow-schedule-change')
+    rc, out, err = run_cli('cifar', quick_args(cifar_dir, '--num-epochs', '2', '--resume', 'runs/cifar/latest'), capsys)
+    assert rc == 0, err
+    assert run_folder(out) == first and 'resumed from' in out
+    assert sorted(os.listdir('runs/cifar')) == sorted([os.path.basename(first), 'latest'])
+    assert [r['epoch'] for r in metrics(first)] == [1, 2]
+    resumed = cli.parse_args(cli.build_parser('cifar', 't'), ['--resume', 'runs/cifar/latest'])
+    cli.plan_run_dir(resumed, 'cifar')
+    assert resumed.save_dir == first          # the link resolved: a later run re-pointing it cannot redirect this one
+
+
+@pytest.mark.parametrize('extra, msg', [
+    (['--batch-size', '0'], '--batch-size must be >= 1'),
+    (['--batch-size', '-4'], '--batch-size must be >= 1'),
+    (['--num-epochs', '0'], '--num-epochs must be >= 1, got 0'),
+    (['--num-epochs', '-1', '--warmup-epochs', '1'], '--num-epochs must be >= 1, got -1'),
+    (['--max-iter', '-3'], '--max-iter must be >= 0'),
+    (['--lr', '-1'], '--lr must be a number > 0'),
+    (['--lr', '0'], '--lr must be a number > 0'),
+    (['-j', '-1'], '-j/--num-data-workers must be >= 0'),
+    (['--data-dir', 'nowhere'], 'data dir not found'),
+    (['--ctx', 'tpu:0'], "bad --ctx entry 'tpu:0'"),
+    (['--resume', 'nowhere'], 'nowhere'),
+])
+def test_bad_arguments_are_refused_and_create_nothing(cifar_dir, tmp_path, monkeypatch, capsys, extra, msg):
+    monkeypatch.chdir(tmp_path)
+    for save in ([], ['--save-dir', 's']):
+        rc, _, err = run_cli('cifar', quick_args(cifar_dir, *extra) + save, capsys)
+        one_line_error(rc, err, msg)
+        assert 'warmup' not in err and os.listdir(tmp_path) == []      # no runs/, no s/, no train.log
+
+
+def test_unknown_option_suggests_the_closest(capsys):
+    for preset, argv, hint in (('cifar', ['--epochs', '3'], '--epochs (did you mean --num-epochs?)'),
+                               ('cifar', ['--lr-decay-epochs=3'], '--lr-decay-epochs (did you mean --lr-decay-epoch?)'),
+                               ('transfer', ['--lamda-afd', '1'], '--lamda-afd (did you mean --lambda-afd?)')):
+        with pytest.raises(SystemExit) as e:
+            cli.main(preset, 't', argv)
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and err.count('\n') == 1 and err.startswith('error: unknown option ' + hint), err
+    with pytest.raises(SystemExit):
+        cli.main('cifar', 't', ['--zzzzzz'])
+    err = capsys.readouterr().err
+    assert err == 'error: unknown option --zzzzzz; see --help\n'
+
+
+def test_list_models(capsys):
+    assert cli.main('cifar', 't', ['--list-models', 'cifar_aff*']) == 0
+    names = [ln.strip() for ln in capsys.readouterr().out.splitlines() if ln.startswith('  ')]
+    assert {'cifar_aff_resnet32', 'cifar_aff_resnext38_32x4d'} <= set(names)
+    assert all(n.startswith('cifar_aff') for n in names)
+    assert cli.main('transfer', 't', ['--list-models', 'RESNET20']) == 0          # substring, any case
+    out = capsys.readouterr().out
+    assert 'GluonCV models' in out and '  cifar_resnet20_v1\n' in out and 'resnet50_v1b' not in out
+    assert cli.main('imagenet', 't', ['--list-models']) == 0
+    out = capsys.readouterr().out
+    assert 'aff_resnet50' in out and 'resnet50_v1b' in out
+    rc, _, err = run_cli('cifar', ['--list-models', 'no_such_net'], capsys)
+    one_line_error(rc, err, "no model name matches 'no_such_net'")
+
+
+def test_data_without_val_split_warns_and_reports_no_best(cifar_dir, tmp_path, capsys):
+    d = tmp_path / 'noval'
+    d.mkdir()
+    for name in ('train.rec', 'train.idx'):
+        (d / name).write_bytes(Path(cifar_dir, name).read_bytes())
+    rc, out, err = run_cli('cifar', quick_args(str(d), '--save-dir', str(tmp_path / 's'), '--max-iter', '2'), capsys)
+    assert rc == 0, err
+    assert 'WARNING: no validation split' in out.split('run folder:')[0]       # said at the start
+    assert 'no validation split: no epoch was ranked, no best.params' in out
+    assert '-1.0000' not in out and 'best val top-1' not in out and 'best -1' not in out
+    assert 'best.params' not in os.listdir(tmp_path / 's')
+
+
+def test_max_iter_stop_is_reported_truthfully(cifar_dir, tmp_path, capsys):
+    rc, out, err = run_cli('cifar', quick_args(cifar_dir, '--num-epochs', '2', '--max-iter', '3', '--save-dir',
+                                               str(tmp_path / 's')), capsys)
+    assert rc == 0, err
+    assert '[Epoch 1/2] (partial: 3 of 6 iterations, --max-iter reached)' in out
+    assert 'reached --max-iter 3: 3 iterations done (0 of 2 epochs complete, 3 of 6 iterations of epoch 1)' in out
+    assert 'done: 1 epochs' not in out
+
+
+def test_summary_commands_run_as_printed(cifar_dir, tmp_path, monkeypatch, capsys):
+    """The end-of-run summary names best.params and its epoch, and its evaluate/export
+    commands run as printed: evaluate reproduces best.json's val top-1."""
+    monkeypatch.chdir(tmp_path)
+    rc, out, err = run_cli('cifar', quick_args(cifar_dir, '--num-epochs', '2'), capsys)
+    assert rc == 0, err
+    folder = run_folder(out)
+    with open(os.path.join(folder, 'best.json')) as f:
+        best = json.load(f)
+    summary = out.split('summary\n', 1)[1]
+    assert 'best val top-1 %.4f at epoch %d' % (best['val_top1'], best['epoch']) in summary
+    assert 'best:   %s' % os.path.join(folder, 'best.params') in summary
+    assert 'latest: %s' % os.path.join(folder, 'cifar10-cifar_resnet20_v1-0002.params') in summary
+    commands = {ln.split(':', 1)[0].strip(): ln.split(':', 1)[1] for ln in summary.splitlines()
+                if ln.strip().startswith(('evaluate:', 'export:'))}
+    import shlex
+    ev = shlex.split(commands['evaluate'])
+    assert ev[0] == sys.executable and ev[1] == os.path.join(ROOT, 'tools', 'evaluate.py')
+    assert load_tool('evaluate').main(ev[2:]) == 0
+    assert 'top-1 %.4f ' % best['val_top1'] in capsys.readouterr().out
+    ex = shlex.split(commands['export'])
+    assert ex[1] == os.path.join(ROOT, 'tools', 'export.py')
+    assert load_tool('export').main(ex[2:]) == 0
+    capsys.readouterr()
+    assert os.path.isfile(os.path.join(folder, 'export', 'cifar_resnet20_v1-symbol.json'))
+
+
+def test_distributed_runs_need_one_explicit_folder(cifar_dir, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    rc, _, err = run_cli('cifar', quick_args(cifar_dir, '--kvstore', 'dist_sync'), capsys)
+    one_line_error(rc, err, '--kvstore dist_sync needs --save-dir DIR')
+    assert os.listdir(tmp_path) == []
+    planned = []
+    for _ in range(2):        # every worker process plans the same folder from the same command
+        args = cli.parse_args(cli.build_parser('cifar', 't'), quick_args(cifar_dir, '--kvstore', 'dist_sync',
+                                                                         '--save-dir', 'shared'))
+        planned.append(cli.plan_run_dir(args, 'cifar'))
+    assert planned == ['shared', 'shared'] and os.listdir(tmp_path) == []
+
+
+def test_evaluate_tool_checks_its_arguments(tmp_path, capsys):
+    evaluate = load_tool('evaluate')
+    for argv, msg in ((['--batch-size', '0'], '--batch-size must be >= 1'),
+                      (['--batch-size', '-2'], '--batch-size must be >= 1'),
+                      (['-j', '-1'], '-j/--num-data-workers must be >= 0')):
+        rc = evaluate.main(['--model', 'cifar_resnet20_v1', '--params', str(tmp_path / 'x.params')] + argv)
+        one_line_error(rc, capsys.readouterr().err, msg)

@@ -108,8 +108,9 @@ def main(argv=None):
             status = cli.main('cifar', 'source network', argv)
             if status:
                 return status
-            final = sorted(f for f in os.listdir(save) if f.endswith('.params') and not f.endswith('-best.params')
-                           and not f.endswith('.extra.params'))[-1]
+            from gluon_transfer.engine.checkpoint import resolve_resume
+            meta, _ = resolve_resume(save)                  # the last checkpoint of the source run
+            final = meta['files']['params']
             shutil.copyfile(os.path.join(save, final), os.path.join(args.out, 'source.params'))
             print('source params: %s (from %s)' % (os.path.join(args.out, 'source.params'), final))
     except GluonTransferError as e:

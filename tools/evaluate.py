@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Evaluate a model from a params file: top-1, top-5 and mean per-class accuracy.
 
-    python tools/evaluate.py --model cifar_resnet20_v1 --params runs/demo/cifar10-cifar_resnet20_v1-0006.params \\
+    python tools/evaluate.py --model cifar_resnet20_v1 --params runs/demo/latest/best.params \\
         --dataset cifar10 --data-dir data/cifar10_sample
     python tools/evaluate.py --model aff_resnet50 --params AFF-ResNet-50.params --dataset imagenet \\
         --rec-val ~/imagenet/val.rec --batch-size 50
@@ -10,7 +10,6 @@ Any registered or GluonCV model works; model options (``--fusion``, ``--blocks``
 the training scripts'. The params file is checked key by key (float16 files are cast).
 Prints progress and a final summary; ``--json`` also writes the numbers to a file.
 """
-import argparse
 import json
 import os
 import sys
@@ -25,7 +24,7 @@ from gluon_transfer.errors import GluonTransferError  # noqa: E402
 
 
 def build_parser():
-    p = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
+    p = cli.ArgumentParser(description=__doc__.strip().splitlines()[0])
     p.add_argument('--model', required=True)
     p.add_argument('--params', required=True, help='.params file (save_parameters layout)')
     p.add_argument('--dataset', default='cifar10', help='data preset (cifar10, cifar100, imagenet, ...)')
@@ -82,9 +81,21 @@ def evaluate(args):
     return res
 
 
+def check_args(args):
+    from gluon_transfer.errors import ConfigError
+    if args.batch_size < 1:
+        raise ConfigError('--batch-size must be >= 1, got %r' % args.batch_size)
+    if args.num_workers < 0:
+        raise ConfigError('-j/--num-data-workers must be >= 0, got %r' % args.num_workers)
+    if args.log_interval < 0:
+        raise ConfigError('--log-interval must be >= 0 (0: no progress lines), got %r' % args.log_interval)
+    return args
+
+
 def main(argv=None):
     args = build_parser().parse_args(argv)
     try:
+        check_args(args)
         evaluate(args)
     except GluonTransferError as err:
         print('error: %s' % err, file=sys.stderr)

@@ -1,19 +1,41 @@
-"""Atomic checkpoints and exact resume.
+"""Run folders, atomic checkpoints and exact resume.
 
-A checkpoint of epoch ``e`` (``e`` epochs completed) is a set of files in ``save_dir``:
+**Run folders.** Every training run writes into one folder of its own, and no run ever
+deletes, overwrites or appends to what another run wrote. The scripts pick the folder
+(``gluon_transfer.cli``): ``--save-dir DIR`` when given (refused when ``DIR`` already holds a
+run: ``checkpoint.json``, ``*.params`` or ``metrics.jsonl``; continue such a run with
+``--resume DIR``), else a new folder ``runs/<script>/<model>-<YYYYmmdd-HHMMSS>`` made by
+:func:`make_run_dir` (``os.mkdir`` is atomic, so two runs started in the same second get
+``...-2``, ``...-3``), with the symlink ``runs/<script>/latest`` re-pointed at it by
+:func:`point_latest` (a new link under a temporary name, then ``os.replace``).
+
+**Files of a run folder.** A checkpoint of epoch ``e`` (``e`` epochs completed) is:
 
 * ``<prefix>-<e:04d>.params``  network parameters (``save_parameters`` layout, loadable by
   ``get_model(..., params=FILE)`` and ``tools/evaluate.py``);
 * ``<prefix>-<e:04d>.states``  ``gluon.Trainer`` states (momentum buffers, update counts);
 * ``<prefix>-<e:04d>.extra.params``  trainable loss modules, when the task has any;
-* ``<prefix>-<e:04d>.json``    metadata: epoch, global step, best metric, seed, args, files;
+* ``<prefix>-<e:04d>.json``    metadata: epoch, global step, best metric and epoch, seed,
+  config, files;
 
-and ``checkpoint.json``, a pointer to the newest metadata file, replaced last. Every file
-is written to a temporary name, flushed, fsync'ed and renamed (``os.replace`` is atomic on
-POSIX), so a kill at any moment leaves the previous pointer and the files it names
-intact. Older epochs are pruned only after the pointer moved; epochs that are multiples
-of ``save_frequency`` are kept, as is the best model
-(``<score:.4f>-<prefix>-<e>-best.params``, GluonCV's naming, score = val top-1).
+and ``checkpoint.json``, a pointer to the newest metadata file, replaced last. The best
+network so far (highest val top-1) is ``best.params``, with ``best.json``
+(``{"epoch", "val_top1", "prefix", "params"}``) beside it: one stable name per run folder
+(``runs/demo/latest/best.params``), replacing GluonCV's ``<score>-<prefix>-<e>-best.params``,
+whose name changed with every new best. The prefix is ``<dataset>-<model>``.
+
+**Atomicity.** Every file is written to a temporary name, flushed, fsync'ed and renamed
+(``os.replace`` is atomic on POSIX), with the usual permissions (``0666`` minus the umask,
+not ``mkstemp``'s ``0600``). A kill at any moment leaves the previous pointer and the
+files it names intact. The engine writes in this order at the end of an epoch, after
+checking that the validation loss and every parameter are finite: ``best.params`` (a new
+best replaces the old one in one rename, so a best file always exists once there was a
+best), ``best.json``, the metrics line, the checkpoint files, the pointer. Older epochs are
+pruned only after the pointer moved; epochs that are multiples of ``save_frequency`` are
+kept. On resume, :func:`repair_best` restores a missing ``best.params`` when the
+checkpoint (or a GluonCV-named best file of the same epoch) holds it, and
+:func:`trim_metrics` drops ``metrics.jsonl`` lines past the checkpoint's epoch (left by a
+kill between the metrics line and the pointer).
 
 Resume is exact because all randomness of an epoch (data order, augmentation, mixup,
 dropout) is reseeded from ``(seed, epoch)`` at the start of that epoch (see
@@ -24,19 +46,42 @@ import glob
 import json
 import os
 import re
+import shutil
 import tempfile
 
-from ..errors import CheckpointError
+from ..errors import CheckpointError, ConfigError
 
 POINTER = 'checkpoint.json'
+BEST_PARAMS = 'best.params'
+BEST_JSON = 'best.json'
+METRICS = 'metrics.jsonl'
+LATEST = 'latest'
+
+
+def _umask():
+    """The process umask, read without changing it where /proc allows."""
+    try:
+        with open('/proc/self/status') as f:
+            for line in f:
+                if line.startswith('Umask:'):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    old = os.umask(0o022)
+    os.umask(old)
+    return old
 
 
 def atomic_write(path, write_fn):
-    """Call ``write_fn(tmp_path)`` and move the result to ``path`` atomically."""
+    """Call ``write_fn(tmp_path)`` and move the result to ``path`` atomically. The file gets
+    the permissions of a plain ``open(path, 'w')`` (``0666`` minus the umask)."""
     d = os.path.dirname(os.path.abspath(path))
     os.makedirs(d, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix='.' + os.path.basename(path) + '.', suffix='.tmp', dir=d)
-    os.close(fd)
+    try:
+        os.fchmod(fd, 0o666 & ~_umask())
+    finally:
+        os.close(fd)
     try:
         write_fn(tmp)
         with open(tmp, 'rb') as f:
@@ -102,11 +147,13 @@ class CheckpointManager:
         self._prune(keep=epoch)
         return meta_path
 
-    def save_best(self, epoch, net, score):
-        for old in glob.glob(os.path.join(self.save_dir, '*-%s-*-best.params' % glob.escape(self.prefix))):
-            os.remove(old)
-        path = os.path.join(self.save_dir, '%.4f-%s-%d-best.params' % (score, self.prefix, epoch))
+    def save_best(self, epoch, net, score, **info):
+        """``best.params`` (atomic: the new best replaces the old one in one rename, so there is
+        never a moment without a best file) and then ``best.json``. Call it before
+        :meth:`save` so that no checkpoint ever records a best that is not on disk."""
+        path = os.path.join(self.save_dir, BEST_PARAMS)
         atomic_write(path, net.save_parameters)
+        write_best_json(self.save_dir, epoch, score, self.prefix, **info)
         return path
 
     def _prune(self, keep):
@@ -128,6 +175,154 @@ class CheckpointManager:
         path = os.path.join(self.save_dir, '%s-%s.params' % (self.prefix, name))
         atomic_write(path, net.save_parameters)
         return path
+
+
+def write_best_json(save_dir, epoch, score, prefix, **info):
+    atomic_write_json(os.path.join(save_dir, BEST_JSON),
+                      dict(info, epoch=int(epoch), val_top1=float(score), prefix=prefix, params=BEST_PARAMS))
+
+
+def read_best(save_dir):
+    """``best.json`` of a run folder as a dict, or None when there is none (or it is unreadable)."""
+    try:
+        with open(os.path.join(save_dir, BEST_JSON)) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+def best_params_path(save_dir):
+    """``save_dir/best.params``; a :class:`CheckpointError` naming the folder when it is missing."""
+    path = os.path.join(save_dir, BEST_PARAMS)
+    if not os.path.isfile(path):
+        raise CheckpointError('no %s in %s (no epoch was evaluated on a validation split)' % (BEST_PARAMS, save_dir))
+    return path
+
+
+def _copy_atomic(src, dst):
+    atomic_write(dst, lambda tmp: shutil.copyfile(src, tmp))
+
+
+def repair_best(src_dir, meta, prefix, dst_dir=None, log=None):
+    """Make ``dst_dir/best.params`` (default ``src_dir``) match the record ``meta``
+    (``best_top1``, ``best_epoch``) of the checkpoint in ``src_dir`` that a run resumes from.
+
+    When it is missing (deleted; a run into another ``--save-dir``; a run killed by an older
+    version between removing the old best and writing the new one) it is copied from, in
+    order: ``src_dir/best.params`` (with its ``best.json``) when it holds the checkpoint's best
+    epoch, the checkpoint's own parameters when the checkpoint is the best epoch, a
+    GluonCV-named ``<score>-<prefix>-<e>-best.params`` of that score in ``src_dir``. Returns ``'ok'`` (nothing missing or no best yet),
+    ``'repaired'``, or ``'lost'`` (logged as a warning: no copy of the best network exists)."""
+    dst_dir = dst_dir or src_dir
+    best_top1 = float(meta.get('best_top1', -1.0))
+    path = os.path.join(dst_dir, BEST_PARAMS)
+    if best_top1 < 0 or os.path.isfile(path):
+        return 'ok'
+    epoch = meta.get('best_epoch')
+    src_best = read_best(src_dir)
+    if (os.path.realpath(src_dir) != os.path.realpath(dst_dir) and src_best is not None
+            and os.path.isfile(os.path.join(src_dir, BEST_PARAMS)) and src_best.get('epoch') == epoch):
+        # the best of the resumed checkpoint (not a later one of the source run)
+        _copy_atomic(os.path.join(src_dir, BEST_PARAMS), path)
+        _copy_atomic(os.path.join(src_dir, BEST_JSON), os.path.join(dst_dir, BEST_JSON))
+        if log is not None:
+            log.info('best.params (epoch %d) of %s copied into %s', epoch, src_dir, dst_dir)
+        return 'repaired'
+    source = None
+    if epoch is not None and int(epoch) == int(meta['epoch']):
+        source = os.path.join(src_dir, meta['files']['params'])
+    else:
+        pat = re.compile(r'^([0-9.]+)-%s-(\d+)-best\.params$' % re.escape(prefix))
+        for name in sorted(os.listdir(src_dir)):
+            m = pat.match(name)
+            if m and (epoch is None or int(m.group(2)) == int(epoch)) and abs(float(m.group(1)) - best_top1) < 1e-4:
+                source, epoch = os.path.join(src_dir, name), int(m.group(2))
+    if source is not None and epoch is not None:
+        _copy_atomic(source, path)
+        write_best_json(dst_dir, epoch, best_top1, prefix, repaired_from=source)
+        if log is not None:
+            log.warning('%s was missing: rebuilt from %s (epoch %d, val top-1 %.4f)', path, source, int(epoch),
+                        best_top1)
+        return 'repaired'
+    if log is not None:
+        log.warning('WARNING: the best network (epoch %s, val top-1 %.4f) is missing from %s and cannot be rebuilt '
+                    'from the checkpoint of epoch %d; best.params will hold the best of the epochs trained from now on',
+                    epoch if epoch is not None else '?', best_top1, dst_dir, int(meta['epoch']))
+    return 'lost'
+
+
+def trim_metrics(path, epoch, source=None):
+    """Make ``metrics.jsonl`` hold one line per epoch up to ``epoch`` (a checkpoint's): lines
+    past it come from epochs that a resume trains again, torn lines from a kill; of several
+    lines for one epoch (left by older versions) the last written is kept. Atomic rewrite,
+    only when something changes. ``source``: when ``path`` does not exist yet (a resume into
+    another folder), start it with the kept lines of this file. Returns the number of lines
+    dropped."""
+    read = path if os.path.isfile(path) else source
+    if not read or not os.path.isfile(read):
+        return 0
+    by_epoch, total = {}, 0
+    with open(read) as f:
+        for line in f:
+            total += 1
+            try:
+                e = int(json.loads(line)['epoch'])
+            except (ValueError, KeyError, TypeError):
+                continue
+            if e <= int(epoch):
+                by_epoch[e] = line if line.endswith('\n') else line + '\n'
+    keep = [by_epoch[e] for e in sorted(by_epoch)]
+    dropped = total - len(keep)
+    if dropped or read != path:
+        def _w(tmp):
+            with open(tmp, 'w') as f:
+                f.writelines(keep)
+        atomic_write(path, _w)
+    return dropped
+
+
+# ------------------------------------------------------------------ run folders
+def holds_run(d):
+    """Whether folder ``d`` holds (part of) a training run: a checkpoint pointer, any
+    ``.params`` file or a metrics log."""
+    if not os.path.isdir(d):
+        return False
+    names = os.listdir(d)
+    return POINTER in names or METRICS in names or any(n.endswith('.params') for n in names)
+
+
+def make_run_dir(parent, name):
+    """Create and return a new folder ``parent/name`` (``name-2``, ``name-3``... when taken).
+    ``os.mkdir`` either creates the folder or fails, so concurrent runs never share one."""
+    os.makedirs(parent, exist_ok=True)
+    for n in range(1, 10000):
+        path = os.path.join(parent, name if n == 1 else '%s-%d' % (name, n))
+        try:
+            os.mkdir(path)
+            return path
+        except FileExistsError:
+            continue
+    raise ConfigError('cannot create a run folder in %s: %s-2 ... %s-9999 all exist' % (parent, name, name))
+
+
+def point_latest(parent, target, name=LATEST):
+    """Re-point the symlink ``parent/latest`` at ``target`` (a folder in ``parent``) atomically:
+    a new link under a temporary name, then ``os.replace``. Returns the link path, or None when
+    ``parent/latest`` is a real file or folder (left alone) or links are not supported."""
+    link = os.path.join(parent, name)
+    if os.path.exists(link) and not os.path.islink(link):
+        return None
+    tmp = os.path.join(parent, '.%s.%d.tmp' % (name, os.getpid()))
+    try:
+        if os.path.lexists(tmp):
+            os.remove(tmp)
+        os.symlink(os.path.basename(os.path.normpath(target)), tmp)
+        os.replace(tmp, link)
+    except OSError:
+        if os.path.lexists(tmp):
+            os.remove(tmp)
+        return None
+    return link
 
 
 def _save_blocks(blocks, path):

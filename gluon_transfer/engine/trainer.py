@@ -23,8 +23,20 @@ lowers the LR, as the attention-transfer reference does by re-creating its optim
 
 The loss is checked without a per-iteration device sync: each iteration's loss stays
 on the device and the window of ``log_interval`` losses is read at once. A NaN/inf stops
-training with the iteration it first appeared in; the previous epoch's checkpoint is
-never overwritten by a diverged state.
+training with the iteration it first appeared in. At the end of an epoch, before anything
+is written, the validation loss and every parameter (network, BN statistics, trainable loss
+modules) are checked too, which catches a divergence in the epoch's last updates: a
+non-finite network is never saved, and the previous epoch's checkpoint and ``best.params``
+stay as they were (:class:`TrainingDiverged`).
+
+Resume (``fit(resume=DIR)``) refuses a configuration whose LR schedule differs from the
+checkpoint's (``--num-epochs``, ``--lr``, ``--lr-mode``, decay and warm-up settings, the
+number of iterations per epoch), naming both values, unless ``cfg.allow_schedule_change``
+(``--allow-schedule-change``), which continues with the new schedule at the checkpoint's
+global step and logs the change as a warning. ``max_iters`` is not part of the schedule: a
+run stopped with ``--max-iter`` continues without it. A resume also repairs a missing
+``best.params`` and trims ``metrics.jsonl`` to the checkpoint's epoch (see
+``engine/checkpoint.py``).
 """
 import json
 import logging
@@ -41,7 +53,7 @@ from ..errors import ConfigError, CheckpointError, TrainingDiverged
 from ..metrics import ClassificationMeter
 from ..weights import load_params
 from . import distributed, precision
-from .checkpoint import jsonable, load_blocks, resolve_resume
+from .checkpoint import jsonable, load_blocks, repair_best, resolve_resume, trim_metrics
 from .schedule import LRSchedule
 
 __all__ = ['FitConfig', 'Engine', 'seed_epoch']
@@ -78,7 +90,26 @@ class FitConfig:
     amp_loss_scale: str = 'auto'      # auto | none | static | dynamic (see engine/precision.py)
     amp_init_scale: float = precision.DEFAULT_INIT_SCALE
     amp_scale_window: int = precision.DEFAULT_SCALE_WINDOW
+    allow_schedule_change: bool = False   # resume with another schedule than the checkpoint's
     extra: dict = field(default_factory=dict)
+
+
+# FitConfig fields that define the LR schedule, with the flag that sets each: a resume
+# must use the checkpoint's values (or cfg.allow_schedule_change).
+SCHEDULE_FIELDS = (('num_epochs', '--num-epochs'), ('lr', '--lr'), ('lr_mode', '--lr-mode'),
+                   ('lr_decay', '--lr-decay'), ('lr_decay_epochs', '--lr-decay-epoch'),
+                   ('warmup_epochs', '--warmup-epochs'), ('warmup_lr', '--warmup-lr'), ('target_lr', 'target_lr'),
+                   ('poly_power', 'poly_power'))
+
+
+def check_fit_config(cfg):
+    """Reject values no schedule can run (named by their flags)."""
+    if int(cfg.num_epochs) < 1:
+        raise ConfigError('--num-epochs must be >= 1, got %r' % cfg.num_epochs)
+    if int(cfg.max_iters or 0) < 0:
+        raise ConfigError('--max-iter must be >= 0 (0: all epochs), got %r' % cfg.max_iters)
+    if not np.isfinite(cfg.lr) or cfg.lr < 0:   # 0 is allowed here (gradient checks); the scripts need > 0
+        raise ConfigError('--lr must be a finite number >= 0, got %r' % cfg.lr)
 
 
 def seed_epoch(seed, epoch):
@@ -109,6 +140,7 @@ class Engine:
         self.log = logger or logging.getLogger('gluon_transfer')
         self.metrics_path = metrics_path
         self.run_info = dict(run_info or {})
+        check_fit_config(cfg)
         if cfg.optimizer not in OPTIMIZERS:
             raise ConfigError('unknown --optimizer %r; valid: %s' % (cfg.optimizer, ', '.join(OPTIMIZERS)))
         if cfg.mode not in ('hybrid', 'imperative'):
@@ -127,6 +159,7 @@ class Engine:
         self.global_step = 0
         self.start_epoch = 0
         self.best_top1 = -1.0
+        self.best_epoch = None
         self.history = []
         self.lr_trace = []          # the LR of every iteration run by this engine
         self.trainer = None
@@ -197,10 +230,42 @@ class Engine:
         self.start_epoch = int(meta['epoch'])
         self.global_step = int(meta['global_step'])
         self.best_top1 = float(meta.get('best_top1', -1.0))
+        self.best_epoch = meta.get('best_epoch')
         if self.start_epoch > self.cfg.num_epochs:
             raise CheckpointError('cannot resume: checkpoint is at epoch %d but --num-epochs is %d'
                                   % (self.start_epoch, self.cfg.num_epochs))
+        self._check_schedule(path, meta)
+        if self.is_writer and self.ckpt is not None:
+            if repair_best(d, meta, self.ckpt.prefix, dst_dir=self.ckpt.save_dir, log=self.log) == 'lost':
+                self.best_top1, self.best_epoch = -1.0, None
+        if self.is_writer and self.metrics_path:
+            dropped = trim_metrics(self.metrics_path, self.start_epoch, source=os.path.join(d, 'metrics.jsonl'))
+            if dropped:
+                self.log.info('%s: dropped %d line(s) past epoch %d (epochs trained again now)',
+                              self.metrics_path, dropped, self.start_epoch)
         self.log.info('resumed from %s: %d epochs done, step %d', path, self.start_epoch, self.global_step)
+
+    def _check_schedule(self, path, meta):
+        """Refuse (or, with ``cfg.allow_schedule_change``, warn about) a resume whose LR
+        schedule differs from the one the checkpoint was trained with."""
+        old = meta.get('config') or {}
+        changes = []
+        for key, flag in SCHEDULE_FIELDS:
+            if key in old and _differs(old[key], jsonable(getattr(self.cfg, key))):
+                changes.append('%s %s (checkpoint) vs %s (now)' % (flag, _fmt(old[key]), _fmt(getattr(self.cfg, key))))
+        ipe = meta.get('iters_per_epoch')
+        if ipe is not None and self.iters_per_epoch and int(ipe) != self.iters_per_epoch:
+            changes.append('%d iterations per epoch (checkpoint) vs %d (now; --batch-size, devices or the training '
+                           'set changed)' % (int(ipe), self.iters_per_epoch))
+        if not changes:
+            return
+        if not self.cfg.allow_schedule_change:
+            raise CheckpointError('cannot resume from %s with another schedule: %s; resume with the checkpoint\'s '
+                                  'values, or add --allow-schedule-change to continue with the new schedule from '
+                                  'step %d' % (path, '; '.join(changes), int(meta['global_step'])))
+        self.log.warning('WARNING: --allow-schedule-change: resuming %s with a changed schedule (%s); the LR '
+                         'continues from step %d on the new schedule, the result is not that of either run',
+                         path, '; '.join(changes), int(meta['global_step']))
 
     def resume_files(self, params=None, states=None, epoch=0):
         """GluonCV-style resume (``--resume-params/--resume-states/--resume-epoch``)."""
@@ -261,6 +326,7 @@ class Engine:
         seen = 0
         t0 = tic = time.time()
         lr = self.schedule(self.global_step)
+        iters_done = 0
         for i, batch in enumerate(self.train_data):
             if self.global_step >= total_iters or i >= n_batches:
                 break
@@ -301,6 +367,7 @@ class Engine:
                     acc = term_sums.setdefault(name, mx.nd.zeros((1,), ctx=c0))
                     acc += value.reshape((1,)).astype('float32').as_in_context(c0) * k
             seen += n
+            iters_done += 1
             self.global_step += 1
             if cfg.log_interval and (i + 1) % cfg.log_interval == 0:
                 self._check_window(window, epoch)
@@ -316,7 +383,8 @@ class Engine:
         stats = {'epoch': epoch + 1, 'lr': lr, 'train_loss': _to_float(loss_sum) / seen,
                  'train_acc': _to_float(correct) / seen,
                  'terms': {k: _to_float(v) / seen for k, v in sorted(term_sums.items())},
-                 'images_per_sec': seen / max(elapsed, 1e-9), 'time': elapsed, 'global_step': self.global_step}
+                 'images_per_sec': seen / max(elapsed, 1e-9), 'time': elapsed, 'global_step': self.global_step,
+                 'iterations': iters_done}
         return stats
 
     def _scaled_update(self, scale, batch):
@@ -359,12 +427,46 @@ class Engine:
         bad = np.flatnonzero(~np.isfinite(values))
         if bad.size:
             step, it, _ = window[int(bad[0])]
-            if self.ckpt is not None and epoch > 0:
-                where = 'the checkpoint of epoch %d in %s is kept' % (epoch, self.ckpt.save_dir)
-            else:
-                where = 'no checkpoint had been written yet'
             raise TrainingDiverged('loss became %s at epoch %d, iteration %d (global step %d); stopped, %s'
-                                   % (values[bad[0]], epoch + 1, it + 1, step + 1, where))
+                                   % (values[bad[0]], epoch + 1, it + 1, step + 1, self._kept(epoch)))
+
+    def _kept(self, epoch):
+        """What a stop in (0-based) ``epoch`` leaves behind, for the error message."""
+        if self.ckpt is None or epoch <= 0:
+            return 'no checkpoint had been written yet'
+        best = os.path.join(self.ckpt.save_dir, 'best.params')
+        return 'the checkpoint of epoch %d%s in %s is kept' % (
+            epoch, ' and best.params' if os.path.isfile(best) else '', self.ckpt.save_dir)
+
+    def nonfinite_parameters(self):
+        """Names of the parameters (network, BN statistics, trainable loss modules) holding a
+        NaN or infinity on any device; one device sync for all of them."""
+        names, flags = [], []
+        blocks = [self.net] + [b for _, b in sorted(self.task.blocks().items())]
+        for block in blocks:
+            for name, p in block.collect_params().items():
+                if p._data is None:          # not initialised (deferred): nothing saved either
+                    continue
+                for d in p.list_data():
+                    names.append(name)
+                    flags.append(mx.nd.contrib.isfinite(d).min().reshape((1,)).astype('float32')
+                                 .as_in_context(mx.cpu()))
+        if not flags:
+            return []
+        ok = mx.nd.concat(*flags, dim=0).asnumpy()
+        return sorted({names[i] for i in np.flatnonzero(ok < 1)})
+
+    def _check_finite_epoch(self, epoch, stats):
+        """Before an epoch is saved: its losses and every parameter must be finite."""
+        problems = ['%s %s' % (k.replace('_', ' '), stats[k]) for k in ('train_loss', 'val_loss')
+                    if k in stats and not np.isfinite(stats[k])]
+        bad = self.nonfinite_parameters()
+        if bad:
+            problems.append('%d parameter(s) hold NaN/inf (%s%s)' % (len(bad), ', '.join(bad[:3]),
+                                                                     ', ...' if len(bad) > 3 else ''))
+        if problems:
+            raise TrainingDiverged('training diverged in epoch %d (%s); stopped without saving that epoch, %s'
+                                   % (epoch + 1, '; '.join(problems), self._kept(epoch)))
 
     def evaluate(self, data, progress=0):
         """Top-1, top-5, mean per-class accuracy and mean cross-entropy on ``data``
@@ -396,32 +498,42 @@ class Engine:
 
     def _end_epoch(self, epoch, stats):
         terms = ' '.join('%s=%.4f' % kv for kv in stats['terms'].items())
-        msg = '[Epoch %d/%d] train: loss=%.4f acc=%.4f%s' % (
-            epoch + 1, self.cfg.num_epochs, stats['train_loss'], stats['train_acc'], (' (%s)' % terms) if terms else '')
+        partial = ''
+        if stats.get('iterations', self.iters_per_epoch) < self.iters_per_epoch:
+            partial = ' (partial: %d of %d iterations, --max-iter reached)' % (stats['iterations'], self.iters_per_epoch)
+        msg = '[Epoch %d/%d]%s train: loss=%.4f acc=%.4f%s' % (
+            epoch + 1, self.cfg.num_epochs, partial, stats['train_loss'], stats['train_acc'],
+            (' (%s)' % terms) if terms else '')
         if 'val_top1' in stats:
             msg += ' | val: top1=%.4f top5=%.4f mean-class=%.4f loss=%.4f' % (
                 stats['val_top1'], stats['val_top5'], stats['val_mean_class_acc'], stats['val_loss'])
         msg += ' | %.1f img/s, %.1fs, lr=%.6g' % (stats['images_per_sec'], stats['time'], stats['lr'])
         self.log.info(msg)
+        self._check_finite_epoch(epoch, stats)
         is_best = 'val_top1' in stats and stats['val_top1'] > self.best_top1
         if is_best:
-            self.best_top1 = stats['val_top1']
+            self.best_top1, self.best_epoch = stats['val_top1'], epoch + 1
         stats['best_top1'] = self.best_top1
         self.history.append(stats)
         if not self.is_writer:
             return
+        # Order (see engine/checkpoint.py): best, metrics line, checkpoint + pointer. A kill in
+        # between leaves a checkpoint whose best exists; resume trims the metrics past it.
+        if self.ckpt is not None and is_best:
+            self.ckpt.save_best(epoch + 1, self.net, self.best_top1, val_top5=stats.get('val_top5'),
+                                val_loss=stats.get('val_loss'), global_step=self.global_step,
+                                model=self.run_info.get('model'))
         if self.metrics_path:
             os.makedirs(os.path.dirname(os.path.abspath(self.metrics_path)), exist_ok=True)
             with open(self.metrics_path, 'a') as f:
-                f.write(json.dumps(stats, sort_keys=True) + '\n')
+                f.write(json.dumps(jsonable(stats), sort_keys=True) + '\n')
         if self.ckpt is not None:
             meta = dict(self.run_info, global_step=self.global_step, best_top1=self.best_top1,
+                        best_epoch=self.best_epoch, iters_per_epoch=self.iters_per_epoch,
                         seed=self.cfg.seed, config=_config_dict(self.cfg))
             if self.scaler is not None:
                 meta['loss_scaler'] = self.scaler.state_dict()
             self.ckpt.save(epoch + 1, self.net, self.trainer, meta, self.task.blocks())
-            if is_best:
-                self.ckpt.save_best(epoch + 1, self.net, self.best_top1)
 
 
 def reset_momentum(trainer):
@@ -436,6 +548,22 @@ def reset_momentum(trainer):
             mom = state[0] if isinstance(state, (list, tuple)) else state
             if mom is not None:
                 mom[:] = 0
+
+
+def _differs(a, b):
+    """Whether two JSON values (numbers, strings, lists) differ beyond float round-off."""
+    if isinstance(a, (list, tuple)) or isinstance(b, (list, tuple)):
+        a, b = list(a or []) if isinstance(a, (list, tuple)) else [a], list(b or []) if isinstance(b, (list, tuple)) else [b]
+        return len(a) != len(b) or any(_differs(x, y) for x, y in zip(a, b))
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool):
+        return abs(float(a) - float(b)) > 1e-12 * max(1.0, abs(float(a)), abs(float(b)))
+    return a != b
+
+
+def _fmt(v):
+    if isinstance(v, (list, tuple)):
+        return ','.join(_fmt(x) for x in v) or "''"
+    return '%g' % v if isinstance(v, float) else str(v)
 
 
 def _config_dict(cfg):
