@@ -40,5 +40,6 @@ bench: $(STAMP)
 bench-quick: $(STAMP)
 	$(PYTHON) bench/run_all.py --quick
 
+# Never removes runs/: training runs are the user's files.
 clean:
-	rm -rf runs .pytest_cache
+	rm -rf .pytest_cache
