@@ -1,6 +1,7 @@
 """The fine-tuning methods as plug-ins (gluon_transfer.methods): the registry, flags named by
 what they weigh with the reference spellings as aliases, one-line errors for options that
-do not apply to the chosen method, the holdout split's source check, and DELTA's channel weights kept out of the data
+do not apply to the chosen method, the AFDS best checkpoint (phase 2 only) and the prune
+refusal, the holdout split's source check, and DELTA's channel weights kept out of the data
 folder."""
 import glob
 import json
@@ -128,6 +129,85 @@ def test_distillation_options_name_what_they_weigh():
         with pytest.raises(ConfigError) as e:
             cli.distill_task_factory(_parse(argv, 'cifar'))
         assert msg in str(e.value), (msg, str(e.value))
+
+
+# ------------------------------------------------------------------ AFDS: the best checkpoint has masks
+def _afs_net(seed=0):
+    from gluon_transfer.models.afs_resnet import AFSResNetV1b
+    mx.random.seed(seed)
+    net = AFSResNetV1b(layers=[1, 1, 1, 1], classes=4, density=0.8, gate_init='random')
+    net.initialize(mx.init.Xavier())
+    net(mx.nd.zeros((1, 3, 32, 32)))
+    return net
+
+
+def test_afds_best_checkpoint_is_chosen_in_phase_2_only(tmp_path, rng):
+    from gluon_transfer.afds import TrainHoldout, afds_schedule, current_masks
+    from gluon_transfer.data.base import ArrayIter
+    from gluon_transfer.engine.checkpoint import CheckpointManager
+    from gluon_transfer.engine.tasks import Classify
+    from gluon_transfer.engine.trainer import Engine, FitConfig
+    net = _afs_net()
+    images = rng.randint(0, 256, size=(24, 3, 32, 32)).astype(np.uint8)
+    labels = np.arange(24) % 4
+    norm = dict(mean=(127.5,) * 3, std=(64.0,) * 3)
+    hold, tr_images, tr_labels = TrainHoldout.from_arrays(images, labels, fraction=0.25, batch_size=6, **norm)
+    train = ArrayIter(tr_images, tr_labels, 6, shuffle=True, last_batch='rollover', **norm)
+    val = ArrayIter(images[:8], labels[:8], 8, **norm)
+    save = str(tmp_path / 'run')
+    eng = Engine(net, Classify(), [mx.cpu()], FitConfig(num_epochs=4, lr=0.01, wd=0.0, log_interval=100), train,
+                 val, num_classes=4, checkpoint=CheckpointManager(save, 'afds'))
+    afds_schedule(eng, hold, phase1_epochs=2, macs_budget=0.5, input_shape=(1, 3, 32, 32))
+    # every epoch evaluated; phase 1 never recorded a best, phase 2 did
+    assert [h['epoch'] for h in eng.history] == [1, 2, 3, 4]
+    assert [h['best_top1'] for h in eng.history[:2]] == [-1.0, -1.0]
+    assert eng.best_top1 == max(h['val_top1'] for h in eng.history[2:])
+    best = [f for f in glob.glob(os.path.join(save, '*best*.params'))]
+    assert len(best) == 1
+    stored = mx.nd.load(best[0])
+    masks = current_masks(net)
+    assert any(m.min() == 0 for m, _ in masks.values())                  # a budget of 0.5 pruned something
+    for name, (m, s) in masks.items():
+        np.testing.assert_array_equal(stored[name + '.mask_m'].asnumpy(), m)
+        np.testing.assert_array_equal(stored[name + '.mask_s'].asnumpy(), s)
+
+
+def _export_tool():
+    sys.path.insert(0, os.path.join(ROOT, 'tools'))
+    try:
+        import export as export_tool
+    finally:
+        sys.path.pop(0)
+    return export_tool
+
+
+def test_export_prune_refuses_a_network_without_masks(tmp_path, capsys):
+    export_tool = _export_tool()
+    net = _afs_net()                                 # every mask 1: the network before the mask update
+    params = str(tmp_path / 'phase1.params')
+    net.save_parameters(params)
+    argv = ['--model', 'afs_resnet_v1b', '--kw', 'layers=[1,1,1,1]', '--kw', 'gate_init="random"', '--classes', '4',
+            '--params', params, '--input-shape', '1,3,32,32', '--out', str(tmp_path / 'exp'), '--prune',
+            '--no-optimize']
+    assert export_tool.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith('error: ') and 'carries no AFS masks' in err and err.count('\n') == 1, err
+    assert not glob.glob(str(tmp_path / 'exp*'))
+    # a checkpoint recorded as phase 1 is refused by its record, whatever its masks
+    from gluon_transfer.models.afs_resnet import afs_gates
+    for _, _, _, gate, _, _ in afs_gates(net):
+        gate.mask_m.set_data(mx.nd.array((np.arange(gate.channels) % 2 == 0).astype(np.float32)))
+    net.save_parameters(str(tmp_path / 'run-0001.params'))
+    with open(str(tmp_path / 'run-0001.json'), 'w') as f:
+        json.dump({'afds': {'phase': 1, 'gate_input_norm': 'none'}}, f)
+    argv[argv.index(params)] = str(tmp_path / 'run-0001.params')
+    assert export_tool.main(argv) == 2
+    err = capsys.readouterr().err
+    assert 'is an AFDS phase-1 checkpoint' in err and err.count('\n') == 1, err
+    with open(str(tmp_path / 'run-0001.json'), 'w') as f:
+        json.dump({'afds': {'phase': 2, 'gate_input_norm': 'none'}}, f)
+    assert export_tool.main(argv) == 0
+    assert os.path.isfile(str(tmp_path / 'exp-pruned.params'))
 
 
 # ------------------------------------------------------------------ the holdout split checks its source

@@ -46,6 +46,11 @@ def afds_schedule(engine, holdout, phase1_epochs=None, phase1_density=None, resu
     ``resume``: a checkpoint; a run resumed after the mask update (epoch > phase1)
     keeps the masks stored in the checkpoint.
 
+    The best checkpoint is chosen within phase 2 only: phase 1 runs with
+    ``engine.track_best = False`` and the mask update calls ``engine.restart_best()``, so
+    the ``best`` file is always a network with its masks (never the unpruned phase-1
+    network, which ``tools/export.py --prune`` could not shrink).
+
     Returns ``{'phase1': history, 'selection': dict or None, 'phase2': history}``.
     """
     from ..models.afs_resnet import set_density
@@ -69,6 +74,7 @@ def afds_schedule(engine, holdout, phase1_epochs=None, phase1_density=None, resu
         set_density(net, phase1_density)
     saved_max = engine.cfg.max_iters
     engine.cfg.max_iters = e1 * engine.iters_per_epoch
+    engine.track_best = False           # the phase-1 network has no masks: never the best
     try:
         phase1 = list(engine.fit(resume=resume))
     finally:
@@ -80,8 +86,10 @@ def afds_schedule(engine, holdout, phase1_epochs=None, phase1_density=None, resu
         shape = input_shape or (1,) + tuple(next(iter(holdout)).data.shape[1:])
         selection = update_masks(net, holdout, input_shape=shape, log=say, **mask_options)
         state.update(phase=2, selection=selection_summary(selection, holdout, mask_options))
+        engine.restart_best()
     else:
         say('resumed after the mask update (epoch %d > %d): masks come from the checkpoint' % (engine.start_epoch, e1))
+        engine.track_best = True        # the checkpoint's best_top1 is phase 2's
     engine.start_epoch = max(engine.start_epoch, e1)
     phase2 = list(engine.fit())[len(phase1):]
     return {'phase1': phase1, 'selection': selection, 'phase2': phase2}

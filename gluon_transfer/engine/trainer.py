@@ -126,6 +126,8 @@ class Engine:
         self.global_step = 0
         self.start_epoch = 0
         self.best_top1 = -1.0
+        # False: no epoch may become the best checkpoint (see restart_best)
+        self.track_best = True
         self.history = []
         self.lr_trace = []          # the LR of every iteration run by this engine
         self.trainer = None
@@ -200,6 +202,13 @@ class Engine:
             raise CheckpointError('cannot resume: checkpoint is at epoch %d but --num-epochs is %d'
                                   % (self.start_epoch, self.cfg.num_epochs))
         self.log.info('resumed from %s: %d epochs done, step %d', path, self.start_epoch, self.global_step)
+
+    def restart_best(self):
+        """Choose the best checkpoint afresh from the next epoch on (``best_top1`` back to
+        -1, ``track_best`` on): for a method whose earlier phase trained another form of the
+        network (AFDS phase 1, before the masks exist, runs with ``track_best = False``)."""
+        self.track_best = True
+        self.best_top1 = -1.0
 
     def resume_files(self, params=None, states=None, epoch=0):
         """GluonCV-style resume (``--resume-params/--resume-states/--resume-epoch``)."""
@@ -391,7 +400,7 @@ class Engine:
                 stats['val_top1'], stats['val_top5'], stats['val_mean_class_acc'], stats['val_loss'])
         msg += ' | %.1f img/s, %.1fs, lr=%.6g' % (stats['images_per_sec'], stats['time'], stats['lr'])
         self.log.info(msg)
-        is_best = 'val_top1' in stats and stats['val_top1'] > self.best_top1
+        is_best = self.track_best and 'val_top1' in stats and stats['val_top1'] > self.best_top1
         if is_best:
             self.best_top1 = stats['val_top1']
         stats['best_top1'] = self.best_top1

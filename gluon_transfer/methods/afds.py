@@ -11,7 +11,7 @@
   after every ConvBN of every bottleneck, identity-initialised, WTA density ``--density``),
   :meth:`~AFDSMethod.finish_target` multiplies the gates' learning rate by
   ``--afs-gate-lr-mult``, and :meth:`~AFDSMethod.fit` runs phase 1, the mask update on the
-  holdout and phase 2, then writes
+  holdout and phase 2 (the best checkpoint is chosen in phase 2 only), then writes
   ``afds_report.json`` / ``afds_masks.json``. ``--max-iter`` counts both phases.
 
 Every ``--afs`` option has a default only with ``--afs`` (:data:`AFS_DEFAULTS`); given
