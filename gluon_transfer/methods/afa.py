@@ -224,8 +224,9 @@ class AFAMethod(Method):
             stage.upper(), ref['name'], args.model, ', '.join(applied) or 'not applied (--lr and %s given)' % typed)
 
     def take_over(self, args, run):
-        """``--afa-two-stage``: run both stages (:func:`run_two_stage`) and stop (status 0)."""
-        if not args.afa_two_stage:
+        """``--afa-two-stage``: run both stages (:func:`run_two_stage`) and stop (status 0).
+        (With ``--print-param-groups`` the run goes on as stage 1's dry run.)"""
+        if not args.afa_two_stage or getattr(args, 'print_param_groups', False):
             return None
         run_two_stage(args, run.run_stage)
         return 0

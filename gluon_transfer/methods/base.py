@@ -42,8 +42,6 @@ from ..options import OwnedGroup, given
 __all__ = ['Method', 'check_given', 'dataset_preset', 'train_records_file', 'count_train_records', 'copy_params',
            'finish_shapes', 'source_head_classes', 'load_source', 'build_target']
 
-GIVEN = 'given_options'
-
 
 def check_given(args, active, methods, reg):
     """ConfigError for the first given option that none of the ``active`` methods takes:
@@ -82,8 +80,14 @@ class Method:
     None: it applies to every run), ``title`` (its argparse group), ``aliases``
     (``{'alpha': 'l2sp_alpha', ...}``: reference spellings that mean its own options),
     ``accepts`` (shared transfer options it uses, e.g. ``('taps',)``), ``weights_hint``
-    (how its weights are given, for errors: 'takes --afd-lambda ...'), ``decay_at`` (where the default single x0.1 step of
-    the learning rate sits, as a fraction of the iterations)."""
+    (how its weights are given, for errors: 'takes --afd-lambda ...'), ``decay_at``
+    (where the default single x0.1 step of the learning rate sits, as a fraction of the
+    iterations).
+
+    The hooks get ``run``, the driver's :class:`gluon_transfer.finetune.FineTune`: the
+    chosen ``method``, the active ``plugins``, ``model_kwargs``, and as the run goes on
+    the frozen ``source``, the regularizer ``reg``, the parameter plan ``rows`` and the
+    re-initialised groups ``fresh``; ``run.run_stage(args)`` runs one more complete run."""
     name = None
     regs = ()
     title = None
