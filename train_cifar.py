@@ -4,7 +4,7 @@
     python train_cifar.py --demo                       # the bundled sample, ~3 minutes on 2 cores
     python train_cifar.py --data-dir ~/data/cifar10 --model cifar_resnet20_v1 --num-epochs 200
     python train_cifar.py --data-dir ~/data/cifar10 --model wrn16_1 --teacher-model wrn16_2 \
-        --teacher-params wrn16_2.params --beta 1e3      # attention transfer (add --alpha 0.9 for KD)
+        --teacher-params wrn16_2.params --at-beta 1e3   # attention transfer (add --kd-alpha 0.9 for KD)
 """
 import sys
 

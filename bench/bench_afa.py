@@ -35,9 +35,10 @@ with warnings.catch_warnings():
     import numpy as np
     import mxnet as mx
     from mxnet import autograd, gluon
-    from gluon_transfer import afa, losses  # noqa: F401  (registers the regularizers)
+    from gluon_transfer import losses  # noqa: F401  (registers the regularizers)
+    from gluon_transfer.methods import afa
     from gluon_transfer.engine.tasks import Classify, Transfer
-    from gluon_transfer.finetune import build_target
+    from gluon_transfer.methods.base import build_target
     from gluon_transfer.losses.transfer_common import bottleneck_taps
     from gluon_transfer.registry import REGULARIZERS
     from gluon_transfer.zoo import get_model
@@ -46,7 +47,8 @@ with warnings.catch_warnings():
 def make_reg(name, bs):
     """A registered regularizer bound to no parameter rows (the feature terms only, no
     classifier term), so the configurations differ by their feature terms alone."""
-    reg = REGULARIZERS.get(name)(batch_size=bs)
+    cls = REGULARIZERS.get(name)
+    reg = cls(batch_size=bs) if name == 'fea_map' else cls()
     if name == 'fea_map':
         reg.alpha = 0.1 / bs          # per-sample scale of AFA's (the bench measures time, not values)
     reg.bind([])

@@ -30,7 +30,7 @@ import mxnet as mx  # noqa: E402
 from mxnet import autograd, gluon  # noqa: E402
 
 from gluon_transfer.engine.tasks import Transfer  # noqa: E402
-from gluon_transfer.finetune import build_target  # noqa: E402
+from gluon_transfer.methods.base import build_target  # noqa: E402
 from gluon_transfer.losses import L2, L2SP, DELTA  # noqa: E402
 from gluon_transfer.param_groups import plan  # noqa: E402
 from gluon_transfer.zoo import get_model  # noqa: E402

@@ -50,9 +50,9 @@ def main():
     t = ['--teacher-model', 'wrn16_2', '--teacher-params', tparams]
     rows = [('WRN-16-2 teacher', teacher)]
     for label, name, extra in [('WRN-16-1 alone', 'student', []),
-                               ('WRN-16-1 + AT (beta 1e3)', 'at', t + ['--beta', '1e3']),
-                               ('WRN-16-1 + KD (alpha 0.9, T 4)', 'kd', t + ['--alpha', '0.9']),
-                               ('WRN-16-1 + AT + KD', 'atkd', t + ['--beta', '1e3', '--alpha', '0.9'])]:
+                               ('WRN-16-1 + AT (beta 1e3)', 'at', t + ['--at-beta', '1e3']),
+                               ('WRN-16-1 + KD (alpha 0.9, T 4)', 'kd', t + ['--kd-alpha', '0.9']),
+                               ('WRN-16-1 + AT + KD', 'atkd', t + ['--at-beta', '1e3', '--kd-alpha', '0.9'])]:
         rows.append((label, train(name, ['--model', 'wrn16_1'] + extra, args)[0]))
     table = ['| run (%d epochs, %d%% of CIFAR-10 train, val 5k) | val top-1 | val top-5 | train img/s |' % (
         args.epochs, round(100 * args.fraction)), '|---|---|---|---|']

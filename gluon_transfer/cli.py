@@ -755,24 +755,32 @@ def add_distill_args(parser, preset):
 
     The reference CIFAR recipe (attention-transfer ``cifar.py``) as flags::
 
-        --model wrn16_1 --teacher-model wrn16_2 --teacher-params T.params --beta 1e3 \\
+        --model wrn16_1 --teacher-model wrn16_2 --teacher-params T.params --at-beta 1e3 \\
         --optimizer sgd --momentum 0.9 --wd 5e-4 --lr 0.1 --batch-size 128 --num-epochs 200 \\
         --lr-mode step --lr-decay-epoch 60,120,160 --lr-decay 0.2 --reset-momentum --pad-mode reflect
 
     (``--reset-momentum``: the reference re-creates its optimizer at each LR drop;
-    ``--pad-mode reflect``: its ``T.Pad(4, reflect)`` crop.)
+    ``--pad-mode reflect``: its ``T.Pad(4, reflect)`` crop.) The weights are named by what
+    they weigh (``--at-beta``, ``--kd-alpha``, ``--kd-temperature``); the reference script's
+    ``--beta``, ``--alpha`` and ``--temperature`` are the same options. Every option of this
+    group is recorded when given (:mod:`gluon_transfer.options`): without a
+    teacher, or for a part of distillation that is off, it is an error naming it.
     """
-    g = parser.add_argument_group('distillation (attention transfer / knowledge distillation)')
+    from .options import OwnedGroup
+    g = OwnedGroup(parser.add_argument_group('distillation (attention transfer / knowledge distillation)'), 'distill')
     g.add_argument('--teacher-model', '--teacher', dest='teacher_model', default=None,
                    help='frozen teacher network (registered or GluonCV name); enables the Distill task')
     g.add_argument('--teacher-params', default=None, help='the teacher\'s .params file (required with a teacher)')
     g.add_argument('--teacher-random', action='store_true',
                    help='allow a randomly initialised teacher (testing only)')
-    g.add_argument('--beta', type=float, default=0.0,
-                   help='attention-transfer weight (reference: 1e3; 0 = off): beta * sum over groups')
-    g.add_argument('--alpha', type=float, default=0.0,
-                   help='KD weight: alpha * T^2 * KL + (1 - alpha) * CE (reference KD run: 0.9; 0 = off)')
-    g.add_argument('--temperature', type=float, default=4.0, help='KD temperature T')
+    g.add_argument('--at-beta', '--beta', dest='at_beta', type=float, default=0.0, metavar='BETA',
+                   help='attention-transfer weight: beta * sum over groups (reference: 1e3; 0 = off; --beta is the '
+                        'reference script\'s name)')
+    g.add_argument('--kd-alpha', '--alpha', dest='kd_alpha', type=float, default=0.0, metavar='ALPHA',
+                   help='knowledge-distillation weight: alpha * T^2 * KL + (1 - alpha) * CE (reference KD run: 0.9; '
+                        '0 = off; --alpha is the reference script\'s name)')
+    g.add_argument('--kd-temperature', '--temperature', dest='kd_temperature', type=float, default=4.0, metavar='T',
+                   help='knowledge-distillation temperature T (--temperature is the reference script\'s name)')
     g.add_argument('--at-mode', default='code', choices=['code', 'paper'],
                    help="code: mean of squared map differences (reference code); paper: un-squared L2 norm / 2")
     g.add_argument('--at-p', type=float, default=2.0, help='attention map = channel mean of |x|^p')
@@ -789,51 +797,55 @@ def add_distill_args(parser, preset):
     return g
 
 
+# Options that only act with their part of distillation switched on (weight > 0).
+_AT_ONLY = ('at_mode', 'at_p', 'at_taps', 'teacher_taps', 'at_ngpu_scaling')
+_DISTILL_PARTS = (('at_beta', _AT_ONLY), ('kd_alpha', ('kd_temperature',)), ('grad_at_beta', ('grad_at_step',)))
+
+
 def _taps(text):
     return tuple(t.strip() for t in str(text or '').split(',') if t.strip())
 
 
 def distill_task_factory(args):
-    """``make_distill_task`` when a teacher is given, else None; transfer flags without a
-    teacher are an error rather than silently ignored."""
-    if getattr(args, 'teacher_model', None):
-        return make_distill_task
-    used = [f for f, v in (('--beta', getattr(args, 'beta', 0)), ('--alpha', getattr(args, 'alpha', 0)),
-                           ('--grad-at-beta', getattr(args, 'grad_at_beta', 0))) if v]
-    if used or getattr(args, 'teacher_params', None):
-        raise ConfigError('%s given without --teacher-model' % (', '.join(used) or '--teacher-params'))
-    return None
+    """``make_distill_task`` when a teacher is given, else None. A distillation option
+    given without a teacher, or for a part that is off (``--at-mode`` without
+    ``--at-beta`` > 0, ``--kd-temperature`` without ``--kd-alpha`` > 0, ``--grad-at-step``
+    without ``--grad-at-beta`` > 0), is an error naming it as typed."""
+    from .options import given
+    seen = [(dest, flag) for dest, (flag, owner) in given(args).items() if owner == 'distill']
+    if not getattr(args, 'teacher_model', None):
+        if seen:
+            raise ConfigError('%s given without --teacher-model' % ', '.join(f for _, f in seen))
+        return None
+    for weight, dests in _DISTILL_PARTS:
+        off = [f for d, f in seen if d in dests]
+        if off and not getattr(args, weight) > 0:
+            raise ConfigError('%s: only used with --%s > 0' % (', '.join(off), weight.replace('_', '-')))
+    return make_distill_task
 
 
 def make_distill_task(args, net, data, ctx, log):
     """The Distill task for ``run()``: builds and loads the teacher on every device."""
     from .engine.tasks import Distill, build_teacher
-    student_taps = _taps(args.at_taps) if args.beta > 0 else ()
-    teacher_taps = _taps(args.teacher_taps) if (args.beta > 0 and args.teacher_taps) else student_taps
+    student_taps = _taps(args.at_taps) if args.at_beta > 0 else ()
+    teacher_taps = _taps(args.teacher_taps) if (args.at_beta > 0 and args.teacher_taps) else student_taps
     teacher = build_teacher(args.teacher_model, args.teacher_params, data.num_classes, ctx, features=teacher_taps,
                             allow_random=args.teacher_random, logger=log)
-    task = Distill(teacher, student_taps, teacher_taps, beta=args.beta, alpha=args.alpha,
-                   temperature=args.temperature, at_mode=args.at_mode, at_p=args.at_p,
+    task = Distill(teacher, student_taps, teacher_taps, beta=args.at_beta, alpha=args.kd_alpha,
+                   temperature=args.kd_temperature, at_mode=args.at_mode, at_p=args.at_p,
                    at_ngpu_scaling=args.at_ngpu_scaling, grad_at_beta=args.grad_at_beta,
                    grad_at_step=args.grad_at_step, input_shape=(1, 3, args.input_size, args.input_size))
-    log.info('distillation from %s: beta %g (%s, p=%g, taps %s / %s), alpha %g, T %g, grad-AT beta %g',
-             args.teacher_model, args.beta, args.at_mode, args.at_p, ','.join(student_taps) or '-',
-             ','.join(teacher_taps) or '-', args.alpha, args.temperature, args.grad_at_beta)
+    log.info('distillation from %s: AT beta %g (%s, p=%g, taps %s / %s), KD alpha %g, T %g, grad-AT beta %g',
+             args.teacher_model, args.at_beta, args.at_mode, args.at_p, ','.join(student_taps) or '-',
+             ','.join(teacher_taps) or '-', args.kd_alpha, args.kd_temperature, args.grad_at_beta)
     return task
-def _float_list(text):
-    try:
-        return tuple(float(t) for t in str(text).split(',') if t.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError('expected comma-separated numbers, got %r' % text) from None
-
-
-def _name_list(text):
-    return tuple(t.strip() for t in str(text).split(',') if t.strip())
 
 
 def add_transfer_args(parser, preset):
-    """Options of train_transfer.py (fine-tuning from a source network with DELTA, L2-SP,
-    feature-map distance or plain L2, and non-binary layer-wise settings)."""
+    """Options of train_transfer.py: the schedule defaults of fine-tuning, then the options
+    every fine-tuning method shares and each registered method's own group
+    (:func:`gluon_transfer.methods.add_arguments`)."""
+    from .methods import add_arguments
     parser.set_defaults(max_iter=None, lr=None)     # lr None: 0.01, or the AFA stage's preset
     for action in parser._actions:
         if action.dest == 'lr':
@@ -844,115 +856,4 @@ def add_transfer_args(parser, preset):
             action.help = 'epochs to train (0: enough epochs for --max-iter)'
         elif action.dest == 'lr_decay_epoch':
             action.help = 'step mode: absolute epochs of the x--lr-decay steps (default: one step at 2/3 of training)'
-    g = parser.add_argument_group('transfer')
-    g.add_argument('--source-params', default=None,
-                   help='source (e.g. ImageNet) weights of --model, save_parameters layout; loaded with key '
-                        'checks, the classifier is replaced')
-    g.add_argument('--source-pretrained', action='store_true',
-                   help="use GluonCV's pretrained file for --model already in $MXNET_HOME/models (never downloads)")
-    g.add_argument('--reg', default='l2',
-                   help='regularizer: l2 (weight decay only), l2sp, delta, fea_map, afa-ast (AFA stage 1), '
-                        'afa-act (AFA stage 2, with --init-from), afd (AFDS distillation; with or without --afs) '
-                        '(gluon_transfer.registry.REGULARIZERS)')
-    g.add_argument('--alpha', '--lambda-afd', dest='alpha', type=float, default=None,
-                   help='feature / L2-SP weight (default: delta 0.01 (0.1 for Stanford Dogs), fea_map 0.01, '
-                        'l2sp official 0.1, all 0.01, nonbinary 0.004; afa-ast 0.1 (MobileNetV2 0.09), afa-act '
-                        '0.15 (MobileNetV2 0.04); afd: lambda 0.01, --lambda-afd is the same option)')
-    g.add_argument('--init-from', default=None, metavar='STAGE1.params',
-                   help='AFA stage 2 (--reg afa-act): the stage-1 network initialises the target (all weights) and, '
-                        'without its classifier, is the frozen source (replaces --source-params)')
-    g.add_argument('--afa-two-stage', action='store_true',
-                   help='run AFA stage 1 (afa-ast) then stage 2 (afa-act --init-from the best stage 1), choosing '
-                        'each best checkpoint on --afa-holdout of the training data; then evaluate on val')
-    g.add_argument('--afa-holdout', type=float, default=0.1, metavar='F',
-                   help='--afa-two-stage: class-balanced fraction of the training records held out for model selection')
-    g.add_argument('--beta', type=float, default=None,
-                   help='weight of 0.5*||new params||^2 (default 0.01; l2sp nonbinary 0.0005)')
-    g.add_argument('--l2sp-variant', default='official', choices=['official', 'all', 'nonbinary', 'groups'],
-                   help='official: kernel weights (holyseven); all: every parameter (DELTA/AFA port); nonbinary: '
-                        "Plested et al.'s code; groups: per-group rates (--l2sp-rates)")
-    g.add_argument('--l2sp-rates', type=_float_list, default=None,
-                   help='--l2sp-variant groups: rates head,upper,lower (head toward 0, the others toward the source)')
-    g.add_argument('--taps', type=_name_list, default=None,
-                   help='feature taps (Conv2D paths, e.g. layer1.2.conv3,...); default: the last conv of the '
-                        'last block of each stage')
-    g.add_argument('--channel-weights', default=None,
-                   help='delta: importances JSON (default DATA_DIR/delta_channel_weights.MODEL.json, from '
-                        'tools/delta_channel_weights.py; the reference list-of-lists format is accepted) or "uniform"')
-    g.add_argument('--lrs', type=_float_list, default=None,
-                   help='non-binary: learning rates head,upper,lower (replaces --lr); needs --num-low-lr-layers')
-    g.add_argument('--num-low-lr-layers', type=int, default=None,
-                   help='non-binary: the k layer groups nearest the input get the "lower" rate (as the '
-                        "reference code does; its help text says the opposite)")
-    g.add_argument('--new-layers', type=int, default=1,
-                   help='non-binary: layer groups re-initialised, counting the classifier (1 = classifier only, '
-                        '2 = also the top backbone group, ...)')
-    g.add_argument('--print-param-groups', action='store_true',
-                   help='print every parameter with its group, lr/wd multipliers and L2-SP rate, then exit')
-    g.add_argument('--eval-ten-crop', action='store_true',
-                   help="evaluate on ten crops (corners + centre, and mirrored) of the image resized to "
-                        "input-size/crop-ratio (AFA's 'improved' evaluation)")
-    add_afds_args(parser)
-
-
-def _afd_norm(text):
-    """``--afd-norm``: 'sq' (alias of 'l2sq', the paper's squared distance) or 'l2'."""
-    value = {'sq': 'l2sq'}.get(str(text), str(text))
-    if value not in ('l2sq', 'l2'):
-        raise argparse.ArgumentTypeError("expected sq (= l2sq) or l2, got %r" % text)
-    return value
-
-
-def add_afds_args(parser):
-    """AFDS options of train_transfer.py (:mod:`gluon_transfer.afds`). Options that only
-    make sense with ``--afs`` default to None, so giving one without ``--afs`` is an error
-    rather than silently ignored (:func:`gluon_transfer.afds.resolve_afds_args`)."""
-    g = parser.add_argument_group('AFDS (attentive feature distillation and selection; --reg afd, --afs)')
-    g.add_argument('--afd-norm', type=_afd_norm, default=None, metavar='{sq,l2}',
-                   help='--reg afd: per-channel distance, sq = squared L2 (the paper; default) or l2 (the '
-                        "reproduction's code)")
-    g.add_argument('--afd-predictor', default=None, choices=['entropy', 'joint', 'frozen'],
-                   help='--reg afd: how the transferability predictor trains (default entropy; joint = the '
-                        'reproduction, collapses to one channel; see gluon_transfer/losses/afd.py)')
-    g.add_argument('--afs', action='store_true',
-                   help='build the target as the AFS ResNet (GluonCV v1b bottlenecks with channel gates) and run '
-                        'the AFDS schedule: phase 1, masks from a held-out split of the training data, phase 2')
-    g.add_argument('--density', '--afs-density', dest='afs_density', type=float, default=None,
-                   help='--afs: winner-take-all density d of the dynamic channels in phase 2 (default 0.9)')
-    g.add_argument('--afs-phase1-epochs', type=int, default=None,
-                   help='--afs: epochs of phase 1 (default: half of all epochs; --max-iter counts both phases)')
-    g.add_argument('--afs-phase1-density', type=float, default=None,
-                   help='--afs: WTA density in phase 1 (default 1.0: every channel on, the pretrained function '
-                        'at step 0; the reproduction trains at --density throughout)')
-    g.add_argument('--afs-gate-lr-mult', type=float, default=None,
-                   help='--afs: learning-rate multiplier of the gates (fc, gamma), default 0.1')
-    g.add_argument('--afs-gate-norm', default=None, choices=['none', 'l2'],
-                   help='--afs: gate input L2-normalised per sample (l2, default: scale-invariant gates, no float32 '
-                        'overflow on inputs with large activations) or GAP(x) as is (none, the reproduction); see '
-                        'gluon_transfer/nn/gates.py. Recorded in the checkpoints; tools/export.py reads it from there')
-    g.add_argument('--thres-m', type=float, default=None,
-                   help='--afs: keep channel c when its mean gate value on the holdout > thres-m (default 0.5, '
-                        'unless --macs-budget)')
-    g.add_argument('--thres-s', type=float, default=None,
-                   help='--afs: channel c stays dynamic when its gate variance on the holdout > thres-s (default 0.5)')
-    g.add_argument('--macs-budget', type=float, default=None, metavar='F',
-                   help='--afs: choose the masks so that the expected MACs are at most F x the baseline, F in (0, 1] '
-                        '(0.1 = a 10x reduction); replaces --thres-m/--thres-s')
-    g.add_argument('--mask-scope', default=None, choices=['layer', 'global'],
-                   help='--afs --macs-budget: rank channels per layer (default) or over all gated channels')
-    g.add_argument('--mask-stat', default=None, choices=['gate', 'activation'],
-                   help='--afs: what ranks channels for pruning (m) and what --thres-m compares with: the mean gate '
-                        'value (gate, the paper; default) or the mean gated activation the next layer receives '
-                        '(activation: ranks channels even when the gates stayed near their identity start)')
-    g.add_argument('--afs-static-only', action='store_const', const=True, default=None,
-                   help='--afs: make every kept channel static (s = 0, a learned constant folded into BN): the '
-                        'pruned export is a plain narrower ResNet without runtime gates, the fast form on CPUs '
-                        '(which compute WTA-skipped channels anyway); the budget then counts static MACs')
-    g.add_argument('--afs-channel-multiple', type=int, default=None, metavar='Q',
-                   help='--afs: round the channels kept after conv1/conv2 of each bottleneck up to a multiple of Q '
-                        '(default 16: oneDNN CPU kernels work on blocks of 16/8 channels, so the pruned export gets '
-                        'faster in step with its MACs; the budget still holds); 1 = no rounding')
-    g.add_argument('--holdout-fraction', type=float, default=None, metavar='F',
-                   help='--afs: class-balanced fraction of the TRAINING records held out for the mask statistics '
-                        '(default 0.1; never the val split); training uses the rest')
-    return g
+    add_arguments(parser)

@@ -28,7 +28,7 @@ import mxnet as mx
 
 from .errors import CheckpointError, ConfigError
 
-__all__ = ['prune_plan', 'prune_afs', 'verify_pruned', 'export_pruned']
+__all__ = ['prune_plan', 'prune_afs', 'verify_pruned', 'export_pruned', 'require_masks']
 
 
 def _gate_arrays(gate, channels):
@@ -51,6 +51,20 @@ def _blocks(net):
         for bname, block in getattr(net, lname)._children.items():
             out.append(('%s.%s' % (lname, bname), block))
     return out
+
+
+def require_masks(net, source='the network'):
+    """ConfigError unless the AFS network ``net`` carries selected masks. Refused: enabled
+    gates that all have ``m = 1`` and ``s = 1`` on every channel -- the network before
+    AFDS's mask update (a phase-1 checkpoint, a fresh network). Pruning it would remove
+    nothing and keep every runtime gate, so the "pruned" export would cost more MACs than
+    the plain network. (A network built without gates has nothing to select and passes.)
+    ``source`` names the weights in the message."""
+    gates = [g for _, block in _blocks(net) for g in (block.gate1, block.gate2, block.gate3)
+             if g is not None and g.enabled]
+    if gates and all(g.mask_m.data().asnumpy().min() == 1 and g.mask_s.data().asnumpy().min() == 1 for g in gates):
+        raise ConfigError('%s carries no AFS masks (every gate has m = 1 and s = 1, as before the mask update of an '
+                          '--afs run): --prune needs a checkpoint from phase 2 (after the masks were chosen)' % source)
 
 
 def prune_plan(net):

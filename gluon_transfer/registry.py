@@ -1,5 +1,5 @@
-"""One small name -> factory registry, used for models, fusions, losses, regularizers
-and datasets. Unknown names raise :class:`~gluon_transfer.errors.ConfigError` listing
+"""One small name -> factory registry, used for models, fusions, losses, regularizers,
+datasets and fine-tuning methods. Unknown names raise :class:`~gluon_transfer.errors.ConfigError` listing
 the closest registered names."""
 import difflib
 
@@ -69,3 +69,4 @@ FUSIONS = Registry('fusion')
 LOSSES = Registry('loss')
 REGULARIZERS = Registry('regularizer')
 DATASETS = Registry('dataset')
+METHODS = Registry('method')

@@ -10,7 +10,7 @@ import pytest
 import mxnet as mx
 from mxnet import autograd, gluon
 
-from gluon_transfer import afa
+from gluon_transfer.methods import afa
 from gluon_transfer.data.base import ArrayIter
 from gluon_transfer.engine.tasks import Transfer
 from gluon_transfer.engine.trainer import Engine, FitConfig
@@ -363,7 +363,7 @@ def test_mobilenetv2_taps_channels_and_strides():
     assert [s[0] for s in shapes] == [32, 64, 96, 320]
     assert [64 // s[1] for s in shapes] == [8, 16, 16, 32]
     # Each tap is a 1x1 conv followed by its BatchNorm in the block (the linear projection).
-    from gluon_transfer.nn.taps_mobilenet import conv_paths
+    from gluon_transfer.losses.taps import conv_paths
     convs = conv_paths(net)
     for t in taps:
         assert convs[t]._kwargs['kernel'] == (1, 1)

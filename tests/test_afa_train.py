@@ -10,7 +10,8 @@ import pytest
 import mxnet as mx
 
 from gluon_transfer import cli
-from gluon_transfer.finetune import FineTune, main, resolve_args
+from gluon_transfer.finetune import main, resolve_args
+from gluon_transfer.methods.afa import AFAMethod
 from gluon_transfer.losses.afa import AFASpatial, AFAChannel
 from gluon_transfer.zoo import get_model
 
@@ -129,7 +130,7 @@ def test_init_from_loads_the_whole_stage1_network(task_dir, tmp_path):
     args = resolve_args(_parse(_argv(task_dir, tmp_path, '--reg', 'afa-act', '--init-from', path, source=False)),
                         num_train=18)
     import logging
-    net, source = FineTune.load_stage1(args, 3, [mx.cpu()], mx.init.Xavier(), {}, logging.getLogger('test'))
+    net, source = AFAMethod.load_stage1(args, 3, [mx.cpu()], mx.init.Xavier(), {}, logging.getLogger('test'))
     want = mx.nd.load(path)
     got, src = net._collect_params_with_prefix(), source._collect_params_with_prefix()
     for k, v in want.items():

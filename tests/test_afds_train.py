@@ -11,7 +11,8 @@ import pytest
 import mxnet as mx
 from gluoncv.model_zoo.resnetv1b import ResNetV1b, BottleneckV1b
 
-from gluon_transfer import afds, cli
+from gluon_transfer import cli
+from gluon_transfer.afds import schedule as afds
 from gluon_transfer.data.pack import pack
 from gluon_transfer.data.recordio import inspect_recordio
 from gluon_transfer.finetune import FineTune, main, resolve_args

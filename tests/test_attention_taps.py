@@ -5,7 +5,7 @@ import pytest
 import mxnet as mx
 from mxnet import autograd, gluon
 
-from gluon_transfer.losses.at import AttentionTaps
+from gluon_transfer.engine.tasks import AttentionTaps
 
 from test_losses_at_kd import np_at, np_at_grad
 

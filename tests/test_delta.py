@@ -11,7 +11,7 @@ from gluon_transfer.data.base import ArrayIter
 from gluon_transfer.engine.tasks import Transfer, ten_crops
 from gluon_transfer.engine.trainer import Engine, FitConfig
 from gluon_transfer.errors import ConfigError, DataError
-from gluon_transfer.finetune import build_target
+from gluon_transfer.methods.base import build_target
 from gluon_transfer.losses import (delta_channel_weights, delta_penalty, feature_map_penalty, bottleneck_taps,
                                    stage_end_taps, DELTA)
 from gluon_transfer.losses.delta import load_channel_weights, filter_importance

@@ -9,7 +9,7 @@ from gluon_transfer.data.base import ArrayIter
 from gluon_transfer.engine.tasks import Transfer
 from gluon_transfer.engine.trainer import Engine, FitConfig
 from gluon_transfer.errors import ConfigError
-from gluon_transfer.finetune import build_target
+from gluon_transfer.methods.base import build_target
 from gluon_transfer.losses import l2sp_penalty, L2SP
 from gluon_transfer.param_groups import plan
 from gluon_transfer.registry import REGULARIZERS

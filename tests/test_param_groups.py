@@ -5,7 +5,8 @@ import pytest
 import mxnet as mx
 
 from gluon_transfer.errors import ConfigError
-from gluon_transfer.finetune import build_target, main
+from gluon_transfer.finetune import main
+from gluon_transfer.methods.base import build_target
 from gluon_transfer.param_groups import layer_groups, plan, apply_multipliers, reinit_new_groups
 from gluon_transfer.zoo import get_model
 

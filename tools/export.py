@@ -95,7 +95,15 @@ def main(argv=None):
         else:
             print('no --params: exporting randomly initialised weights')
         if args.prune:
-            from gluon_transfer.prune import export_pruned
+            from gluon_transfer.prune import export_pruned, require_masks
+            if args.params:
+                from gluon_transfer.afds import recorded_phase
+                phase, where = recorded_phase(args.params)
+                if phase == 1:
+                    raise ConfigError('%s is an AFDS phase-1 checkpoint (%s): its masks were not chosen yet; '
+                                      '--prune needs a phase-2 checkpoint (a later epoch or the best file)'
+                                      % (args.params, where))
+            require_masks(net, args.params or 'the network')
             net = export_pruned(net, args.out, shape, check=not args.no_check, log=print)
         res = export_symbol(net, args.out, shape, check=not args.no_check, optimize=args.optimize, log=print)
         if args.onnx:

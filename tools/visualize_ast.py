@@ -45,11 +45,11 @@ def main(argv=None):
         matplotlib.use('Agg')
         import matplotlib.pyplot as plt
         import gluon_transfer as gt
-        from gluon_transfer import afa
+        from gluon_transfer.methods import afa
         from gluon_transfer.engine.checkpoint import load_blocks
         from gluon_transfer.errors import ConfigError, GluonTransferError
         from gluon_transfer.losses.afa import AFASpatial
-        from gluon_transfer.finetune import source_head_classes
+        from gluon_transfer.methods.base import source_head_classes
         from gluon_transfer.losses.transfer_common import bottleneck_taps
         from gluon_transfer.weights import load_params
         from gluon_transfer.data.images import read_record_images, generated_images, to_batch

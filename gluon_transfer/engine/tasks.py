@@ -18,6 +18,8 @@ mixup / label smoothing); ``label`` is always the hard class index.
 import mxnet as mx
 from mxnet import autograd, gluon
 
+from ..losses.ce import cross_entropy
+
 
 def logits_of(out):
     """The class scores of a network output (``logits`` or ``(logits, features)``)."""
@@ -48,17 +50,6 @@ class Task:
         transfer adds a finite-difference second-order term); the default does nothing."""
 
 
-def cross_entropy(logits, target):
-    """Per-sample softmax cross-entropy, in float32 whatever the network's dtype:
-    ``-log softmax(z)[y]`` for class indices, ``-sum_k q_k log softmax(z)_k`` for a
-    distribution ``q`` (mixup / label smoothing)."""
-    logits = logits.astype('float32', copy=False)
-    logp = mx.nd.log_softmax(logits, axis=-1)
-    if target.ndim == 1:
-        return -mx.nd.pick(logp, target, axis=-1)
-    return -mx.nd.sum(logp * target, axis=-1)
-
-
 class Classify(Task):
     """Plain supervised training: ``total = sum_i CE(z_i, target_i)``."""
     name = 'classify'
@@ -70,7 +61,41 @@ class Classify(Task):
 
 
 # ------------------------------------------------------------------ distillation
-import warnings  # noqa: E402  (used by Distill only)
+import warnings  # noqa: E402  (used by AttentionTaps and Distill only)
+
+
+class AttentionTaps(gluon.SymbolBlock):
+    """``view(x) -> (logits, [at(map_g) for each tap])``: one cached graph of ``net``'s forward
+    that also computes the attention maps (N, H*W) of the tapped feature maps (taps as in
+    :func:`~gluon_transfer.nn.feature.feature_symbols`; ``at`` is
+    :func:`gluon_transfer.losses.at.attention_map_f`, the operators of
+    :func:`~gluon_transfer.losses.at.attention_map`). It shares ``net``'s parameters, so
+    training through it trains ``net``. Compared with tapping the (N, C, H, W) maps and
+    reducing them imperatively, the graph outputs only the small maps, the reductions run
+    inside the cached op's memory plan, and no per-op Python dispatch remains
+    (bench/README.md, distillation). The maps are computed in float32 when the network
+    is not (float16 parameters, or bfloat16 AMP switched on by
+    :func:`~gluon_transfer.engine.precision.setup_precision`)."""
+
+    def __init__(self, net, names, p=2):
+        import numpy as np
+        from ..losses.at import attention_map_f
+        from ..nn.feature import feature_symbols
+        from . import precision
+        names = tuple([names] if isinstance(names, str) else names)
+        data, logits, maps = feature_symbols(net, names)
+        cast = bool(precision._amp_initialised) or any(
+            par.dtype not in ('float32', np.float32) for par in net.collect_params().values())
+        ats = [attention_map_f(mx.sym, m, p, cast=cast) for m in maps]
+        with warnings.catch_warnings():
+            warnings.filterwarnings('ignore', 'Cannot decide type')   # the input dtype comes with the first call
+            super().__init__([logits] + ats, data, params=net.collect_params())
+        self.feature_names = names
+        self.p = p
+
+    def forward(self, x, *args):
+        out = super().forward(x, *args)
+        return out[0], list(out[1:])
 
 
 class Distill(Task):
@@ -94,7 +119,7 @@ class Distill(Task):
     The teacher runs in inference mode (BN running statistics) under ``autograd.pause()``
     on every device; its parameters get ``grad_req='null'`` and are never given to the
     trainer (:meth:`blocks` is empty). With attention transfer, student and teacher each run
-    as one static cached graph (:class:`~gluon_transfer.losses.at.AttentionTaps`, sharing the
+    as one static cached graph (:class:`AttentionTaps`, sharing the
     network's parameters) that returns the logits and the (N, H*W) attention maps of the
     tapped stages (the network's own feature API when it was built with exactly these taps,
     else symbol internals); only the small maps leave the graphs, and the per-group loss is
@@ -127,18 +152,18 @@ class Distill(Task):
         if at_mode not in AT_MODES:
             raise ConfigError('unknown --at-mode %r; valid: %s' % (at_mode, ', '.join(AT_MODES)))
         if not 0.0 <= alpha <= 1.0:
-            raise ConfigError('--alpha must be in [0, 1], got %g' % alpha)
+            raise ConfigError('--kd-alpha must be in [0, 1], got %g' % alpha)
         if temperature <= 0:
-            raise ConfigError('--temperature must be positive, got %g' % temperature)
+            raise ConfigError('--kd-temperature must be positive, got %g' % temperature)
         if beta < 0 or grad_at_beta < 0:
-            raise ConfigError('--beta and --grad-at-beta must be >= 0')
+            raise ConfigError('--at-beta and --grad-at-beta must be >= 0')
         if beta == 0 and alpha == 0 and grad_at_beta == 0:
-            raise ConfigError('a teacher is given but --beta, --alpha and --grad-at-beta are all 0: '
+            raise ConfigError('a teacher is given but --at-beta, --kd-alpha and --grad-at-beta are all 0: '
                               'nothing would be transferred')
         student_taps = tuple(student_taps or ())
         teacher_taps = tuple(teacher_taps) if teacher_taps is not None else student_taps
         if beta > 0 and not student_taps:
-            raise ConfigError('attention transfer (--beta > 0) needs student taps (e.g. stage1,stage2,stage3)')
+            raise ConfigError('attention transfer (--at-beta > 0) needs student taps (e.g. stage1,stage2,stage3)')
         if len(student_taps) != len(teacher_taps):
             raise ConfigError('%d student taps (%s) but %d teacher taps (%s): attention transfer pairs them by '
                               'position' % (len(student_taps), ','.join(student_taps), len(teacher_taps),
@@ -161,7 +186,6 @@ class Distill(Task):
     # ---------------------------------------------------------------- set-up
     def setup(self, net, ctx):
         from ..errors import ConfigError
-        from ..losses.at import AttentionTaps
         from ..nn.feature import net_input_dtype, tapped
         ctx = list(ctx)
         self._sdtype = net_input_dtype(net)
@@ -402,7 +426,7 @@ class Transfer(Task):
     def default_taps(self, net):
         """``--taps`` if given, else the first regularizer's own ``default_taps(net)``
         (AFA: MobileNetV2 projections), else the stage-end convolutions."""
-        from ..losses.transfer_common import stage_end_taps
+        from ..losses.taps import stage_end_taps
         if self.taps:
             return list(self.taps)
         for r in self.regs:
@@ -411,16 +435,16 @@ class Transfer(Task):
         return stage_end_taps(net)
 
     def setup(self, net, ctx):
-        from ..losses.transfer_common import bottleneck_taps
+        from ..losses.taps import bottleneck_taps, conv_output_shapes
         if self.needs_features:
             names = self.default_taps(net)
             self.taps = names
             if any(hasattr(r, 'set_feature_shapes') for r in self.regs):
                 # Regularizers with trainable modules size them from the tapped maps at the
                 # training crop; both networks must agree (same architecture).
-                from ..nn.taps_mobilenet import tap_shapes
-                shapes = tap_shapes(net, names, self.crop)
-                src_shapes = tap_shapes(self.source, names, self.crop)
+                shape = (1, 3, self.crop, self.crop)
+                shapes = conv_output_shapes(net, names, shape)
+                src_shapes = conv_output_shapes(self.source, names, shape)
                 if shapes != src_shapes:
                     raise ValueError('source and target taps differ in shape: %s vs %s' % (src_shapes, shapes))
                 for r in self.regs:
@@ -448,7 +472,9 @@ class Transfer(Task):
             out = self._target(data)
             logits, feats_t = out[0], list(out[1:])
             with autograd.pause():
-                feats_s = list(self._source(data))
+                feats_s = self._source(data)
+            # a SymbolBlock with one output (a single tap) returns the array itself, not a list
+            feats_s = list(feats_s) if isinstance(feats_s, (list, tuple)) else [feats_s]
         else:
             logits = logits_of(net(data))
         ce = cross_entropy(logits, target)

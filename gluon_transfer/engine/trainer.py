@@ -160,6 +160,8 @@ class Engine:
         self.start_epoch = 0
         self.best_top1 = -1.0
         self.best_epoch = None
+        # False: no epoch may become the best checkpoint (see restart_best)
+        self.track_best = True
         self.history = []
         self.lr_trace = []          # the LR of every iteration run by this engine
         self.trainer = None
@@ -266,6 +268,14 @@ class Engine:
         self.log.warning('WARNING: --allow-schedule-change: resuming %s with a changed schedule (%s); the LR '
                          'continues from step %d on the new schedule, the result is not that of either run',
                          path, '; '.join(changes), int(meta['global_step']))
+
+    def restart_best(self):
+        """Choose the best checkpoint afresh from the next epoch on (``best_top1`` back to
+        -1, ``track_best`` on): for a method whose earlier phase trained another form of the
+        network (AFDS phase 1, before the masks exist, runs with ``track_best = False``)."""
+        self.track_best = True
+        self.best_top1 = -1.0
+        self.best_epoch = None
 
     def resume_files(self, params=None, states=None, epoch=0):
         """GluonCV-style resume (``--resume-params/--resume-states/--resume-epoch``)."""
@@ -510,7 +520,7 @@ class Engine:
         msg += ' | %.1f img/s, %.1fs, lr=%.6g' % (stats['images_per_sec'], stats['time'], stats['lr'])
         self.log.info(msg)
         self._check_finite_epoch(epoch, stats)
-        is_best = 'val_top1' in stats and stats['val_top1'] > self.best_top1
+        is_best = self.track_best and 'val_top1' in stats and stats['val_top1'] > self.best_top1
         if is_best:
             self.best_top1, self.best_epoch = stats['val_top1'], epoch + 1
         stats['best_top1'] = self.best_top1

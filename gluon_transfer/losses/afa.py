@@ -36,6 +36,13 @@ Objective (reference ``framework.py::train``)::
 modules are trained by the same optimizer on the same loss (no adversarial step, no weight
 decay: ``wd_mult = 0``) and are never exported with the network.
 
+Reference settings (:data:`PRESETS`, the shipped hocon files, transfer-methods.md §4.3):
+batch 64, 4500 iterations, SGD momentum 0.9, weight decay 0, one x0.1 step at 0.67 of
+training, beta 0.01, 224 px; ResNet-101 lr 0.01 / 0.001 and alpha 0.1 / 0.15 (stage 1 /
+stage 2), MobileNetV2 lr 0.01 / 0.001 and alpha 0.09 / 0.04. Taps (:func:`default_taps`):
+ResNet stage ends, MobileNetV2's projection convs of blocks 5/9/13/17, shapes checked
+(:func:`check_taps`). The two-stage procedure is :mod:`gluon_transfer.methods.afa`.
+
 Engine units (``gluon_transfer.engine.tasks``): ``L_l`` is a batch MEAN of per-sample terms
 ``omega_n = 0.5 * sum_{c,pos}(...)`` -- the softmaxes are per sample, so the split is exact.
 A device slice of ``n`` samples therefore contributes ``n * (slice mean) = alpha * sum_{i in
@@ -43,29 +50,85 @@ slice} omega_i`` and the classifier term ``n * beta * 0.5 ||theta||^2``; after
 ``trainer.step(B)`` the gradient is the global-batch reference gradient however the batch
 is split over devices. Unlike DELTA (which sums over the batch), nothing here grows with B.
 """
-import math
-
 import mxnet as mx
 from mxnet import gluon
 
 from ..errors import ConfigError
 from ..registry import REGULARIZERS
 from .l2sp import ParamPenalty
-from .transfer_common import head_keys
+from .taps import (check_tap_shapes, conv_paths, is_mobilenetv2, mobilenetv2_taps, stage_end_taps,
+                   MOBILENETV2_TAP_CHANNELS, MOBILENETV2_TAP_STRIDES)
+from .transfer_common import head_keys, torch_linear_init
 
 __all__ = ['SpatialAttention', 'ChannelAttention', 'attention_hidden', 'afa_ast_per_sample',
            'afa_act_per_sample', 'afa_ast_loss', 'afa_act_loss', 'AFARegularizer', 'AFASpatial',
-           'AFAChannel']
+           'AFAChannel', 'COMMON', 'PRESETS', 'preset_for', 'default_taps', 'resnet_stage_end_taps', 'check_taps']
 
 
+# ------------------------------------------------------------------ reference settings
+# Settings every shipped hocon shares (transfer-methods.md §4.3).
+COMMON = {'batch_size': 64, 'max_iter': 4500, 'momentum': 0.9, 'wd': 0.0, 'lr_decay': 0.1,
+          'decay_at': 0.67, 'beta': 0.01, 'input_size': 224}
+PRESETS = {
+    'resnet101': {'ast': dict(COMMON, name='ResNet-101', lr=0.01, alpha=0.1, seed=1),
+                  'act': dict(COMMON, name='ResNet-101', lr=0.001, alpha=0.15, seed=2)},
+    'mobilenetv2': {'ast': dict(COMMON, name='MobileNetV2', lr=0.01, alpha=0.09, seed=1),
+                    'act': dict(COMMON, name='MobileNetV2', lr=0.001, alpha=0.04, seed=5)},
+}
+
+
+def preset_for(model):
+    """The reference settings for ``model``: ``{'ast': {...}, 'act': {...}}``. MobileNetV2
+    names get the MobileNetV2 hocons, every other network the ResNet-101 ones (the only
+    other configuration shipped)."""
+    name = str(model).lower().replace('_', '').replace('-', '')
+    return PRESETS['mobilenetv2' if 'mobilenetv2' in name else 'resnet101']
+
+
+# ------------------------------------------------------------------ taps
+def resnet_stage_end_taps(net):
+    """The last direct ``Conv2D`` child of the last block of every ``layer<K>`` stage
+    (``conv3`` of a bottleneck, ``conv2`` of a basic block): DELTA's taps
+    (:func:`gluon_transfer.losses.taps.stage_end_taps`)."""
+    try:
+        return stage_end_taps(net)
+    except ConfigError:
+        raise ConfigError('%s has neither layer1..layerN residual stages nor MobileNetV2 blocks: name the '
+                          'feature taps explicitly' % type(net).__name__) from None
+
+
+def default_taps(net):
+    """AFA's hooked layers for ``net``: ResNet-v1b -- the last convolution of the last block
+    of each ``layerK`` stage (raw output, before BN and the residual add: ``layer1.2.conv3``,
+    ``layer2.3.conv3``, ``layer3.22.conv3``, ``layer4.2.conv3`` for ``resnet101_v1b``);
+    MobileNetV2 -- the projection convs of blocks 5/9/13/17
+    (:func:`gluon_transfer.losses.taps.mobilenetv2_taps`)."""
+    return mobilenetv2_taps(net) if is_mobilenetv2(net) else resnet_stage_end_taps(net)
+
+
+def check_taps(net, taps, input_size):
+    """``[(C, H, W)]`` of ``taps`` at ``input_size``, checked: AFA's MobileNetV2 taps must
+    have 32/64/96/320 channels (width 1.0) at strides 8/16/16/32, ResNet stage ends strides
+    4/8/16/32. Other tap lists are only checked to be square maps."""
+    taps = list(taps)
+    if is_mobilenetv2(net) and taps == mobilenetv2_taps(net):
+        widths = [conv_paths(net)[t]._channels for t in taps]
+        channels = MOBILENETV2_TAP_CHANNELS if widths[-1] == 320 else None   # other multipliers: strides only
+        return check_tap_shapes(net, taps, input_size, channels, MOBILENETV2_TAP_STRIDES)
+    if not is_mobilenetv2(net) and len(taps) == 4 and taps == resnet_stage_end_taps(net):
+        return check_tap_shapes(net, taps, input_size, None, (4, 8, 16, 32))
+    shapes = check_tap_shapes(net, taps, input_size)
+    for t, (c, h, w) in zip(taps, shapes):
+        if h != w:
+            raise ConfigError('feature tap %s is %dx%d: AFA attention needs square maps' % (t, h, w))
+    return shapes
+
+
+# ------------------------------------------------------------------ attention modules
 def attention_hidden(shape):
     """Hidden width of an AFA attention module for a ``(C, H, W)`` map: ``H`` (the
     reference's ``feature_size``; its maps are square)."""
     return int(shape[1])
-
-
-def _torch_linear_init(fan_in):
-    return mx.init.Uniform(1.0 / math.sqrt(fan_in))
 
 
 class SpatialAttention(gluon.HybridBlock):
@@ -78,10 +141,10 @@ class SpatialAttention(gluon.HybridBlock):
         self.hw, self.hidden = int(hw), int(hidden)
         with self.name_scope():
             self.fc1 = gluon.nn.Dense(self.hidden, in_units=self.hw, use_bias=False,
-                                      weight_initializer=_torch_linear_init(self.hw))
+                                      weight_initializer=torch_linear_init(self.hw))
             self.fc2 = gluon.nn.Dense(self.hw, in_units=self.hidden, use_bias=True,
-                                      weight_initializer=_torch_linear_init(self.hidden),
-                                      bias_initializer=_torch_linear_init(self.hidden))
+                                      weight_initializer=torch_linear_init(self.hidden),
+                                      bias_initializer=torch_linear_init(self.hidden))
 
     def hybrid_forward(self, F, s):
         x = s.reshape((0, 0, -1))                                      # (N, C, HW)
@@ -104,9 +167,9 @@ class ChannelAttention(gluon.HybridBlock):
         self.hw, self.hidden, self.channels = int(hw), int(hidden), int(channels)
         with self.name_scope():
             self.fc1 = gluon.nn.Dense(self.hidden, in_units=self.hw, use_bias=False, flatten=False,
-                                      weight_initializer=_torch_linear_init(self.hw))
+                                      weight_initializer=torch_linear_init(self.hw))
             self.fc2 = gluon.nn.Dense(1, in_units=self.hidden, use_bias=False, flatten=False,
-                                      weight_initializer=_torch_linear_init(self.hidden))
+                                      weight_initializer=torch_linear_init(self.hidden))
             self.bias = self.params.get('bias', shape=(self.channels,), init='zeros')
 
     def hybrid_forward(self, F, s, bias):
@@ -181,15 +244,14 @@ class AFARegularizer(ParamPenalty):
     docstring). :meth:`blocks` returns the attention modules for the trainer and the
     checkpoints (never exported).
 
-    ``alpha`` default: ``model``'s reference value (:data:`gluon_transfer.afa.PRESETS`:
+    ``alpha`` default: ``model``'s reference value (:data:`PRESETS`:
     ResNet-101 0.1 / 0.15, MobileNetV2 0.09 / 0.04 for AST / ACT); ``beta`` 0.01.
     """
     name = 'afa'
     stage = None
     needs_features = True
 
-    def __init__(self, alpha=None, beta=None, model=None, seed=0, input_size=None, **unused):
-        from ..afa import preset_for
+    def __init__(self, alpha=None, beta=None, model=None, seed=0, input_size=None):
         super().__init__()
         ref = preset_for(model or 'resnet101_v1b')[self.stage]
         self.alpha = float(ref['alpha'] if alpha is None else alpha)
@@ -201,12 +263,11 @@ class AFARegularizer(ParamPenalty):
 
     def param_rates(self, rows):
         """Dry-run listing rows: the classifier at ``beta`` toward 0."""
-        return {r.key: (self.beta, '0') for r in rows if r.section == 'head' and r.kind != 'stat'}
+        return self.classifier_rates(rows)
 
     def default_taps(self, net):
-        """AFA's hooked layers of ``net`` (:func:`gluon_transfer.afa.default_taps`), their
-        channels/strides checked at ``input_size`` when known (:func:`~gluon_transfer.afa.check_taps`)."""
-        from ..afa import default_taps, check_taps
+        """AFA's hooked layers of ``net`` (:func:`default_taps`), their channels/strides
+        checked at ``input_size`` when known (:func:`check_taps`)."""
         taps = default_taps(net)
         if self.input_size:
             check_taps(net, taps, self.input_size)

@@ -6,7 +6,7 @@ Math (transfer-methods.md §3.1; the paper's form, squared)::
     D_l[n, c]   = || t_l[n, c] - s_l[n, c] ||_2^2        ('l2sq', default; the paper)
                   || t_l[n, c] - s_l[n, c] ||_2          ('l2', the reproduction's code)
     R           = (1/N) sum_l sum_{n,c} rho_l[n, c] * D_l[n, c]
-    loss        = mean CE + lambda * R                   lambda = 0.01 (--lambda-afd)
+    loss        = mean CE + lambda * R                   lambda = 0.01 (--afd-lambda)
 
 * ``s_l``/``t_l``: the frozen source's and the target's raw conv3 outputs (before bn3, the
   gate and the residual add) of the last bottleneck of each stage (``layer1.2.conv3``,
@@ -51,13 +51,13 @@ What the predictor optimises (``afd_predictor``):
 The paper's predictor training is not verifiable here (transfer-methods.md §3.1 marks the
 paper's equation "[unverified]"); ``'joint'`` reproduces the only public code.
 """
-import math
-
 import mxnet as mx
 from mxnet.gluon import HybridBlock, nn
 
 from ..errors import ConfigError
 from ..registry import REGULARIZERS
+from .taps import conv_output_shapes, stage_end_taps
+from .transfer_common import torch_linear_init
 
 __all__ = ['TransferabilityPredictor', 'AFDPredictors', 'afd_distances', 'afd_per_sample', 'AFD',
            'conv_output_shapes', 'AFD_NORMS', 'AFD_PREDICTORS']
@@ -77,12 +77,13 @@ class TransferabilityPredictor(HybridBlock):
         super().__init__(**kwargs)
         self.channels, self.spatial, self.hidden = int(channels), int(spatial), int(hidden)
         self.channel_bias = bool(channel_bias)
-        b1, b2 = 1.0 / math.sqrt(self.spatial), 1.0 / math.sqrt(self.hidden)
         with self.name_scope():
             self.fc1 = nn.Dense(self.hidden, in_units=self.spatial, flatten=False,
-                                weight_initializer=mx.init.Uniform(b1), bias_initializer=mx.init.Uniform(b1))
+                                weight_initializer=torch_linear_init(self.spatial),
+                                bias_initializer=torch_linear_init(self.spatial))
             self.fc2 = nn.Dense(1, in_units=self.hidden, flatten=False,
-                                weight_initializer=mx.init.Uniform(b2), bias_initializer=mx.init.Uniform(b2))
+                                weight_initializer=torch_linear_init(self.hidden),
+                                bias_initializer=torch_linear_init(self.hidden))
             if self.channel_bias:
                 self.cbias = self.params.get('channel_bias', shape=(self.channels,), init=mx.init.Zero())
 
@@ -128,30 +129,6 @@ def afd_per_sample(sources, targets, rhos, norm='l2sq'):
     return mx.nd.add_n(*parts) if len(parts) > 1 else parts[0]
 
 
-def _find_conv(net, path):
-    block = net
-    for part in path.split('.'):
-        child = block._children.get(part)
-        if child is None:
-            return None
-        block = child
-    return block if isinstance(block, nn.Conv2D) else None
-
-
-def conv_output_shapes(net, paths, input_shape):
-    """``[(C, H, W)]`` of the outputs of the convolutions at structural ``paths``
-    (``layer1.2.conv3``) for a network input of ``input_shape`` (symbol shape inference)."""
-    from ..macs import count_macs
-    rows = {r['name']: r for r in count_macs(net, input_shape)['rows'] if r['op'] == 'Convolution'}
-    out = []
-    for p in paths:
-        conv = _find_conv(net, p)
-        if conv is None or conv.name + '_fwd' not in rows:
-            raise ConfigError('afd: no convolution %r in %s' % (p, type(net).__name__))
-        out.append(tuple(rows[conv.name + '_fwd']['out_shape'][1:]))
-    return out
-
-
 @REGULARIZERS.register('afd')
 class AFD:
     """``--reg afd`` (see the module docstring). Follows the transfer regularizer interface
@@ -160,7 +137,7 @@ class AFD:
     with the network unless frozen, saved in checkpoints, never exported) and
     ``set_shapes([(C, H, W)])`` (the tapped maps' shapes; the predictors' input size).
 
-    Parameters: ``lambda_afd`` (alias ``alpha``; default 0.01), ``afd_norm`` ('l2sq' |
+    Parameters: ``lambda_afd`` (default 0.01), ``afd_norm`` ('l2sq' |
     'l2'), ``afd_predictor`` ('entropy' | 'joint' | 'frozen'), ``tau`` (entropy floor, 1.0),
     ``predictor_weight`` (1.0), ``hidden`` (default: the map height ``H``),
     ``channel_bias`` (False), ``input_size`` and ``taps`` (to infer the shapes in
@@ -171,11 +148,10 @@ class AFD:
     needs_source_weights = False
     uses_w0 = False
 
-    def __init__(self, lambda_afd=None, alpha=None, afd_norm='l2sq', afd_predictor='entropy', tau=1.0,
+    def __init__(self, lambda_afd=None, afd_norm='l2sq', afd_predictor='entropy', tau=1.0,
                  predictor_weight=1.0, hidden=None, channel_bias=False, input_size=None, taps=None,
-                 shapes=None, **unused):
-        lam = lambda_afd if lambda_afd is not None else alpha
-        self.lam = 0.01 if lam is None else float(lam)
+                 shapes=None):
+        self.lam = 0.01 if lambda_afd is None else float(lambda_afd)
         if afd_norm not in AFD_NORMS:
             raise ConfigError("afd_norm must be one of %s, got %r" % (', '.join(AFD_NORMS), afd_norm))
         if afd_predictor not in AFD_PREDICTORS:
@@ -218,13 +194,7 @@ class AFD:
         if self.predictors is None:
             if not self.input_size:
                 raise ConfigError('afd: the tapped maps\' shapes are unknown: call set_shapes() or pass input_size')
-            taps = self.taps
-            if taps is None:
-                try:
-                    from .transfer_common import stage_end_taps
-                except ImportError:
-                    raise ConfigError('afd: pass taps=[conv paths] (no default tap helper available)') from None
-                taps = stage_end_taps(net)
+            taps = stage_end_taps(net) if self.taps is None else self.taps
             size = int(self.input_size)
             self.set_shapes(conv_output_shapes(net, taps, (1, 3, size, size)))
         params = self.predictors.collect_params()

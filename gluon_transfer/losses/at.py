@@ -34,7 +34,7 @@ independent; :class:`gluon_transfer.engine.tasks.Distill` offers the reference s
 only as an explicit option (``--at-ngpu-scaling``).
 
 In training (:class:`gluon_transfer.engine.tasks.Distill`), ``at(x)`` is computed inside the
-networks' cached graphs by :class:`AttentionTaps` (the same operators as
+networks' cached graphs by :class:`gluon_transfer.engine.tasks.AttentionTaps` (the same operators as
 :func:`attention_map`, via :func:`attention_map_f`), and the group loss by
 :func:`at_loss_from_maps` on the (N, H*W) maps.
 
@@ -54,16 +54,13 @@ activation pattern flips, so the penalty is only piecewise continuous in theta: 
 back-propagation (what PyTorch would compute) differentiates within the current pattern,
 the central difference averages over the patterns met within ``x +- h v`` (h small).
 """
-import warnings
-
-import numpy as np
 import mxnet as mx
-from mxnet import autograd, gluon
+from mxnet import autograd
 
 from ..errors import ConfigError
 from ..registry import LOSSES
 
-__all__ = ['attention_map', 'attention_map_f', 'AttentionTaps', 'at_loss', 'at_loss_from_maps', 'check_spatial',
+__all__ = ['attention_map', 'attention_map_f', 'at_loss', 'at_loss_from_maps', 'check_spatial',
            'AT_MODES', 'input_gradient', 'grad_at_param_grads']
 
 AT_MODES = ('code', 'paper')
@@ -101,34 +98,6 @@ def attention_map_f(F, x, p=2, cast=True):
     q = F.reshape(F.Convolution(q, w, kernel=(1, 1), num_filter=1, no_bias=True), (0, -1))   # (N, HW)
     norm = F.sqrt(F.maximum(F.sum(F.square(q), axis=1, keepdims=True), NORM_EPS ** 2))
     return F.broadcast_div(q, norm)
-
-
-class AttentionTaps(gluon.SymbolBlock):
-    """``view(x) -> (logits, [at(map_g) for each tap])``: one cached graph of ``net``'s forward
-    that also computes the attention maps (N, H*W) of the tapped feature maps (taps as in
-    :func:`~gluon_transfer.nn.feature.feature_symbols`). It shares ``net``'s parameters, so
-    training through it trains ``net``. Compared with tapping the (N, C, H, W) maps and
-    reducing them imperatively, the graph outputs only the small maps, the reductions run
-    inside the cached op's memory plan, and no per-op Python dispatch remains
-    (bench/README.md, distillation)."""
-
-    def __init__(self, net, names, p=2):
-        from ..nn.feature import feature_symbols
-        names = tuple([names] if isinstance(names, str) else names)
-        data, logits, maps = feature_symbols(net, names)
-        from ..engine import precision
-        cast = bool(precision._amp_initialised) or any(
-            par.dtype not in ('float32', np.float32) for par in net.collect_params().values())
-        ats = [attention_map_f(mx.sym, m, p, cast=cast) for m in maps]
-        with warnings.catch_warnings():
-            warnings.filterwarnings('ignore', 'Cannot decide type')   # the input dtype comes with the first call
-            super().__init__([logits] + ats, data, params=net.collect_params())
-        self.feature_names = names
-        self.p = p
-
-    def forward(self, x, *args):
-        out = super().forward(x, *args)
-        return out[0], list(out[1:])
 
 
 def check_spatial(s, t, group=None):

@@ -36,11 +36,12 @@ import numpy as np
 import mxnet as mx
 
 from ..errors import ConfigError, DataError
-from ..registry import REGULARIZERS
+from ..registry import REGULARIZERS, unknown_name_message
 from .feature_distance import FeaturePenalty, _check_pairs
+from .taps import conv_paths
 
 __all__ = ['delta_channel_weights', 'delta_per_sample', 'delta_penalty', 'DELTA', 'load_channel_weights',
-           'save_channel_weights', 'default_channel_weights_path', 'filter_importance']
+           'filter_importance']
 
 
 def delta_channel_weights(raw_importance):
@@ -90,11 +91,6 @@ def delta_penalty(sources, targets, channel_weights):
 
 
 # ---------------------------------------------------------------------- weights files
-def default_channel_weights_path(data_dir, model):
-    """``<data_dir>/delta_channel_weights.<model>.json``."""
-    return os.path.join(os.path.expanduser(data_dir), 'delta_channel_weights.%s.json' % model)
-
-
 def load_channel_weights(path, channels=None):
     """Raw importances from a JSON file: the reference's shipped format (a list of L lists)
     or ours (``{"raw_importance": [...], "taps": [...], ...}``). ``channels``: the expected
@@ -125,14 +121,6 @@ def load_channel_weights(path, channels=None):
     return raw
 
 
-def save_channel_weights(path, raw, taps, model, dataset, procedure=None):
-    from ..engine.checkpoint import atomic_write_json
-    atomic_write_json(path, {'model': model, 'dataset': dataset, 'taps': list(taps),
-                             'raw_importance': [[float(v) for v in r] for r in raw],
-                             'procedure': procedure or {}})
-    return path
-
-
 def filter_importance(net, tap_names, batches, ctx=None, log=None):
     """DELTA's filter importances (``channel_eval.py``): for every tapped convolution and
     every output filter ``j``, zero ``weight[j]`` (the bias, if any, is kept), recompute the
@@ -140,7 +128,6 @@ def filter_importance(net, tap_names, batches, ctx=None, log=None):
     ``r[j] = mean over batches of (CE_zeroed - CE_full)``. ``batches``: a list of
     ``(data, label)`` NDArrays. Weights are restored afterwards. Returns one numpy vector
     per tap."""
-    from .transfer_common import conv_paths
     ctx = ctx or mx.cpu()
     convs = conv_paths(net)
     batches = [(x.as_in_context(ctx), y.as_in_context(ctx)) for x, y in batches]
@@ -158,7 +145,6 @@ def filter_importance(net, tap_names, batches, ctx=None, log=None):
     result = []
     for name in tap_names:
         if name not in convs:
-            from ..registry import unknown_name_message
             raise ConfigError(unknown_name_message('feature tap', name, convs))
         weight = convs[name].weight
         orig = weight.data(ctx).copy()
@@ -181,7 +167,7 @@ class DELTA(FeaturePenalty):
     per tap; softmax(zscore/5) is applied here), a JSON path, or 'uniform'."""
     name = 'delta'
 
-    def __init__(self, alpha=None, beta=None, batch_size=None, channel_weights=None, **unused):
+    def __init__(self, alpha=None, beta=None, batch_size=None, channel_weights=None):
         super().__init__(alpha, beta, batch_size)
         if isinstance(channel_weights, str) and channel_weights != 'uniform' and not os.path.isfile(channel_weights):
             load_channel_weights(channel_weights)     # the one-line "not found" error, before any training

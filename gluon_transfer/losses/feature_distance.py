@@ -64,7 +64,7 @@ class FeaturePenalty(ParamPenalty):
         self.batch_size = int(batch_size)
 
     def param_rates(self, rows):
-        return {r.key: (self.beta, '0') for r in rows if r.section == 'head' and r.kind != 'stat'}
+        return self.classifier_rates(rows)
 
     def per_sample(self, ctx, feats_t, feats_s):
         raise NotImplementedError
@@ -80,7 +80,7 @@ class FeatureMap(FeaturePenalty):
     """``fea_map``: alpha * sum_l 0.5 ||t_l - s_l||_F^2 (see the module docstring)."""
     name = 'fea_map'
 
-    def __init__(self, alpha=None, beta=None, batch_size=None, **unused):
+    def __init__(self, alpha=None, beta=None, batch_size=None):
         super().__init__(alpha, beta, batch_size)
 
     def per_sample(self, ctx, feats_t, feats_s):

@@ -14,6 +14,7 @@ probability underflows contributes 0 (``xlogy`` convention).
 import mxnet as mx
 
 from ..registry import LOSSES
+from .ce import cross_entropy
 
 __all__ = ['kd_loss', 'kd_per_sample', 'kl_per_sample']
 
@@ -30,7 +31,6 @@ def kl_per_sample(student_logits, teacher_logits, temperature=4.0):
 def kd_per_sample(student_logits, teacher_logits, target, temperature=4.0, alpha=0.9):
     """Per-sample ``(alpha * T^2 * KL_n, (1 - alpha) * CE_n)``, both (N,). ``target`` is class
     indices (N,) or a distribution (N, K) (mixup / label smoothing)."""
-    from ..engine.tasks import cross_entropy
     t = float(temperature)
     kd = kl_per_sample(student_logits, teacher_logits, t) * (float(alpha) * t * t)
     ce = cross_entropy(student_logits, target) * (1.0 - float(alpha))

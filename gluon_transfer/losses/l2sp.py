@@ -82,6 +82,11 @@ class ParamPenalty(Regularizer):
     def param_rates(self, rows):
         return {}
 
+    def classifier_rates(self, rows):
+        """``beta`` toward 0 on every trainable classifier parameter (weight and bias): the
+        ``beta * 0.5 ||fc||^2`` term of the feature regularizers (DELTA, fea_map, AFA)."""
+        return {r.key: (self.beta, '0') for r in rows if r.section == 'head' and r.kind != 'stat'}
+
     def bind(self, rows):
         self.table = {k: v for k, v in self.param_rates(rows).items() if v[0]}
         return self.table
@@ -141,7 +146,7 @@ class L2(ParamPenalty):
     (``--wd``, default 1e-4 with ``--reg l2``, as DELTA's and AFDS's ``l2`` baseline)."""
     name = 'l2'
 
-    def __init__(self, **unused):
+    def __init__(self):
         super().__init__()
 
 
@@ -155,7 +160,7 @@ class L2SP(ParamPenalty):
     needs_source_weights = True
     VARIANTS = tuple(_L2SP_DEFAULTS)
 
-    def __init__(self, alpha=None, beta=None, variant='official', rates=None, **unused):
+    def __init__(self, alpha=None, beta=None, variant='official', rates=None):
         super().__init__()
         if variant not in _L2SP_DEFAULTS:
             raise ConfigError('unknown --l2sp-variant %r; valid: %s' % (variant, ', '.join(_L2SP_DEFAULTS)))
