@@ -265,7 +265,7 @@ def _at_student(name):
 @pytest.mark.parametrize('p', [2, 1])
 def test_attention_taps_of_float16_network(name, p):
     """The AT training graph of a float16 student: float16 logits, float32 attention maps."""
-    from gluon_transfer.losses.at import AttentionTaps
+    from gluon_transfer.engine.tasks import AttentionTaps
     net, taps = _at_student(name)
     net.initialize()
     net.cast('float16')

@@ -230,7 +230,7 @@ def _scaled_fit(tmp_path, name, epochs, overflow_steps, resume=None):
     ckpt = CheckpointManager(str(tmp_path / name), 'toy')
     eng = Engine(net, task, [mx.cpu()], cfg, tiny_data(), num_classes=3, checkpoint=ckpt, run_info={'model': 'toy'})
     task.engine = eng
-    eng.cfg.num_epochs = epochs
+    eng.cfg.max_iters = epochs * 3        # stop after `epochs` of the same 3-epoch schedule
     eng.fit(resume=resume)
     return eng
 
