@@ -10,7 +10,9 @@ them into ``bench/results/results.json`` (rows, per-section status, machine, com
 ``results.md`` (a Markdown table) and ``results.png`` (the ratio rows as a bar chart);
 each section's own printout goes to ``bench/out/<name>.md``. A section that fails, times out
 or does not support ``--json`` is reported as failed/skipped with the reason, and the other
-sections still run; the exit status is 1 if any section failed. ``--update-readme`` replaces
+sections still run; the exit status is 1 if any section failed. A section may instead write
+``{"skipped": "why"}`` when it cannot run on this machine (the ``torch`` section without a
+separate PyTorch environment); it is listed as skipped with that reason. ``--update-readme`` replaces
 the block between ``<!-- bench-results:start -->`` and ``<!-- bench-results:end -->`` in
 README.md with the table and the command that produced it.
 
@@ -55,6 +57,8 @@ SECTIONS = [
     ('afds', 'bench_afds.py', ['--quick', '--fused'], ['--fused'],
      'pruned AFS ResNet-50 (tools/export.py --prune, fused graph): img/s vs removed MACs'),
     ('dist', 'bench_dist.py', ['--steps', '10', '--warmup', '3'], [], 'dist_sync 1 vs 2 local workers'),
+    ('torch', 'bench_torch.py', ['--quick'], ['--bf16'],
+     'MXNet vs PyTorch from a separate environment (skipped without one), side by side'),
 ]
 
 
@@ -113,7 +117,12 @@ def run_section(name, script, args, timeout, log_dir):
         if not os.path.isfile(out):
             raise ValueError('wrote no rows to --json')
         with open(out) as f:
-            rows = _check_rows(json.load(f), name)
+            data = json.load(f)
+        if isinstance(data, dict) and 'skipped' in data:
+            # a section that cannot run here and says why (e.g. no PyTorch environment)
+            status.update(status='skipped', reason=str(data['skipped'])[:300])
+            return status, []
+        rows = _check_rows(data, name)
     except ValueError as err:
         status.update(status='failed', reason=str(err)[:300])
         return status, []
