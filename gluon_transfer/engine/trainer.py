@@ -549,6 +549,8 @@ class Engine:
         stats['best_top1'] = self.best_top1
         self.history.append(stats)
         if not self.is_writer:
+            if save and self.ckpt is not None:
+                self.saved_epoch = epoch + 1      # rank 0 wrote it (for the messages of every rank)
             return
         # Order (see engine/checkpoint.py): best, metrics line, checkpoint + pointer. A kill in
         # between leaves a checkpoint whose best exists; resume trims the metrics past it.
