@@ -205,7 +205,12 @@ def build_parser(preset, description):
                         'run (default: a new folder runs/%s/MODEL-YYYYmmdd-HHMMSS%s, linked as runs/%s/latest)'
                         % (preset, ' (runs/demo/... with --demo)' if preset == 'cifar' else '', preset))
     g.add_argument('--save-frequency', type=int, default=d['save_frequency'],
-                   help='keep every N-th epoch checkpoint (the latest is always kept)')
+                   help='keep every N-th epoch checkpoint (the latest is always kept; with --val-interval only '
+                        'evaluated epochs are checkpointed)')
+    g.add_argument('--val-interval', type=int, default=1, metavar='N',
+                   help='evaluate on the val split, rank the best and write a checkpoint every N epochs and at the '
+                        'last epoch (AFDS: also at the end of phase 1, where the masks are chosen); metrics.jsonl '
+                        'still gets a line per epoch (val keys only where evaluated); a kill loses at most N epochs')
     g.add_argument('--resume', default=None,
                    help='run folder or checkpoint .json to continue from (exact); the run continues in that folder '
                         'unless --save-dir names a new one')
@@ -272,6 +277,8 @@ def validate_args(args, preset):
         bad('--log-interval', '>= 0 (0: no progress lines)', args.log_interval)
     if args.save_frequency < 0:
         bad('--save-frequency', '>= 0 (0: only the latest checkpoint)', args.save_frequency)
+    if args.val_interval < 1:
+        bad('--val-interval', '>= 1 (epochs between evaluations)', args.val_interval)
     if args.resume_epoch < 0:
         bad('--resume-epoch', '>= 0', args.resume_epoch)
     if args.input_size < 1:
@@ -488,6 +495,7 @@ def fit_config(args):
                      mixup_alpha=args.mixup_alpha if args.mixup else 0.0, mixup_off_epoch=args.mixup_off_epoch,
                      dtype=args.dtype, kvstore=args.kvstore, mode=args.mode, log_interval=args.log_interval,
                      seed=args.seed, save_frequency=args.save_frequency, max_iters=args.max_iter,
+                     val_interval=getattr(args, 'val_interval', 1),
                      reset_momentum_at_drops=getattr(args, 'reset_momentum', False),
                      amp_loss_scale=args.amp_loss_scale, amp_init_scale=args.amp_init_scale,
                      amp_scale_window=args.amp_scale_window,

@@ -94,6 +94,47 @@ def test_stage_end_taps_from_structure():
         stage_end_taps(get_model('mobilenetv2_0.25'))
 
 
+@pytest.mark.parametrize('model, blocks, last', [('cifar_resnet20_v1', 3, 'body.3'), ('cifar_resnet56_v1', 9, 'body.3'),
+                                                  ('cifar_resnet20_v2', 3, 'conv2')])
+def test_stage_end_taps_of_cifar_resnets(model, blocks, last):
+    """GluonCV CIFAR ResNets: the stages are features.2/3/4 (prefix stage1_..stage3_); the
+    tap is the last block's second 3x3 conv, 16/32/64 channels at strides 1/2/4 of 32 px."""
+    from gluon_transfer.losses.afa import check_taps
+    from gluon_transfer.losses.taps import check_tap_shapes
+    net = get_model(model, classes=5)
+    net.initialize()
+    taps = stage_end_taps(net)
+    assert taps == ['features.%d.%d.%s' % (k, blocks - 1, last) for k in (2, 3, 4)]
+    assert check_tap_shapes(net, taps, 32, (16, 32, 64), (1, 2, 4)) == [(16, 32, 32), (32, 16, 16), (64, 8, 8)]
+    assert check_taps(net, taps, 32) == [(16, 32, 32), (32, 16, 16), (64, 8, 8)]
+    assert bottleneck_taps(net).channels == [16, 32, 64]
+
+
+def test_cifar_resnet_taps_are_the_pre_bn_conv_outputs(rng):
+    """The three taps of cifar_resnet20_v1 against a forward pass written out block by block
+    (conv/BN stem without ReLU, as GluonCV builds it; body = conv-BN-ReLU-conv-BN; residual
+    add then ReLU): the tap is the second conv's output before its BN and the add."""
+    mx.random.seed(0)
+    net = get_model('cifar_resnet20_v1', classes=5)
+    net.initialize(mx.init.Xavier())
+    net(mx.nd.zeros((1, 3, 32, 32)))
+    x = mx.nd.array(rng.randn(2, 3, 32, 32))
+    logits, *maps = bottleneck_taps(net)(x)
+    f = net.features
+    h = f[1](f[0](x))
+    expect = []
+    for stage in (f[2], f[3], f[4]):
+        for k, block in enumerate(stage):
+            body = block.body
+            pre = body[3](body[2](body[1](body[0](h))))
+            res = block.downsample(h) if block.downsample is not None else h
+            h = mx.nd.relu(body[4](pre) + res)
+        expect.append(pre)
+    for got, want in zip(maps, expect):
+        np.testing.assert_allclose(got.asnumpy(), want.asnumpy(), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(logits.asnumpy(), net.output(f[5](h)).asnumpy(), rtol=1e-4, atol=1e-5)
+
+
 def _net(classes=3, seed=0):
     mx.random.seed(seed)
     net = get_model('resnet18_v1b', classes=classes)

@@ -379,3 +379,93 @@ def test_fit_config_values_are_checked_by_flag(kw, flag):
         Engine(tiny_net(), Classify(), [mx.cpu()], FitConfig(**dict(dict(warmup_epochs=1), **kw)), tiny_data(),
                num_classes=3)
     assert str(e.value).startswith(flag + ' must be') and 'warmup' not in str(e.value)
+
+
+class KillAt(Classify):
+    """Classify that raises KeyboardInterrupt at its ``k``-th loss call (a kill mid-epoch)."""
+
+    def __init__(self, k):
+        self.k, self.calls = k, 0
+
+    def loss(self, net, data, target, label):
+        self.calls += 1
+        if self.calls == self.k:
+            raise KeyboardInterrupt
+        return super().loss(net, data, target, label)
+
+
+def _interval_engine(run, task=None, net=None, **kw):
+    cfg = FitConfig(**dict(dict(num_epochs=7, lr=0.2, lr_mode='cosine', wd=1e-4, momentum=0.9, mode='hybrid',
+                                seed=3, log_interval=0, val_interval=3), **kw))
+    eng = Engine(net or tiny_net(bn=True), task or Classify(), [mx.cpu()], cfg, tiny_data(), tiny_data(shuffle=False),
+                 num_classes=3, checkpoint=CheckpointManager(str(run), 'toy', save_frequency=1),
+                 metrics_path=str(run / 'metrics.jsonl'), run_info={'model': 'toy'})
+    evaluated = []
+    plain = eng.evaluate
+
+    def evaluate(data, progress=0):
+        # the epoch being evaluated: the one after the last in the history (or the resume point)
+        evaluated.append((eng.history[-1]['epoch'] if eng.history else eng.start_epoch) + 1)
+        return plain(data, progress)
+    eng.evaluate = evaluate
+    return eng, evaluated
+
+
+def test_val_interval_evaluates_every_n_epochs_and_at_the_last(tmp_path):
+    """--val-interval 3 over 7 epochs: evaluation, ranking and checkpoints at epochs 3, 6 and 7
+    only; every epoch still has a metrics line; the best is the first maximum among the
+    evaluated epochs; resuming from the epoch-6 checkpoint gives the uninterrupted run's
+    parameters exactly."""
+    full, evaluated = _interval_engine(tmp_path / 'full')
+    full.fit()
+    assert evaluated == [3, 6, 7]
+    lines = [json.loads(l) for l in (tmp_path / 'full' / 'metrics.jsonl').read_text().splitlines()]
+    assert [l['epoch'] for l in lines] == list(range(1, 8))
+    assert [l['epoch'] for l in lines if 'val_top1' in l] == [3, 6, 7]
+    assert all('train_loss' in l and not any(k.startswith('val_') for k in l) for l in lines if l['epoch'] in (1, 2, 4, 5))
+    names = set(os.listdir(tmp_path / 'full'))
+    assert {n for n in names if n.endswith('.states')} == {'toy-0003.states', 'toy-0006.states', 'toy-0007.states'}
+    tops = {l['epoch']: l['val_top1'] for l in lines if 'val_top1' in l}
+    best = max(tops.values())
+    record = json.loads((tmp_path / 'full' / 'best.json').read_text())
+    assert record['epoch'] == min(e for e, t in tops.items() if t == best) and record['val_top1'] == pytest.approx(best)
+    # resume from the epoch-6 checkpoint into another folder: epoch 7 again, the same network
+    resumed, evaluated = _interval_engine(tmp_path / 'resumed', net=tiny_net(bn=True, seed=11))
+    resumed.fit(resume=str(tmp_path / 'full' / 'toy-0006.json'))
+    assert resumed.start_epoch == 6 and evaluated == [7]
+    a, b = params_of(full.net), params_of(resumed.net)
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+    assert resumed.history[-1]['val_top1'] == full.history[-1]['val_top1']
+
+
+def test_val_interval_kill_loses_at_most_n_epochs(tmp_path):
+    """A kill in epoch 5 (interval 3) leaves the epoch-3 checkpoint and metrics lines 1-4; the
+    resume trims the metrics to epoch 3, trains 4-7 and ends at the uninterrupted run's
+    parameters."""
+    full, _ = _interval_engine(tmp_path / 'full')
+    full.fit()
+    ipe = len(tiny_data())
+    killed, _ = _interval_engine(tmp_path / 'run', task=KillAt(4 * ipe + 2))
+    with pytest.raises(KeyboardInterrupt):
+        killed.fit()
+    assert resolve_resume(str(tmp_path / 'run'))[0]['epoch'] == 3
+    assert [json.loads(l)['epoch'] for l in (tmp_path / 'run' / 'metrics.jsonl').read_text().splitlines()] == [1, 2, 3, 4]
+    resumed, evaluated = _interval_engine(tmp_path / 'run', net=tiny_net(bn=True, seed=11))
+    resumed.fit(resume=str(tmp_path / 'run'))
+    assert resumed.start_epoch == 3 and evaluated == [6, 7]
+    assert [json.loads(l)['epoch'] for l in (tmp_path / 'run' / 'metrics.jsonl').read_text().splitlines()] == \
+        list(range(1, 8))
+    a, b = params_of(full.net), params_of(resumed.net)
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+
+
+def test_val_interval_max_iter_end_is_evaluated(tmp_path):
+    """A fit that stops at max_iters (how AFDS ends its phase 1) evaluates and checkpoints
+    its last epoch even off the interval; --val-interval 0 is refused by name."""
+    eng, evaluated = _interval_engine(tmp_path / 'run', max_iters=4 * len(tiny_data()))
+    eng.fit()
+    assert evaluated == [3, 4] and resolve_resume(str(tmp_path / 'run'))[0]['epoch'] == 4
+    with pytest.raises(ConfigError, match='^--val-interval must be >= 1'):
+        _interval_engine(tmp_path / 'bad', val_interval=0)

@@ -138,3 +138,40 @@ def test_errors_are_one_line(task_dir, tmp_path, capsys, monkeypatch):
         assert main(argv) == 2, msg
         err = capsys.readouterr().err
         assert err.startswith('error: ') and msg in err and err.count('\n') == 1, (msg, err)
+
+
+@pytest.fixture(scope='module')
+def cifar_source(task_dir):
+    """A cifar_resnet20_v1 source (5 classes, the CIFAR transfer testbed's network)."""
+    path = task_dir / 'cifar_resnet20_v1.params'
+    if not path.exists():
+        mx.random.seed(1)
+        src = get_model('cifar_resnet20_v1', classes=5)
+        src.initialize(mx.init.Xavier())
+        src(mx.nd.zeros((1, 3, 32, 32)))
+        src.save_parameters(str(path))
+    return path
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('reg', ['l2sp', 'delta', 'fea_map', 'afa-ast', 'afd'])
+def test_two_iterations_on_a_cifar_resnet_source(task_dir, cifar_source, tmp_path, reg):
+    """The feature regularizers (and AFD without AFS) tap GluonCV's CIFAR ResNet by default
+    (the last 3x3 conv of each of its 3 stages) and train 2 iterations from a
+    cifar_resnet20_v1 source."""
+    argv = _argv(task_dir, tmp_path, '--reg', reg, '--max-iter', '2')
+    argv[argv.index('--model') + 1] = 'cifar_resnet20_v1'
+    argv[argv.index('--source-params') + 1] = str(cifar_source)
+    if reg == 'delta':
+        argv += ['--channel-weights', 'uniform']
+    engine, _ = _run(argv)
+    assert engine.global_step == 2
+    line = json.loads((tmp_path / 'metrics.jsonl').read_text().splitlines()[-1])
+    assert {'l2sp': {'ce', 'l2sp_w0', 'l2sp_new'}, 'delta': {'ce', 'delta', 'delta_new'},
+            'fea_map': {'ce', 'fea_map', 'fea_map_new'}, 'afa-ast': {'ce', 'afa-ast', 'afa-ast_new'},
+            'afd': {'ce', 'afd'}}[reg] == \
+        set(line['terms'])
+    assert all(np.isfinite(v) for v in line['terms'].values()) and 0.0 <= line['val_top1'] <= 1.0
+    if reg != 'l2sp':
+        assert engine.task.taps == ['features.%d.2.body.3' % k for k in (2, 3, 4)]
+        assert line['terms'][reg] > 0

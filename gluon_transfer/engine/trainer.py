@@ -4,9 +4,14 @@
 set the scheduled learning rate, optionally mix the batch (mixup / label smoothing),
 ``split_and_load`` it over the context list, run ``task.loss`` on every slice inside
 ``autograd.record()``, back-propagate, call ``task.after_backward(net)`` (a hook for tasks that
-add gradients of their own) and ``trainer.step(global_batch)``. Per epoch it
-evaluates (top-1, top-5, mean per-class accuracy), appends a JSON line to the metrics
-log, and writes an atomic checkpoint. Scripts differ only in presets and tasks.
+add gradients of their own) and ``trainer.step(global_batch)``. Per epoch it appends a JSON
+line to the metrics log; every ``cfg.val_interval`` epochs (``--val-interval``, default 1)
+and at the last epoch of a ``fit`` (its last scheduled epoch, or the one where ``max_iters``
+is reached) it also evaluates (top-1, top-5, mean per-class accuracy), updates the best
+checkpoint and writes an atomic checkpoint. Only evaluated epochs are checkpointed, so a
+kill loses at most ``val_interval`` epochs and a resume starts from an evaluated epoch; the
+metrics lines of the other epochs hold the training statistics only (no ``val_*`` keys).
+Scripts differ only in presets and tasks.
 
 Multi-device is a context list (gradients are summed over devices by the kvstore and
 divided by the global batch); distributed is a kvstore name or a ``dist_sync`` kvstore
@@ -85,6 +90,7 @@ class FitConfig:
     log_interval: int = 50
     seed: int = 0
     save_frequency: int = 0           # keep every N-th epoch's checkpoint (0: latest only)
+    val_interval: int = 1             # evaluate + checkpoint every N epochs and at the last one
     max_iters: int = 0                # stop after this many iterations (0: num_epochs)
     reset_momentum_at_drops: bool = False   # zero SGD momentum when the step schedule drops the LR
     amp_loss_scale: str = 'auto'      # auto | none | static | dynamic (see engine/precision.py)
@@ -108,6 +114,8 @@ def check_fit_config(cfg):
         raise ConfigError('--num-epochs must be >= 1, got %r' % cfg.num_epochs)
     if int(cfg.max_iters or 0) < 0:
         raise ConfigError('--max-iter must be >= 0 (0: all epochs), got %r' % cfg.max_iters)
+    if int(cfg.val_interval) < 1:
+        raise ConfigError('--val-interval must be >= 1 (epochs between evaluations), got %r' % cfg.val_interval)
     if not np.isfinite(cfg.lr) or cfg.lr < 0:   # 0 is allowed here (gradient checks); the scripts need > 0
         raise ConfigError('--lr must be a finite number >= 0, got %r' % cfg.lr)
 
@@ -158,6 +166,7 @@ class Engine:
             cfg.lr_decay, cfg.lr_decay_epochs, cfg.target_lr, cfg.poly_power)
         self.global_step = 0
         self.start_epoch = 0
+        self.saved_epoch = 0        # epochs completed at the latest checkpoint this run can resume from
         self.best_top1 = -1.0
         self.best_epoch = None
         # False: no epoch may become the best checkpoint (see restart_best)
@@ -230,6 +239,7 @@ class Engine:
             self.log.info('%s has no loss-scaler state (saved without loss scaling): starting at scale %g',
                           path, self.scaler.scale)
         self.start_epoch = int(meta['epoch'])
+        self.saved_epoch = self.start_epoch
         self.global_step = int(meta['global_step'])
         self.best_top1 = float(meta.get('best_top1', -1.0))
         self.best_epoch = meta.get('best_epoch')
@@ -303,10 +313,21 @@ class Engine:
                 break
             stats = self.train_epoch(epoch, total_iters)
             self._sync_running_stats()
-            if self.val_data is not None:
+            save = self.is_evaluation_epoch(epoch, total_iters)
+            if save and self.val_data is not None:
                 stats.update(('val_' + k, v) for k, v in self.evaluate(self.val_data).items())
-            self._end_epoch(epoch, stats)
+            self._end_epoch(epoch, stats, save=save)
         return self.history
+
+    def is_evaluation_epoch(self, epoch, total_iters):
+        """Whether the (0-based) ``epoch`` just trained is evaluated and checkpointed: every
+        ``cfg.val_interval``-th epoch (epochs ``N, 2N, ...``, counted from the start of
+        training, so a resumed run evaluates the same epochs) and the last epoch of this
+        ``fit`` -- the last scheduled one, or the one that reached ``total_iters``
+        (``max_iters``; AFDS ends its phase 1 this way)."""
+        n = epoch + 1
+        return n % max(int(self.cfg.val_interval), 1) == 0 or n >= self.cfg.num_epochs or \
+            self.global_step >= total_iters
 
     def _mix(self, epoch, data, label, rng):
         """Mixup (while active) and/or label smoothing; otherwise the hard labels."""
@@ -442,11 +463,11 @@ class Engine:
 
     def _kept(self, epoch):
         """What a stop in (0-based) ``epoch`` leaves behind, for the error message."""
-        if self.ckpt is None or epoch <= 0:
+        if self.ckpt is None or self.saved_epoch <= 0:
             return 'no checkpoint had been written yet'
         best = os.path.join(self.ckpt.save_dir, 'best.params')
         return 'the checkpoint of epoch %d%s in %s is kept' % (
-            epoch, ' and best.params' if os.path.isfile(best) else '', self.ckpt.save_dir)
+            self.saved_epoch, ' and best.params' if os.path.isfile(best) else '', self.ckpt.save_dir)
 
     def nonfinite_parameters(self):
         """Names of the parameters (network, BN statistics, trainable loss modules) holding a
@@ -506,7 +527,9 @@ class Engine:
         res['loss'] = loss_sum / max(n_total, 1)
         return res
 
-    def _end_epoch(self, epoch, stats):
+    def _end_epoch(self, epoch, stats, save=True):
+        """Log the epoch, check it is finite, rank it (when evaluated), append its metrics
+        line and, when ``save`` (an evaluation epoch), write the best file and the checkpoint."""
         terms = ' '.join('%s=%.4f' % kv for kv in stats['terms'].items())
         partial = ''
         if stats.get('iterations', self.iters_per_epoch) < self.iters_per_epoch:
@@ -526,6 +549,8 @@ class Engine:
         stats['best_top1'] = self.best_top1
         self.history.append(stats)
         if not self.is_writer:
+            if save and self.ckpt is not None:
+                self.saved_epoch = epoch + 1      # rank 0 wrote it (for the messages of every rank)
             return
         # Order (see engine/checkpoint.py): best, metrics line, checkpoint + pointer. A kill in
         # between leaves a checkpoint whose best exists; resume trims the metrics past it.
@@ -537,13 +562,14 @@ class Engine:
             os.makedirs(os.path.dirname(os.path.abspath(self.metrics_path)), exist_ok=True)
             with open(self.metrics_path, 'a') as f:
                 f.write(json.dumps(jsonable(stats), sort_keys=True) + '\n')
-        if self.ckpt is not None:
+        if self.ckpt is not None and save:
             meta = dict(self.run_info, global_step=self.global_step, best_top1=self.best_top1,
                         best_epoch=self.best_epoch, iters_per_epoch=self.iters_per_epoch,
                         seed=self.cfg.seed, config=_config_dict(self.cfg))
             if self.scaler is not None:
                 meta['loss_scaler'] = self.scaler.state_dict()
             self.ckpt.save(epoch + 1, self.net, self.trainer, meta, self.task.blocks())
+            self.saved_epoch = epoch + 1
 
 
 def reset_momentum(trainer):

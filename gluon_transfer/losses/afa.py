@@ -57,7 +57,7 @@ from ..errors import ConfigError
 from ..registry import REGULARIZERS
 from .l2sp import ParamPenalty
 from .taps import (check_tap_shapes, conv_paths, is_mobilenetv2, mobilenetv2_taps, stage_end_taps,
-                   MOBILENETV2_TAP_CHANNELS, MOBILENETV2_TAP_STRIDES)
+                   MOBILENETV2_TAP_CHANNELS, MOBILENETV2_TAP_STRIDES, STAGE_END_STRIDES)
 from .transfer_common import head_keys, torch_linear_init
 
 __all__ = ['SpatialAttention', 'ChannelAttention', 'attention_hidden', 'afa_ast_per_sample',
@@ -87,20 +87,21 @@ def preset_for(model):
 
 # ------------------------------------------------------------------ taps
 def resnet_stage_end_taps(net):
-    """The last direct ``Conv2D`` child of the last block of every ``layer<K>`` stage
-    (``conv3`` of a bottleneck, ``conv2`` of a basic block): DELTA's taps
-    (:func:`gluon_transfer.losses.taps.stage_end_taps`)."""
+    """The last convolution of the main path of the last block of every residual stage
+    (``conv3`` of a bottleneck, ``conv2`` of a basic block, ``body.3`` of a CIFAR ResNet-v1
+    block): DELTA's taps (:func:`gluon_transfer.losses.taps.stage_end_taps`)."""
     try:
         return stage_end_taps(net)
     except ConfigError:
-        raise ConfigError('%s has neither layer1..layerN residual stages nor MobileNetV2 blocks: name the '
-                          'feature taps explicitly' % type(net).__name__) from None
+        raise ConfigError('%s has neither residual stages (layer1..layerN, or stage<K> blocks inside features) nor '
+                          'MobileNetV2 blocks: name the feature taps explicitly' % type(net).__name__) from None
 
 
 def default_taps(net):
-    """AFA's hooked layers for ``net``: ResNet-v1b -- the last convolution of the last block
-    of each ``layerK`` stage (raw output, before BN and the residual add: ``layer1.2.conv3``,
-    ``layer2.3.conv3``, ``layer3.22.conv3``, ``layer4.2.conv3`` for ``resnet101_v1b``);
+    """AFA's hooked layers for ``net``: ResNets -- the last convolution of the last block
+    of each stage (raw output, before BN and the residual add: ``layer1.2.conv3``,
+    ``layer2.3.conv3``, ``layer3.22.conv3``, ``layer4.2.conv3`` for ``resnet101_v1b``;
+    ``features.{2,3,4}.2.body.3`` for ``cifar_resnet20_v1``);
     MobileNetV2 -- the projection convs of blocks 5/9/13/17
     (:func:`gluon_transfer.losses.taps.mobilenetv2_taps`)."""
     return mobilenetv2_taps(net) if is_mobilenetv2(net) else resnet_stage_end_taps(net)
@@ -109,14 +110,15 @@ def default_taps(net):
 def check_taps(net, taps, input_size):
     """``[(C, H, W)]`` of ``taps`` at ``input_size``, checked: AFA's MobileNetV2 taps must
     have 32/64/96/320 channels (width 1.0) at strides 8/16/16/32, ResNet stage ends strides
-    4/8/16/32. Other tap lists are only checked to be square maps."""
+    4/8/16/32 (ImageNet ResNets, 4 stages) or 1/2/4 (CIFAR ResNets, 3 stages). Other tap
+    lists are only checked to be square maps."""
     taps = list(taps)
     if is_mobilenetv2(net) and taps == mobilenetv2_taps(net):
         widths = [conv_paths(net)[t]._channels for t in taps]
         channels = MOBILENETV2_TAP_CHANNELS if widths[-1] == 320 else None   # other multipliers: strides only
         return check_tap_shapes(net, taps, input_size, channels, MOBILENETV2_TAP_STRIDES)
-    if not is_mobilenetv2(net) and len(taps) == 4 and taps == resnet_stage_end_taps(net):
-        return check_tap_shapes(net, taps, input_size, None, (4, 8, 16, 32))
+    if not is_mobilenetv2(net) and len(taps) in STAGE_END_STRIDES and taps == resnet_stage_end_taps(net):
+        return check_tap_shapes(net, taps, input_size, None, STAGE_END_STRIDES[len(taps)])
     shapes = check_tap_shapes(net, taps, input_size)
     for t, (c, h, w) in zip(taps, shapes):
         if h != w:

@@ -8,10 +8,15 @@ convolution of a residual block, before its BatchNorm and before the residual ad
 AFDS and AFA hook ``layer1.2.conv3``, ``layer2.3.conv3``, ``layer3.22.conv3``,
 ``layer4.2.conv3`` of ResNet-101; transfer-methods.md §3.1, §4.1, §5.1).
 :func:`stage_end_taps` derives these names from the network's structure instead of a
-table per architecture: for every stage ``layerK`` (a child named ``layer<digits>``) it
-takes the stage's last block and that block's last direct ``Conv2D`` child -- ``conv3`` of
-a ``BottleneckV1b``, ``conv2`` of a ``BasicBlockV1b`` (so ResNet-18/34-v1b get the
-analogous taps; the downsample branch is a Sequential, never a direct child).
+table per architecture: for every residual stage (:func:`residual_stages`: the children
+``layer<K>`` of a ResNet-v1b, or the ``stage<K>_`` blocks inside ``features`` of GluonCV's
+ResNet-v1/v2 and CIFAR ResNets) it takes the stage's last block and the last convolution
+of that block's main path (:func:`last_main_conv`) -- ``conv3`` of a ``BottleneckV1b``,
+``conv2`` of a ``BasicBlockV1b`` (ResNet-18/34-v1b get the analogous taps), ``body.3`` of
+a ``CIFARBasicBlockV1`` and ``conv2`` of a ``CIFARBasicBlockV2``; the ``downsample`` and
+``se`` branches are never taken. ``cifar_resnet20_v1``: ``features.2.2.body.3``,
+``features.3.2.body.3``, ``features.4.2.body.3``, 16/32/64 channels at strides 1/2/4
+(32/16/8 px maps at 32 px); ``cifar_resnet56_v1``: the same with block ``8``.
 
 MobileNetV2 (AFA)
 -----------------
@@ -52,7 +57,7 @@ from mxnet import gluon
 from ..errors import ConfigError
 from ..registry import unknown_name_message
 
-__all__ = ['conv_paths', 'stage_end_taps', 'conv_output_shapes', 'check_tap_shapes', 'TapNet', 'bottleneck_taps',
+__all__ = ['conv_paths', 'residual_stages', 'last_main_conv', 'stage_end_taps', 'STAGE_END_STRIDES', 'conv_output_shapes', 'check_tap_shapes', 'TapNet', 'bottleneck_taps',
            'linear_bottlenecks', 'is_mobilenetv2', 'mobilenetv2_taps', 'TORCHVISION_MOBILENETV2_BLOCKS',
            'MOBILENETV2_TAP_CHANNELS', 'MOBILENETV2_TAP_STRIDES']
 
@@ -72,29 +77,78 @@ def conv_paths(net):
 
 
 _STAGE = re.compile(r'^layer(\d+)$')
+_STAGE_PREFIX = re.compile(r'stage(\d+)_$')
+# Children of a residual block that are not its main path: the shortcut projection and a
+# squeeze-and-excitation branch (whose 1x1 convs would otherwise come last).
+_SIDE_BRANCHES = ('downsample', 'se')
+
+
+def residual_stages(net):
+    """``[(path, stage block)]`` of the residual stages of ``net``, in stage order:
+
+    * GluonCV ResNet-v1b (and our AFS variant): the children ``layer1``, ``layer2``, ...;
+    * GluonCV ResNet-v1/v2 and the CIFAR ResNets (``cifar_resnet20_v1``...): the children
+      of a child Sequential (``features``) whose prefix ends in ``stage<K>_``
+      (``features.2``, ``features.3``, ``features.4`` of ``cifar_resnet20_v1``).
+
+    Empty when the network has neither."""
+    stages = sorted(((int(m.group(1)), name, child) for name, child in net._children.items()
+                     for m in [_STAGE.match(name)] if m), key=lambda t: t[0])
+    if not stages:
+        found = {}
+        for name, child in net._children.items():
+            for cname, sub in child._children.items():
+                m = _STAGE_PREFIX.search(sub.prefix)
+                if m and int(m.group(1)) not in found:
+                    found[int(m.group(1))] = ('%s.%s' % (name, cname), sub)
+        stages = [(k,) + found[k] for k in sorted(found)]
+    return [(path, block) for _, path, block in stages]
+
+
+def last_main_conv(block, path=''):
+    """Structural path (below ``path``) of the last ``Conv2D`` on the main path of a residual
+    block: its last direct ``Conv2D`` child if it has one (``conv3`` of ``BottleneckV1b``,
+    ``conv2`` of ``BasicBlockV1b`` / ``CIFARBasicBlockV2``), else the last one inside its
+    child Sequentials (``body.3`` of ``CIFARBasicBlockV1``, ``body.6`` of ``BottleneckV1``);
+    the ``downsample`` and ``se`` branches are never taken. None when there is none."""
+    direct = [n for n, c in block._children.items() if isinstance(c, gluon.nn.Conv2D)]
+    if direct:
+        return path + direct[-1]
+    found = None
+    for name, child in block._children.items():
+        if name in _SIDE_BRANCHES:
+            continue
+        sub = last_main_conv(child, path + name + '.')
+        if sub is not None:
+            found = sub
+    return found
 
 
 def stage_end_taps(net):
-    """Default feature taps: the last direct Conv2D child of the last block of each
-    ``layer<K>`` stage, e.g. ``['layer1.2.conv3', 'layer2.3.conv3', 'layer3.5.conv3',
-    'layer4.2.conv3']`` for resnet50_v1b."""
-    stages = sorted(((int(m.group(1)), name) for name in net._children
-                     for m in [_STAGE.match(name)] if m), key=lambda t: t[0])
+    """Default feature taps: the last convolution of the main path of the last block of each
+    residual stage (:func:`residual_stages`, :func:`last_main_conv`), e.g.
+    ``['layer1.2.conv3', 'layer2.3.conv3', 'layer3.5.conv3', 'layer4.2.conv3']`` for
+    resnet50_v1b and ``['features.2.2.body.3', 'features.3.2.body.3', 'features.4.2.body.3']``
+    (16/32/64 channels at strides 1/2/4) for cifar_resnet20_v1."""
     taps = []
-    for _, sname in stages:
-        stage = net._children[sname]
+    for spath, stage in residual_stages(net):
         blocks = list(stage._children.items())
         if not blocks:
             continue
         bname, block = blocks[-1]
-        convs = [n for n, c in block._children.items() if isinstance(c, gluon.nn.Conv2D)]
-        if convs:
-            taps.append('%s.%s.%s' % (sname, bname, convs[-1]))
+        conv = last_main_conv(block, '%s.%s.' % (spath, bname))
+        if conv is not None:
+            taps.append(conv)
     if not taps:
-        raise ConfigError('%s has no layer1..layerN residual stages: default feature taps are '
-                          'defined for GluonCV ResNet-v1b networks; name convolutions with --taps'
+        raise ConfigError('%s has no residual stages (layer1..layerN, or stage<K> blocks inside features): default '
+                          'feature taps are defined for GluonCV ResNets; name convolutions with --taps'
                           % type(net).__name__)
     return taps
+
+
+# Strides of the stage-end taps (input size / map size): ImageNet ResNets (4 stages, stem
+# stride 4) and CIFAR ResNets (3 stages, no stem downsampling).
+STAGE_END_STRIDES = {4: (4, 8, 16, 32), 3: (1, 2, 4)}
 
 
 def _tap_symbols(net, names, dtype='float32'):

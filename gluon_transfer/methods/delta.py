@@ -113,7 +113,7 @@ def channel_importance(args, ctx, model_kwargs, head_epochs=10, num_batches=4, l
     gamma = math.exp(math.log(0.1) / 6.0)
     cfg = FitConfig(num_epochs=head_epochs, optimizer='sgd', lr=0.01, momentum=0.9, wd=1e-4, lr_mode='step',
                     lr_decay=gamma, lr_decay_epochs=tuple(range(1, head_epochs)), mode=args.mode,
-                    log_interval=args.log_interval, seed=args.seed)
+                    log_interval=args.log_interval, seed=args.seed, val_interval=head_epochs)
     engine = Engine(net, Classify(), ctx, cfg, data.train, data.val, data.num_classes, logger=log)
     engine.fit()
     data.train.set_epoch(head_epochs)
