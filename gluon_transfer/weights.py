@@ -145,6 +145,50 @@ def params_roots():
     return roots
 
 
+def file_sha1(path, chunk=1 << 20):
+    """SHA-1 hex digest of the file at ``path``."""
+    import hashlib
+    h = hashlib.sha1()
+    with open(path, 'rb') as f:
+        for block in iter(lambda: f.read(chunk), b''):
+            h.update(block)
+    return h.hexdigest()
+
+
+def project_networks(manifest=None):
+    """The networks this project trained and ships in ``params/`` (the manifest's
+    ``networks`` list): dicts with ``name`` (the ``get_model(name, pretrained=True)`` name),
+    ``file`` (relative to the manifest's folder), ``model`` and ``kwargs`` (what it is built
+    with), ``dataset``, ``classes`` (the CIFAR-10 class indices of the head, in order),
+    ``sha1``, ``size_bytes``, ``val_top1``, ``val_set``, ``command``, ``cpu`` and ``date``."""
+    import json
+    path = manifest or MANIFEST_PATH
+    try:
+        with open(path) as f:
+            return json.load(f).get('networks', [])
+    except (OSError, ValueError) as err:
+        raise CheckpointError('cannot read the published-params manifest %s: %s' % (path, err)) from None
+
+
+def resolve_project_network(name, manifest=None):
+    """``(entry, path)`` of the shipped network ``name``, its file checked against the
+    manifest's SHA-1 (a changed, truncated or corrupt file is refused by name); ``(None,
+    None)`` when ``name`` is not one of them."""
+    path = manifest or MANIFEST_PATH
+    for entry in project_networks(path):
+        if entry['name'] != name:
+            continue
+        fpath = os.path.join(os.path.dirname(os.path.abspath(path)), *entry['file'].split('/'))
+        if not os.path.isfile(fpath):
+            raise CheckpointError('published network %r: %s is missing (a partial checkout?)' % (name, fpath))
+        digest = file_sha1(fpath)
+        if digest != entry['sha1']:
+            raise CheckpointError('published network %r: %s has SHA-1 %s, the manifest says %s (corrupt or replaced '
+                                  'file)' % (name, fpath, digest, entry['sha1']))
+        return entry, fpath
+    return None, None
+
+
 def published_params(manifest=None):
     """The manifest's entries (list of dicts: file, model, kwargs, fusion, dataset, labels, dtype,
     size_bytes, size_mb, reported, ...)."""

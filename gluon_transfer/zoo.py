@@ -33,11 +33,23 @@ def get_model(name, pretrained=False, params=None, ctx=None, **kwargs):
     Registered gluon_transfer models take precedence; any other name goes to
     ``gluoncv.model_zoo.get_model``. ``params=FILE`` loads a local ``.params`` file with
     key/shape checks (:func:`gluon_transfer.weights.load_params`). ``pretrained=True``
-    never downloads: registered models look their file up in the published-params
-    manifest, GluonCV models need the exact zoo file already in ``$MXNET_HOME/models``.
+    never downloads: the networks this project ships (``params/manifest.json``, list
+    ``networks``: e.g. ``cifar5_resnet20_v1``) load from ``params/`` after a SHA-1 check;
+    registered models look their file up in the published-params manifest, GluonCV models
+    need the exact zoo file already in ``$MXNET_HOME/models``.
     Unknown names raise :class:`ConfigError` listing close matches.
     """
     _register_builtin()
+    if pretrained:
+        from .weights import resolve_project_network
+        entry, path = resolve_project_network(name)
+        if entry is not None:
+            # one of the networks shipped in params/: its architecture and head are fixed
+            for key, value in kwargs.items():
+                if key in entry['kwargs'] and entry['kwargs'][key] != value:
+                    raise ConfigError('published network %r has %s=%r; got %s=%r'
+                                      % (name, key, entry['kwargs'][key], key, value))
+            return get_model(entry['model'], params=params or path, ctx=ctx, **dict(entry['kwargs'], **kwargs))
     if name in MODELS:
         factory = MODELS.get(name)
         if pretrained:
