@@ -1,9 +1,6 @@
 """AFA (attentive feature alignment): the AST/ACT losses against numpy, their engine units
 through the generic Transfer task, tap resolution (ResNet, MobileNetV2), the stage-2 source,
 export. train_transfer.py runs: tests/test_afa_train.py."""
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -20,8 +17,6 @@ from gluon_transfer.losses import (SpatialAttention, ChannelAttention, afa_ast_l
 from gluon_transfer.losses.transfer_common import bottleneck_taps
 from gluon_transfer.registry import REGULARIZERS
 from gluon_transfer.zoo import get_model
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 # ------------------------------------------------------------------ numpy references
@@ -419,15 +414,3 @@ def test_holdout_split_is_class_balanced_and_disjoint(tmp_path):
     # 25 % of 10 records per class, rounded half up: 3 per class held out.
     assert np.bincount(b.labels.astype(int)).tolist() == [3, 3, 3, 3]
     assert a.num_records == 28 and not set(a.keys.tolist()) & set(b.keys.tolist())
-
-
-@pytest.mark.slow
-def test_visualize_ast_writes_png(tmp_path):
-    """tools/visualize_attention.py's ``ast`` subcommand (tools/visualize_ast.py)."""
-    out = tmp_path / 'ast.png'
-    cmd = [sys.executable, os.path.join(ROOT, 'tools', 'visualize_attention.py'), 'ast', '--model', 'resnet18_v1b',
-           '--num-images', '2', '--input-size', '64', '--out', str(out), '--seed', '0']
-    r = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT))
-    assert r.returncode == 0, r.stderr
-    with open(out, 'rb') as f:
-        assert f.read(8) == b'\x89PNG\r\n\x1a\n'

@@ -312,33 +312,3 @@ def test_cli_flags_reference_cifar_recipe():
         cli.distill_task_factory(cli.parse_args(p, ['--beta', '1e3']))
     assert cli.distill_task_factory(cli.parse_args(p, [])) is None
 
-
-# ----------------------------------------------------------------- tools/visualize_attention.py
-def test_visualize_attention_writes_png(tmp_path):
-    import importlib.util
-    import os
-    import cv2
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    spec = importlib.util.spec_from_file_location('viz_tool', os.path.join(root, 'tools', 'visualize_attention.py'))
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
-    rng = np.random.RandomState(0)
-    images = []
-    for i in range(2):
-        path = str(tmp_path / ('img%d.png' % i))
-        cv2.imwrite(path, rng.randint(0, 256, (40, 36, 3)).astype(np.uint8))
-        images.append(path)
-    for name in ('wrn16_1', 'wrn16_2'):
-        net = gt.get_model(name)
-        net.initialize()
-        net(mx.nd.zeros((1, 3, 32, 32)))
-        net.save_parameters(str(tmp_path / (name + '.params')))
-    out = tmp_path / 'at.png'
-    assert tool.main(['--model', 'wrn16_1', '--params', str(tmp_path / 'wrn16_1.params'), '--teacher', 'wrn16_2',
-                      '--teacher-params', str(tmp_path / 'wrn16_2.params'), '--images'] + images +
-                     ['--out', str(out)]) == 0
-    assert out.read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
-    img = cv2.imread(str(out))
-    assert img.shape[1] > img.shape[0]            # 7 columns (input + 3 groups x 2), 2 rows
-    assert tool.main(['--model', 'wrn16_1', '--params', str(tmp_path / 'wrn16_1.params'), '--taps', 'stage9',
-                      '--images', images[0], '--out', str(tmp_path / 'x.png')]) == 2

@@ -222,24 +222,3 @@ def test_export_tool_fused_by_default(tmp_path, capsys):
             warnings.simplefilter('ignore', UserWarning)
             imported = mx.gluon.SymbolBlock.imports(prefix + '-symbol.json', ['data'], prefix + '-0000.params')
         np.testing.assert_allclose(imported(x).asnumpy(), want, rtol=1e-4, atol=1e-5)
-
-
-def test_visualize_tool_writes_png(tmp_path, capsys):
-    tool = load_tool('visualize_fusion')
-    out = str(tmp_path / 'vis' / 'f.png')
-    rc = tool.main(['--model', 'cifar_aff_resnet', '--blocks', '1', '--channel-times', '1', '--fusion', 'iaff',
-                    '--num-images', '2', '--out', out])
-    assert rc == 0 and os.path.getsize(out) > 1000
-    with open(out, 'rb') as f:
-        assert f.read(8) == b'\x89PNG\r\n\x1a\n'
-    assert '4 attention maps' in capsys.readouterr().out  # iAFF: w1, w2 for the first and last block
-    assert tool.main(['--model', 'cifar_aff_resnet', '--fusion', 'add', '--blocks', '1', '--out', out]) == 2
-    assert 'no AFF/iAFF block' in capsys.readouterr().err
-
-
-def test_visualize_tool_reads_recordio(tmp_path, cifar10_shared):
-    tool = load_tool('visualize_fusion')
-    out = str(tmp_path / 'rec.png')
-    rc = tool.main(['--model', 'cifar_aff_resnet', '--blocks', '1', '--channel-times', '1',
-                    '--rec', os.path.join(cifar10_shared, 'val.rec'), '--num-images', '2', '--out', out])
-    assert rc == 0 and os.path.isfile(out)

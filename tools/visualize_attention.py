@@ -1,49 +1,77 @@
 #!/usr/bin/env python
-"""Save a PNG grid of activation-based attention maps, student beside teacher, per group.
+"""Save a PNG of activation-based attention maps of a trained network, beside its teacher's.
 
-    python tools/visualize_attention.py --model wrn16_1 --params student.params \\
-        --teacher wrn16_2 --teacher-params teacher.params --images a.png b.png --out at.png
-    python tools/visualize_attention.py --model resnet18_v1b --params r18.params --dataset imagenet \\
+    .venv/bin/python tools/visualize_attention.py --model wrn16_1 --params runs/at_student/best.params \\
+        --teacher wrn16_2 --teacher-params runs/at_teacher/best.params \\
+        --rec data/cifar10_sample/val.rec --num-images 4          # -> runs/at_student/vis/attention.png
+    .venv/bin/python tools/visualize_attention.py --model resnet18_v1b --params r18.params --dataset imagenet \\
         --input-size 224 --classes 1000 --images dog.jpg --out at.png
 
-    python tools/visualize_attention.py ast --model resnet18_v1b --params source.params \\
-        --afa-params STAGE1_DIR/PREFIX-0015.extra.params --rec val.rec --input-size 32 --out ast.png
+    .venv/bin/python tools/visualize_attention.py ast --help     # AFA's learned spatial attention instead
 
-``ast`` as the first argument: AFA's learned spatial attention (stage 1) over the images
-instead (``tools/visualize_ast.py``; ``ast --help`` lists its options). Otherwise each map
-is ``at(x)`` of :func:`gluon_transfer.losses.attention_map` (channel mean of |x|^p,
-L2-normalised per image) at the tap's resolution, shown with its own colour scale.
-Taps default to every stage of the network (stage1..stage3 for CIFAR nets, stage1..stage4
-for ImageNet ResNets).
+Each map is the attention of attention transfer, ``at(x) = v / max(||v||_2, 1e-12)`` with
+``v = mean_c |x_c|^p`` over the channels of a feature map ``x`` (p = 2 by default;
+:func:`gluon_transfer.losses.attention_map`), at the tap's resolution. Each row is one image:
+the input, then for every tapped stage the network's map and, with ``--teacher``, the
+teacher's map of the same stage. The student and teacher maps of one stage share one colour
+scale (0 to the largest value over the images), with its colour bar below the column pair,
+so the two can be compared directly. Taps default to every stage of the network
+(stage1..stage3 for CIFAR WRNs and ResNets, stage1..stage4 for ImageNet ResNets).
+
+``ast`` as the first argument runs tools/visualize_ast.py (AFA, stage 1). Needs ``--params``
+(and ``--teacher-params`` with ``--teacher``) and images (``--rec FILE --num-images K`` or
+``--images``); ``--random`` allows random weights and generated images, and the title says so.
+The PNG goes to ``--out``, by default ``vis/attention.png`` in the folder of ``--params``.
+Errors are one line (``error: ...``, exit status 2).
 """
 import argparse
 import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-NORMALISE = {'cifar': ((125.3, 123.0, 113.9), (63.0, 62.1, 66.7)),      # attention-transfer cifar.py
-             'imagenet': ((123.675, 116.28, 103.53), (58.395, 57.12, 57.375))}
+import vis_common  # noqa: E402
 
-
-def load_images(paths, size, dataset):
-    from gluon_transfer.data.images import read_image_files, to_batch
-    raw = read_image_files(paths, size)
-    mean, std = NORMALISE[dataset]           # on the 0-255 scale
-    return raw, to_batch(raw, mean, std, scale=1.0)
+AT_LABEL = 'at(x) = mean_c |x|^p / ||.||_2'
 
 
-def build(name, params, classes, taps, ctx):
+def build_parser():
+    p = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
+    p.add_argument('--model', required=True, help='the network (student) name')
+    p.add_argument('--params', help="the network's weights (a save_parameters file, e.g. RUN/best.params)")
+    p.add_argument('--teacher', default=None, help='teacher network name (optional)')
+    p.add_argument('--teacher-params', default=None, help="the teacher's weights")
+    p.add_argument('--taps', default=None, help='taps, comma-separated (default: every stage)')
+    p.add_argument('--teacher-taps', default=None, help='teacher taps (default: as --taps)')
+    vis_common.add_image_args(p)
+    p.add_argument('--dataset', default='cifar10', help='normalisation preset (default %(default)s)')
+    p.add_argument('--input-size', type=int, default=32)
+    p.add_argument('--classes', type=int, default=10, help='classifier size of the weights (default %(default)s)')
+    p.add_argument('--p', type=float, default=2.0, help='attention map exponent (default %(default)s)')
+    vis_common.add_output_args(p, 'attention.png')
+    p.add_argument('--seed', type=int, default=0, help='random weights and generated images (with --random)')
+    return p
+
+
+def build(name, params, classes, taps, seed):
+    """``(FeatureTaps view, tap names)`` of network ``name`` with ``params`` (random weights
+    when None)."""
+    import mxnet as mx
     from gluon_transfer.nn.feature import FeatureTaps, stage_aliases
     from gluon_transfer.weights import load_params
     from gluon_transfer.zoo import get_model
     net = get_model(name, classes=classes)
-    load_params(net, params, ctx=ctx)
-    taps = taps or sorted(stage_aliases(net))
+    mx.random.seed(seed)
+    net.initialize(mx.init.Xavier(), ctx=mx.cpu())
+    if params:
+        load_params(net, params, ctx=[mx.cpu()])
+    taps = taps or tuple(sorted(stage_aliases(net)))
     return FeatureTaps(net, taps), taps
 
 
 def attention(view, x, p):
+    """``[(N, H, W) numpy]``: the attention map of every tap."""
     import mxnet as mx
     from gluon_transfer.losses import attention_map
     with mx.autograd.pause(train_mode=False):
@@ -51,74 +79,92 @@ def attention(view, x, p):
     return [attention_map(m, p).reshape((m.shape[0], m.shape[2], m.shape[3])).asnumpy() for m in maps]
 
 
-def plot(raw, student, teacher, taps, out, title):
+def make_figure(images, names, columns, title, p):
+    """``columns``: ``[[(panel title, maps (N, H, W)), ...] per stage]`` (one or two entries:
+    network, teacher). Returns the Figure; every panel titled, one colour bar per stage."""
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
-    cols = 1 + len(student) * (2 if teacher else 1)
-    fig, axes = plt.subplots(len(raw), cols, figsize=(2.0 * cols, 2.0 * len(raw)), squeeze=False)
-    for i, img in enumerate(raw):
-        axes[i][0].imshow(img)
-        axes[i][0].set_title('input' if i == 0 else '', fontsize=8)
-        c = 1
-        for g in range(len(student)):
-            for who, maps in (('student', student), ('teacher', teacher)):
-                if maps is None:
-                    continue
-                axes[i][c].imshow(maps[g][i], cmap='jet', interpolation='nearest')
-                if i == 0:
-                    axes[i][c].set_title('g%d %s\n%s' % (g, who, taps[who][g]), fontsize=7)
-                c += 1
+    ncols = 1 + sum(len(group) for group in columns)
+    rows = len(images)
+    fig, axes = plt.subplots(rows, ncols, figsize=(2.1 * ncols, 2.1 * rows + 1.3), squeeze=False,
+                             layout='constrained')
+    for r, img in enumerate(images):
+        axes[r][0].imshow(img)
+        axes[r][0].set_title(names[r], fontsize=7)
+    c = 1
+    bars = []
+    for group in columns:
+        vmax = max(float(maps.max()) for _, maps in group) or 1.0
+        first = c
+        for ptitle, maps in group:
+            for r in range(rows):
+                im = axes[r][c].imshow(maps[r], cmap='jet', vmin=0, vmax=vmax, interpolation='nearest')
+                axes[r][c].set_title('%s (%dx%d)' % (ptitle, maps.shape[1], maps.shape[2]), fontsize=7)
+            c += 1
+        bars.append((im, [axes[r][k] for r in range(rows) for k in range(first, c)]))
     for ax in axes.ravel():
-        ax.axis('off')
+        ax.set_xticks([])
+        ax.set_yticks([])
     fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
+    for im, axs in bars:
+        bar = fig.colorbar(im, ax=axs, orientation='horizontal', shrink=0.9, aspect=30)
+        bar.set_label('%s, p=%g' % (AT_LABEL, p), fontsize=7)
+    return fig
+
+
+def build_figure(argv=None):
+    """Parse ``argv``, run the network(s), return ``(figure, output path, panel titles)``."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = build_parser().parse_args(argv)
+    from gluon_transfer.data.datasets import get_preset
+    from gluon_transfer.data.images import to_batch
+    from gluon_transfer.errors import ConfigError
+    split = lambda t: tuple(s.strip() for s in t.split(',') if s.strip()) if t else ()  # noqa: E731
+    if args.teacher_params and not args.teacher:
+        raise ConfigError('--teacher-params given without --teacher (the teacher network name)')
+    random_weights = vis_common.check_weights(args, [
+        None if args.params else '--params',
+        '--teacher-params' if args.teacher and not args.teacher_params else None])
+    images, names, generated = vis_common.load_images(args, args.input_size)
+    preset = get_preset(args.dataset)
+    x = to_batch(images, preset.mean, preset.std, scale=1.0)          # preset mean/std are 0-255
+    view, s_taps = build(args.model, args.params, args.classes, split(args.taps), args.seed)
+    student = attention(view, x, args.p)
+    teacher, t_taps = None, ()
+    if args.teacher:
+        tview, t_taps = build(args.teacher, args.teacher_params, args.classes,
+                              split(args.teacher_taps) or split(args.taps), args.seed + 1)
+        teacher = attention(tview, x, args.p)
+        if len(teacher) != len(student):
+            raise ConfigError('%d network taps but %d teacher taps' % (len(student), len(teacher)))
+    columns = []
+    for g in range(len(student)):
+        group = [('%s %s' % (args.model, s_taps[g]), student[g])]
+        if teacher is not None:
+            group.append(('teacher %s %s' % (args.teacher, t_taps[g]), teacher[g]))
+        columns.append(group)
+    title = 'attention maps at(x) of %s%s%s\none colour scale per stage (network and teacher share it)' % (
+        args.model, (' and teacher %s' % args.teacher) if args.teacher else '',
+        vis_common.weights_note(random_weights, generated))
+    out = vis_common.output_path(args, args.params, 'attention.png')
+    fig = make_figure(images, names, columns, title, args.p)
+    return fig, out, [t for group in columns for t, _ in group]
 
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ['ast']:
-        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
         import visualize_ast
         return visualize_ast.main(argv[1:])
-    p = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
-    p.add_argument('--model', required=True, help='student network name')
-    p.add_argument('--params', required=True, help="the student's .params file")
-    p.add_argument('--teacher', default=None, help='teacher network name (optional)')
-    p.add_argument('--teacher-params', default=None)
-    p.add_argument('--taps', default=None, help='student taps, comma-separated (default: all stages)')
-    p.add_argument('--teacher-taps', default=None, help='teacher taps (default: as --taps)')
-    p.add_argument('--images', nargs='+', required=True)
-    p.add_argument('--dataset', default='cifar', choices=sorted(NORMALISE), help='normalisation preset')
-    p.add_argument('--input-size', type=int, default=32)
-    p.add_argument('--classes', type=int, default=10)
-    p.add_argument('--p', type=float, default=2.0, help='attention map exponent')
-    p.add_argument('--out', default='attention.png')
-    args = p.parse_args(argv)
-    import mxnet as mx
-    from gluon_transfer.errors import GluonTransferError, ConfigError
-    split = lambda t: tuple(s.strip() for s in t.split(',') if s.strip()) if t else ()  # noqa: E731
+    from gluon_transfer.errors import GluonTransferError
     try:
-        raw, x = load_images(args.images, args.input_size, args.dataset)
-        view, s_taps = build(args.model, args.params, args.classes, split(args.taps), [mx.cpu()])
-        student = attention(view, x, args.p)
-        teacher, t_taps = None, ()
-        if args.teacher:
-            if not args.teacher_params:
-                raise ConfigError('--teacher needs --teacher-params')
-            tview, t_taps = build(args.teacher, args.teacher_params, args.classes,
-                                  split(args.teacher_taps) or split(args.taps), [mx.cpu()])
-            teacher = attention(tview, x, args.p)
-            if len(teacher) != len(student):
-                raise ConfigError('%d student taps but %d teacher taps' % (len(student), len(teacher)))
-        plot(raw, student, teacher, {'student': s_taps, 'teacher': t_taps}, args.out,
-             '%s%s, p=%g' % (args.model, (' vs teacher %s' % args.teacher) if args.teacher else '', args.p))
+        fig, out, panels = build_figure(argv)
+        vis_common.save_figure(fig, out)
     except GluonTransferError as err:
         print('error: %s' % err, file=sys.stderr)
         return 2
-    print('wrote %s' % args.out)
+    print('wrote %s: %d maps per image (%s)' % (out, len(panels), ', '.join(panels)))
     return 0
 
 

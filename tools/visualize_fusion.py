@@ -1,13 +1,27 @@
 #!/usr/bin/env python
-"""Save a PNG of AFF/iAFF attention weights (mean over channels) for a few images.
+"""Save a PNG of the AFF/iAFF attention weights of a trained network over a few images.
 
-    python tools/visualize_fusion.py --model cifar_aff_resnet32 --params best.params \
-        --rec data/cifar10/val.rec --num-images 4 --out fusion.png
+    .venv/bin/python tools/visualize_fusion.py --model cifar_aff_resnet --blocks 1 --channel-times 1 \\
+        --params runs/aff/best.params --rec data/cifar10_sample/val.rec --num-images 4
+    # -> runs/aff/vis/fusion.png
 
-Each row is one image: the input, then for every chosen fusion block its MS-CAM weight map
-``mean_c w[c, h, w]`` (AFF: w = M(x + y); iAFF: w1 and w2). ``w`` near 1 favours the residual
-branch x, near 0 the shortcut y. Images come from a RecordIO file (gluon_transfer.data.images)
-or, without --rec, are random. Errors are one line (``error: ...``, exit status 2).
+Every AFF/iAFF block fuses ``x``, the residual branch's output (its first input), with ``y``,
+the shortcut (its second input), through the MS-CAM weight ``w = M(.)`` in [0, 1], per
+channel and position (gluon_transfer/nn/fusion.py)::
+
+    AFF:   w = M(x + y)                      out = 2 * (w * x + (1 - w) * y)
+    iAFF:  w1 = M1(x + y),  xi = w1 * x + (1 - w1) * y
+           w2 = M2(xi)                       out = w2 * x + (1 - w2) * y
+
+So ``w`` is the weight given to the residual branch x and ``1 - w`` the weight given to the
+shortcut y: near 1 the block passes the residual branch, near 0 the shortcut. Each row is
+one image: the input, then, for every chosen block, ``mean_c w[c, h, w]`` at the block's
+resolution (iAFF: w1 and w2), all on one colour scale from 0 to 1.
+
+Needs ``--params`` (a trained network) and images (``--rec FILE --num-images K`` or
+``--images``); ``--random`` draws a randomly initialised network on generated images instead,
+and the title says so. The PNG goes to ``--out``, by default ``vis/fusion.png`` in the folder
+of ``--params``. Errors are one line (``error: ...``, exit status 2).
 """
 import argparse
 import os
@@ -15,9 +29,11 @@ import sys
 import warnings
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)
-IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+import vis_common  # noqa: E402
+
+W_LABEL = 'w: weight of x (residual branch); 1 - w goes to y (shortcut)'
 
 
 def fusion_blocks(net):
@@ -35,94 +51,113 @@ def fusion_blocks(net):
     return found
 
 
-def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-    p.add_argument('--model', default='cifar_aff_resnet32')
-    p.add_argument('--params', help='a save_parameters file (random weights without it)')
-    p.add_argument('--fusion', help='model option fusion (add/aff/iaff) for generic model names')
-    p.add_argument('--blocks', type=int, help='model option blocks for generic CIFAR names')
-    p.add_argument('--channel-times', type=int, help='model option channel_times')
-    p.add_argument('--classes', type=int)
-    p.add_argument('--rec', help='RecordIO file with images (random images without it)')
-    p.add_argument('--num-images', type=int, default=4)
-    p.add_argument('--size', type=int, default=32, help='input size (default %(default)s)')
+def build_parser():
+    from gluon_transfer import cli
+    p = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
+    p.add_argument('--model', default='cifar_aff_resnet32', help='an AFF/iAFF network (default %(default)s)')
+    p.add_argument('--params', help='the trained network (a save_parameters file, e.g. RUN/best.params)')
+    p.add_argument('--classes', type=int, default=10, help='classifier size of --params (default %(default)s)')
+    cli.add_model_options(p.add_argument_group('model options (as given to the training script)'))
+    vis_common.add_image_args(p)
+    p.add_argument('--dataset', default=None, help='normalisation preset (default: cifar10 up to 64 px, else imagenet)')
+    p.add_argument('--size', '--input-size', dest='size', type=int, default=32, help='input size (default %(default)s)')
     p.add_argument('--block', action='append',
-                   help='structural path of a fusion block to show (repeatable; default: first and last)')
-    p.add_argument('--out', default='fusion.png')
-    p.add_argument('--seed', type=int, default=0)
-    args = p.parse_args(argv)
+                   help='structural path of a fusion block to show (repeatable; default: the first and the last)')
+    vis_common.add_output_args(p, 'fusion.png')
+    p.add_argument('--seed', type=int, default=0, help='random weights and generated images (with --random)')
+    return p
+
+
+def make_figure(images, names, panels, title):
+    """``panels``: ``[(title, maps (N, H, W) in [0, 1])]``. Returns the Figure: one row per
+    image, the input then every panel, each titled, one colour bar labelled with what w is."""
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    rows, cols = len(images), 1 + len(panels)
+    fig, axes = plt.subplots(rows, cols, figsize=(2.3 * cols + 1.2, 2.3 * rows + 0.9), squeeze=False,
+                             layout='constrained')
+    im = None
+    for r, img in enumerate(images):
+        axes[r][0].imshow(img)
+        axes[r][0].set_title(names[r], fontsize=7)
+        for c, (ptitle, maps) in enumerate(panels, 1):
+            im = axes[r][c].imshow(maps[r], vmin=0, vmax=1, cmap='coolwarm', interpolation='nearest')
+            axes[r][c].set_title('%s (%dx%d)' % (ptitle, maps.shape[1], maps.shape[2]), fontsize=7)
+        for ax in axes[r]:
+            ax.set_xticks([])
+            ax.set_yticks([])
+    fig.suptitle(title, fontsize=9)
+    bar = fig.colorbar(im, ax=[ax for row in axes for ax in row[1:]], shrink=0.8, aspect=40)
+    bar.set_label('mean over channels of ' + W_LABEL, fontsize=7)
+    return fig
+
+
+def build_figure(argv=None):
+    """Parse ``argv``, run the network, return ``(figure, output path, panel titles)``."""
+    args = build_parser().parse_args(argv)
     with warnings.catch_warnings():
         warnings.simplefilter('ignore', DeprecationWarning)
         import mxnet as mx
-        import matplotlib
-        matplotlib.use('Agg')
-        import matplotlib.pyplot as plt
-        import gluon_transfer as gt
-        from gluon_transfer.errors import ConfigError, GluonTransferError
+        from gluon_transfer import cli
+        from gluon_transfer.data.datasets import get_preset
+        from gluon_transfer.data.images import to_batch
+        from gluon_transfer.errors import ConfigError
+        from gluon_transfer.nn.fusion import AFF
         from gluon_transfer.weights import load_params
-        from gluon_transfer.data.images import read_record_images, generated_images, to_batch
-    try:
-        if args.num_images < 1:
-            raise ConfigError('--num-images must be >= 1')
-        kwargs = {k: v for k, v in (('fusion', args.fusion), ('blocks', args.blocks),
-                                     ('channel_times', args.channel_times), ('classes', args.classes)) if v is not None}
-        net = gt.get_model(args.model, **kwargs)
-        net.initialize(mx.init.Xavier(), ctx=mx.cpu())
-        if args.params:
-            load_params(net, args.params)
-        blocks = fusion_blocks(net)
-        if not blocks:
-            raise ConfigError('%s has no AFF/iAFF block to show (fusion add?)' % args.model)
-        by_path = dict(blocks)
-        if args.block:
-            for path in args.block:
-                if path not in by_path:
-                    raise ConfigError('no fusion block %r; valid: %s' % (path, ', '.join(by_path)))
-            chosen = [(path, by_path[path]) for path in args.block]
-        else:
-            chosen = [blocks[0]] if len(blocks) == 1 else [blocks[0], blocks[-1]]
-        if args.rec:
-            images = read_record_images(args.rec, args.num_images, args.size)
-        else:
-            images = generated_images(args.num_images, args.size, args.seed, smooth=False)
-        mean, std = (CIFAR_MEAN, CIFAR_STD) if args.size <= 64 else (IMAGENET_MEAN, IMAGENET_STD)
-        x = mx.nd.array(to_batch(images, mean, std))
+        from gluon_transfer.zoo import get_model
+    random_weights = vis_common.check_weights(args, [None if args.params else '--params'])
+    images, names, generated = vis_common.load_images(args, args.size)
+    net = get_model(args.model, classes=args.classes, **cli.model_kwargs(args))
+    mx.random.seed(args.seed)
+    net.initialize(mx.init.Xavier(), ctx=mx.cpu())
+    if args.params:
+        load_params(net, args.params)
+    blocks = fusion_blocks(net)
+    if not blocks:
+        raise ConfigError('%s has no AFF/iAFF block to show (fusion add?)' % args.model)
+    by_path = dict(blocks)
+    if args.block:
+        for path in args.block:
+            if path not in by_path:
+                raise ConfigError('no fusion block %r; valid: %s' % (path, ', '.join(by_path)))
+        chosen = [(path, by_path[path]) for path in args.block]
+    else:
+        chosen = [blocks[0]] if len(blocks) == 1 else [blocks[0], blocks[-1]]
+    preset = get_preset(args.dataset or ('cifar10' if args.size <= 64 else 'imagenet'))
+    x = mx.nd.array(to_batch(images, preset.mean, preset.std, scale=1.0))
 
-        captured = {}
-        handles = []
-        for path, block in chosen:
-            def hook(blk, inputs, path=path):
-                captured[path] = inputs
-            handles.append(block.register_forward_pre_hook(hook))
-        net(x)  # imperative (not hybridized), so the hooks fire
-        for h in handles:
-            h.detach()
+    captured, handles = {}, []
+    for path, block in chosen:
+        def hook(blk, inputs, path=path):
+            captured[path] = inputs
+        handles.append(block.register_forward_pre_hook(hook))
+    with mx.autograd.predict_mode():
+        net(x)  # imperative (never hybridized here), so the pre-hooks see (x, y)
         panels = []
         for path, block in chosen:
             weights = block.attention_weights(*captured[path])
+            kind = 'AFF' if isinstance(block, AFF) else 'iAFF'
             for i, w in enumerate(weights):
-                tag = '' if len(weights) == 1 else ' w%d' % (i + 1)
-                panels.append(('%s%s' % (path.replace('.attention', ''), tag), w.mean(axis=1).asnumpy()))
-        rows, cols = len(images), 1 + len(panels)
-        fig, axes = plt.subplots(rows, cols, figsize=(2.2 * cols, 2.2 * rows), squeeze=False)
-        for r, img in enumerate(images):
-            axes[r][0].imshow(img)
-            axes[r][0].set_title('input' if r == 0 else '')
-            for c, (title, maps) in enumerate(panels, 1):
-                im = axes[r][c].imshow(maps[r], vmin=0, vmax=1, cmap='viridis')
-                if r == 0:
-                    axes[r][c].set_title(title, fontsize=7)
-            for ax in axes[r]:
-                ax.axis('off')
-        fig.colorbar(im, ax=[ax for row in axes for ax in row[1:]], shrink=0.6, label='mean over channels of w')
-        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-        fig.savefig(args.out, dpi=100)
-        plt.close(fig)
-        print('wrote %s: %d images x %d attention maps (%s)' % (args.out, rows, len(panels),
-                                                               ', '.join(t for t, _ in panels)))
+                tag = 'w' if len(weights) == 1 else 'w%d' % (i + 1)
+                panels.append(('%s %s %s' % (path.replace('.attention', ''), kind, tag), w.mean(axis=1).asnumpy()))
+    for h in handles:
+        h.detach()
+    title = '%s: MS-CAM fusion weights, mean over channels%s\n%s; AFF out = 2(w x + (1-w) y), iAFF out = w2 x + (1-w2) y' % (
+        args.model, vis_common.weights_note(random_weights, generated), W_LABEL)
+    out = vis_common.output_path(args, args.params, 'fusion.png')
+    return make_figure(images, names, panels, title), out, [t for t, _ in panels]
+
+
+def main(argv=None):
+    from gluon_transfer.errors import GluonTransferError
+    try:
+        fig, out, panels = build_figure(argv)
+        vis_common.save_figure(fig, out)
     except GluonTransferError as err:
         print('error: %s' % err, file=sys.stderr)
         return 2
+    print('wrote %s: %d attention maps per image (%s)' % (out, len(panels), ', '.join(panels)))
     return 0
 
 
