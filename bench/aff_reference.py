@@ -1,8 +1,8 @@
 """Reference-style AFF/iAFF fusion blocks, for side-by-side benchmarks only.
 
 These re-derive the formulation of open-aff's MXNet blocks (``ASKCFuse`` and
-``ResGlobLocaforGlobLocaChaFuse``, model/fusion.py at 0bcfd8a) from the description in
-``shared/reference/open-aff.md`` section 2 -- not copied code -- so that ``bench_aff.py`` can time
+``ResGlobLocaforGlobLocaChaFuse``, model/fusion.py at 0bcfd8a) from their equations and
+operator sequence -- not copied code -- so that ``bench_aff.py`` can time
 the reference's way of computing the same function in the same run as ours:
 
 - the attention input ``x + y`` and the local + global logits are added with broadcasting

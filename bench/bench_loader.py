@@ -4,8 +4,9 @@
     python bench/bench_loader.py [--cifar DIR] [--seconds 8] [--skip-index] [--cifar-only]
 
 Measures, and prints as a Markdown table:
-* CIFAR preset training iterator (pad-4 crop + mirror + normalise, batch 128) on the shared
-  CIFAR-10 (../shared/data/cifar10) when present, else on data/cifar10_sample;
+* CIFAR preset training iterator (pad-4 crop + mirror + normalise, batch 128) on the full
+  CIFAR-10 RecordIO set (``--cifar``; default ``~/.mxnet/datasets/cifar10`` when present,
+  else data/cifar10_sample);
 * ImageNet preset training (random resized crop, colour jitter, PCA noise) and evaluation
   (resize 256 + centre crop 224) iterators, batch 32, on 200 generated ~300 px JPEGs packed
   with ``pack(..., resize=256)`` (packing time with 1 and 2 processes is reported too);
@@ -87,8 +88,8 @@ def main():
     rows = []
     cifar = args.cifar
     if cifar is None:
-        shared = os.path.join(ROOT, '..', 'shared', 'data', 'cifar10')
-        cifar = shared if os.path.isfile(os.path.join(shared, 'train.rec')) else os.path.join(ROOT, 'data', 'cifar10_sample')
+        from bench.common import cifar10_dir
+        cifar = cifar10_dir('train.rec')
     cifar = os.path.normpath(cifar)
     t = time.time()
     data = build_data('cifar10', data_dir=cifar, batch_size=128, verify=False)

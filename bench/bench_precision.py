@@ -10,10 +10,10 @@ validation accuracy of one trained float32 checkpoint evaluated both ways.
   the same architecture built after ``amp.init(target_dtype='bfloat16')`` (AMP patches the
   operators globally, so each precision trains in its own process; processes alternate);
 * accuracy: a float32 checkpoint trained for ``--train-iters`` iterations on the CIFAR-10 set in
-  ``../shared/data/cifar10`` (else the bundled sample), cached in ``bench/out/`` and reused,
+  ``--data-dir`` (default ``~/.mxnet/datasets/cifar10`` when present, else the bundled sample), cached in ``bench/out/`` and reused,
   evaluated on the validation set in float32 and in bfloat16 (same images, same weights).
 
-Decision rule (issue 8): bfloat16 becomes the default for inference benchmarks only if its
+Decision rule: bfloat16 becomes the default for inference benchmarks only if its
 inference is faster AND ``|top-1(bf16) - top-1(fp32)| < 0.2`` points. The rule is applied on
 every run and the decision is printed, returned as a row and written to
 ``bench/out/precision_decision.json``.
@@ -39,7 +39,7 @@ MAX_ACC_DIFF = 0.2   # points of top-1
 
 
 def decide(fp32_infer, bf16_infer, acc_diff_points):
-    """The issue's rule: bf16 for inference benchmarks iff faster and |accuracy diff| < 0.2 points."""
+    """The rule: bf16 for inference benchmarks iff faster and |accuracy diff| < 0.2 points."""
     faster = bf16_infer > fp32_infer
     close = abs(acc_diff_points) < MAX_ACC_DIFF
     if faster and close:
@@ -147,8 +147,8 @@ def main():
 
     data_dir = a.data_dir
     if data_dir is None:
-        shared = os.path.normpath(os.path.join(ROOT, '..', 'shared', 'data', 'cifar10'))
-        data_dir = shared if os.path.isfile(os.path.join(shared, 'val.rec')) else os.path.join(ROOT, 'data', 'cifar10_sample')
+        from bench.common import cifar10_dir
+        data_dir = cifar10_dir('val.rec')
 
     ckpt, how = trained_checkpoint(a, data_dir)
     fp32 = build(a.model)
@@ -181,7 +181,7 @@ def main():
             row(S, 'training bf16 / fp32', train['bfloat16'] / train['float32'], 'x',
                 'medians of %d processes each, ABBA order' % a.rounds),
             row(S, 'val top-1 fp32', acc32, '%', '%d val images of %s; checkpoint %s' % (
-                n, os.path.relpath(data_dir, ROOT), how)),
+                n, os.path.basename(os.path.normpath(data_dir)), how)),
             row(S, 'val top-1 bf16', acc16, '%', 'same checkpoint, same images'),
             row(S, 'val top-1 diff bf16 - fp32', diff, 'points', 'rule: abs(diff) < %.1f' % MAX_ACC_DIFF),
             row(S, 'bf16 default for inference benchmarks', float(use_bf16), 'bool', why)]

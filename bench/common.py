@@ -12,6 +12,17 @@ import time
 ROW_KEYS = ('section', 'name', 'value', 'unit', 'note')
 
 
+def cifar10_dir(needed='train.rec'):
+    """The full CIFAR-10 RecordIO folder when it holds ``needed``: the cifar10 preset's default
+    folder (``~/.mxnet/datasets/cifar10``, where the training scripts look without
+    ``--data-dir``); otherwise the bundled 4,000/1,000-image sample ``data/cifar10_sample``."""
+    from gluon_transfer.data.datasets import get_preset
+    full = os.path.expanduser(get_preset('cifar10').default_dir)
+    if os.path.isfile(os.path.join(full, needed)):
+        return full
+    return os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'data', 'cifar10_sample')
+
+
 def row(section, name, value, unit, note=''):
     return {'section': section, 'name': name, 'value': float(value), 'unit': unit, 'note': note}
 

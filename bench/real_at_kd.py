@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """A short real comparison of student alone, AT, KD and AT+KD on CIFAR-10 (CPU budget).
 
-    python bench/real_at_kd.py [--data-dir ../shared/data/cifar10] [--fraction 0.2] [--epochs 5]
+    .venv/bin/python bench/real_at_kd.py [--data-dir ~/.mxnet/datasets/cifar10] [--fraction 0.2] [--epochs 5]
 
 Trains a WRN-16-2 teacher, then four WRN-16-1 students with the same schedule and seed:
 alone, AT (beta 1e3), KD (alpha 0.9, T 4) and AT+KD, all through train_cifar.py, on a
@@ -39,7 +39,8 @@ def train(name, extra, args):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
-    ap.add_argument('--data-dir', default=os.path.join(ROOT, '..', 'shared', 'data', 'cifar10'))
+    ap.add_argument('--data-dir', default=os.path.expanduser('~/.mxnet/datasets/cifar10'),
+                    help='the full CIFAR-10 RecordIO folder (45k/5k split; default %(default)s)')
     ap.add_argument('--fraction', type=float, default=0.2)
     ap.add_argument('--epochs', type=int, default=5)
     ap.add_argument('--out', default=os.path.join(HERE, 'out', 'real_at_kd'))

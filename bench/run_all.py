@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """The benchmark suite: every section in its own process, one table, one chart.
 
-    python bench/run_all.py [--quick] [--only NAME ...] [--update-readme]     # `make bench`
+    .venv/bin/python bench/run_all.py [--quick] [--only NAME ...] [--update-readme]     # `make bench`
 
 Each section is a ``bench/bench_*.py`` run as a subprocess (so bfloat16 AMP, kvstore or
 oneDNN state never leaks between sections) with ``--json PATH``; it writes rows
@@ -12,9 +12,9 @@ each section's own printout goes to ``bench/out/<name>.md``. A section that fail
 or does not support ``--json`` is reported as failed/skipped with the reason, and the other
 sections still run; the exit status is 1 if any section failed. A section may instead write
 ``{"skipped": "why"}`` when it cannot run on this machine (the ``torch`` section without a
-separate PyTorch environment); it is listed as skipped with that reason. ``--update-readme`` replaces
-the block between ``<!-- bench-results:start -->`` and ``<!-- bench-results:end -->`` in
-README.md with the table and the command that produced it.
+separate PyTorch environment); it is listed as skipped with that reason. ``--update-readme [FILE]``
+replaces the block between ``<!-- bench-results:start -->`` and ``<!-- bench-results:end -->``
+in docs/benchmarks.md (or FILE) with the table and the command that produced it.
 
 ``--quick`` took 3.5 minutes on the 2 shared cores without the AFF section (plus about 3
 minutes once, when bench_precision.py trains its cached float32 checkpoint; bench_aff.py
@@ -36,7 +36,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 RESULTS = os.path.join(HERE, 'results')
 LOGS = os.path.join(HERE, 'out')
-README = os.path.join(ROOT, 'README.md')
+README = os.path.join(ROOT, 'docs', 'benchmarks.md')   # the page that holds the suite's table
 START, END = '<!-- bench-results:start -->', '<!-- bench-results:end -->'
 sys.path.insert(0, ROOT)
 from bench.common import ROW_KEYS, row  # noqa: E402  (the row schema the sections write)
@@ -237,7 +237,7 @@ def main(argv=None, sections=SECTIONS):
     ap.add_argument('--out', default=RESULTS, help='where results.{md,json,png} go (default bench/results)')
     ap.add_argument('--logs', default=LOGS, help="where each section's printout goes (default bench/out)")
     ap.add_argument('--update-readme', nargs='?', const=README, default=None, metavar='README',
-                    help='replace the marked results block of README.md with the new table')
+                    help='replace the marked results block of docs/benchmarks.md (or README) with the new table')
     args = ap.parse_args(argv)
     known = [s[0] for s in sections]
     for name in args.only or []:
