@@ -39,7 +39,7 @@ PRESET_DEFAULTS = {
     'imagenet': dict(model='resnet50_v1b', dataset='imagenet', batch_size=32, num_epochs=120, lr=0.1,
                      wd=1e-4, optimizer='nag', lr_mode='cosine', lr_decay_epoch='40,60', warmup_epochs=5,
                      mode='auto', init='msra', save_frequency=10, log_interval=50, input_size=224),
-    # Fine-grained transfer (DELTA / AFA / L2-SP references, transfer-methods.md §4-6): batch 64,
+    # Fine-grained transfer (the DELTA / AFA / L2-SP reference settings): batch 64,
     # SGD momentum 0.9, lr 0.01, 4500 iterations (--max-iter; num_epochs 0 = derived from it),
     # step decay x0.1 at 2/3 of training (lr_decay_epoch '' = derived), weight decay by --reg.
     'transfer': dict(model='resnet101_v1b', dataset='transfer', batch_size=64, num_epochs=0, lr=0.01,

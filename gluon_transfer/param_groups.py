@@ -1,4 +1,4 @@
-"""Layer groups for non-binary transfer (Plested et al., transfer-methods.md §7): which
+"""Layer groups for non-binary transfer (Plested et al.; docs/nonbinary.md): which
 parameters form a "layer", which learning rate each layer gets, which layers are
 re-initialised, and the per-parameter L2-SP rates; plus the ``--print-param-groups``
 listing that shows all of it before anything trains.

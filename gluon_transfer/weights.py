@@ -208,7 +208,7 @@ def resolve_pretrained(name, kwargs, manifest=None):
     'coarse', for the CIFAR-100 files) selects between files and is *removed* from ``kwargs``
     because it is not a model option; without it the fine-label file is used, and a model
     whose only file is coarse-label needs ``labels='coarse'`` explicitly (those files were
-    trained on the 20 superclasses with a 100-way head, open-aff issue #14). Options the file
+    trained on the 20 superclasses with a 100-way head, a known property of those files). Options the file
     fixes (``classes``, ``start_layer``) must not contradict it.
 
     The file is looked up as ``<root>/<file>`` (the open-aff ``params/`` sub-path, e.g.

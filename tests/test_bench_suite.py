@@ -126,7 +126,7 @@ def test_real_sections_all_take_json():
 
 
 def test_precision_decision_rule():
-    # the rule: bf16 only if faster AND |accuracy diff| < 0.2 points
+    # the rule: bf16 only if faster AND |accuracy diff| < 0.2 points
     assert decide(100.0, 140.0, -0.04)[0] is True
     assert decide(100.0, 140.0, 0.2)[0] is False       # not strictly under 0.2
     assert decide(100.0, 140.0, -0.25)[0] is False

@@ -152,7 +152,7 @@ def test_direct_add_and_factor_two():
         if key.endswith(('4.gamma', '4.beta', '5.gamma', '5.beta')):
             param.set_data(mx.nd.zeros(param.shape))
     np.testing.assert_allclose(run(block, [x, y], False), x + y, rtol=1e-5, atol=1e-6)
-    # iAFF under the same condition gives (x + y) / 2: no factor 2 (reference issue #13).
+    # iAFF under the same condition gives (x + y) / 2: no factor 2 (as the reference code).
     block = iAFF(C, R)
     block.initialize()
     for key, param in block._collect_params_with_prefix().items():

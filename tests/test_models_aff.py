@@ -1,4 +1,4 @@
-"""AFF model zoo: parameter counts (open-aff.md section 7), checkpoint keys (section 3),
+"""AFF model zoo: parameter counts (as open-aff publishes them), checkpoint keys (its .params layout),
 equality with GluonCV ResNet-D/ResNeXt under plain add, taps, hybridize, loading."""
 import os
 import warnings
@@ -36,7 +36,7 @@ def randomize(net, seed=0):
         p.set_data(val.astype(p.dtype))
 
 
-# ---- parameter counts: open-aff.md section 7 (trainable, total) --------------------------
+# ---- parameter counts as open-aff publishes them (trainable, total) -----------------------
 
 COUNTS = {
     'cifar_aff_resnet32': (7897156, 7917456),

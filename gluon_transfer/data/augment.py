@@ -1,6 +1,6 @@
 """RandAugment and random erasing, with timm's semantics, on numpy arrays (OpenCV, no PIL).
 
-What the non-binary transfer reference trains with (transfer-methods.md §7.3):
+What the non-binary transfer reference (Plested et al.'s released code) trains with:
 ``--aa rand-m9-mstd0.5[-inc1] --reprob 0.5 --remode pixel``. Both are data-layer options
 of :func:`gluon_transfer.data.build_data` (``randaugment=``, ``random_erasing=``).
 

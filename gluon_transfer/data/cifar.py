@@ -46,7 +46,7 @@ def read_cifar_binary(root, dataset='cifar10', train=True, coarse=False):
     """``(images uint8 (N, 3, 32, 32) RGB, labels int32 (N,), class names or None)``.
 
     ``coarse`` (CIFAR-100 only) returns the 20 superclass labels instead of the 100 fine
-    labels (open-aff's train_cifar.py used coarse labels by accident, see open-aff.md §4).
+    labels (open-aff's train_cifar.py used the coarse labels by accident; the default here is fine).
     """
     if dataset not in CIFAR_FILES:
         raise DataError('no binary CIFAR reader for %r (cifar10, cifar100)' % dataset)

@@ -3,9 +3,9 @@
 A :class:`Preset` fixes what differs between datasets: input size, RGB mean/std in 0-255
 units, the ImageRecordIter augmentation for training, the evaluation resize/crop, the
 split file names and where to look by default. Presets live in ``PRESETS`` and in
-``gluon_transfer.registry.DATASETS`` (later issues register more, e.g. per transfer set).
+``gluon_transfer.registry.DATASETS``.
 
-Augmentation (what open-aff used, open-aff.md §4-5):
+Augmentation (what open-aff's training scripts use):
 
 * ``cifar10``/``cifar100`` train: zero-pad 4, random 32 x 32 crop, random mirror
   (GluonCV ``RandomCrop(32, pad=4)`` + ``RandomFlipLeftRight``); ImageRecordIter's
@@ -16,7 +16,7 @@ Augmentation (what open-aff used, open-aff.md §4-5):
   resized to ``ceil(input_size / crop_ratio)`` (256 for 224 / 0.875), centre crop.
   Mean 123.68/116.779/103.939, std 58.393/57.12/57.375.
 * ``transfer`` (fine-tuning sets): ImageNet statistics and eval crop; training follows
-  the DELTA/AFA ``default`` augmentation (transfer-methods.md §4.2, §5.2): resize to 256
+  the DELTA/AFA reference code's ``default`` augmentation: resize to 256
   (the eval resize, ``ceil(input_size / crop_ratio)``), random ``input_size`` crop, mirror.
   ImageRecordIter resizes the shorter side (aspect kept) where the references squash the
   image to 256 x 256 (ImageRecordIter has no fixed-size resize). One preset per

@@ -14,7 +14,7 @@ Transforms (uint8 RGB, H x W x 3 -> uint8 3 x S x S):
   ``exp(U(log 3/4, log 4/3))``, 10 attempts, else a centre crop with the aspect clamped to
   that range, as torchvision/timm), bilinear resize to S x S, horizontal flip with
   probability 0.5, then RandAugment when given. Colour jitter is not applied: timm turns it
-  off when RandAugment is on, and the reference recipe (transfer-methods.md §7.3) uses it
+  off when RandAugment is on, and the non-binary transfer reference recipe uses it
   that way; with ``pad = P > 0`` (CIFAR presets) instead: pad by P (``pad_mode='constant'``
   with ``fill_value``, or ``'reflect'``, mirrored without repeating the edge), random S x S
   crop, flip, RandAugment;

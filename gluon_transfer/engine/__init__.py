@@ -1,1 +1,1 @@
-"""See DESIGN.md."""
+"""The one training engine: loop, tasks, checkpoints, schedules, precision, distributed."""

@@ -1,6 +1,6 @@
 """Pieces shared by our networks: the feature-tap API and preset factories.
 
-Feature taps (DESIGN.md "Models own their features"): a network built with
+Feature taps (our models own their features, see docs/architecture.md): a network built with
 ``features=('stage2', 'stage3')`` returns ``(logits, [stage2_map, stage3_map])`` from
 ``hybrid_forward`` (in the requested order); with ``features=()`` it returns ``logits``.
 Taps are resolved once at construction, so hybridize/export see a fixed graph.

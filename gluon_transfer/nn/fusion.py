@@ -180,8 +180,8 @@ class iAFF(HybridBlock):  # noqa: N801  (the paper's name)
         out = x * w2 + y * (1 - w2)          = y + w2 * (x - y)
 
     There is **no factor 2** in either step, unlike :class:`AFF`: the reference code does
-    this and its author confirmed the inconsistency (open-aff issue #13) but kept it because
-    the published parameters depend on it; we follow the code. ``M2`` has its own global
+    this, and its author kept the inconsistency with AFF because the published parameters
+    depend on it; we follow the code. ``M2`` has its own global
     branch ``global_att2`` (the PyTorch port's iAFF reuses ``global_att``, a bug; the MXNet
     reference does not). Keys: those of :class:`AFF` plus ``local_att2``/``global_att2``
     with the same indices.
