@@ -1,8 +1,13 @@
 #!/usr/bin/env python
-"""A small, download-free transfer task from the shared CIFAR-10 RecordIO set.
+"""A small, download-free transfer task cut from a CIFAR-10 RecordIO set.
 
-    python tools/cifar_transfer_task.py --out runs/cifar_transfer            # pack both splits
-    python tools/cifar_transfer_task.py --out runs/cifar_transfer --train-source --source-epochs 4
+    .venv/bin/python tools/cifar_transfer_task.py --out runs/cifar_transfer            # pack both splits
+    .venv/bin/python tools/cifar_transfer_task.py --out runs/cifar_transfer --train-source --source-epochs 4
+    .venv/bin/python tools/cifar_transfer_task.py --src data/cifar10_sample --out runs/ct --source-train-per-class 0 \\
+        --target-val-per-class 0 --train-source          # from the bundled sample (2,000 / 1,000 images)
+
+``--src``: a CIFAR-10 RecordIO folder (train/val .rec/.idx, classes.txt); default the cifar10
+preset's folder ``~/.mxnet/datasets/cifar10`` (the full 45k/5k split).
 
 Source task: classes 0-4 (airplane, automobile, bird, cat, deer), --source-train-per-class
 training records (2000: 10,000 images, so that training the source takes ~5 minutes on 2
@@ -24,8 +29,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-DEFAULT_SRC = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                           '..', 'shared', 'data', 'cifar10')
+DEFAULT_SRC = '~/.mxnet/datasets/cifar10'    # the cifar10 preset's default folder
 
 
 def subset_split(src_prefix, out_prefix, classes, per_class=None):
@@ -65,7 +69,8 @@ def subset_split(src_prefix, out_prefix, classes, per_class=None):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument('--src', default=DEFAULT_SRC, help='CIFAR-10 RecordIO folder (train/val .rec/.idx, classes.txt)')
+    p.add_argument('--src', default=DEFAULT_SRC,
+                   help='CIFAR-10 RecordIO folder (train/val .rec/.idx, classes.txt; default %(default)s)')
     p.add_argument('--out', default='runs/cifar_transfer')
     p.add_argument('--source-classes', default='0,1,2,3,4')
     p.add_argument('--target-classes', default='5,6,7,8,9')
@@ -76,8 +81,11 @@ def main(argv=None):
     p.add_argument('--source-model', default='resnet18_v1b')
     p.add_argument('--source-epochs', type=int, default=3)
     p.add_argument('--source-lr', type=float, default=0.05)
+    p.add_argument('--source-max-iter', type=int, default=0,
+                   help='stop the source training after this many iterations (0: all --source-epochs)')
     p.add_argument('--seed', type=int, default=0)
     args = p.parse_args(argv)
+    args.src = os.path.expanduser(args.src)
     from gluon_transfer.errors import GluonTransferError
     from gluon_transfer.data.pack import read_classes
     try:
@@ -104,7 +112,7 @@ def main(argv=None):
             argv = ['--model', args.source_model, '--dataset', 'cifar10', '--data-dir', os.path.join(args.out, 'source'),
                     '--num-epochs', str(args.source_epochs), '--lr', str(args.source_lr), '--lr-mode', 'cosine',
                     '--batch-size', '128', '--wd', '5e-4', '--seed', str(args.seed), '--save-dir', save,
-                    '--log-interval', '50', '--mode', 'hybrid']
+                    '--log-interval', '50', '--mode', 'hybrid', '--max-iter', str(args.source_max_iter)]
             status = cli.main('cifar', 'source network', argv)
             if status:
                 return status

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Make the class-balanced CIFAR-10 demo sample shipped in data/cifar10_sample/.
 
-    python tools/make_demo_sample.py [--src /work/shared/data/cifar10] [--out data/cifar10_sample]
+    .venv/bin/python tools/make_demo_sample.py [--src ~/.mxnet/datasets/cifar10] [--out data/cifar10_sample]
                                      [--train-per-class 400] [--val-per-class 100]
 
 Takes the first N records of each class (in file order; the source is already shuffled)
@@ -16,8 +16,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-DEFAULT_SRC = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                           '..', 'shared', 'data', 'cifar10')
+DEFAULT_SRC = '~/.mxnet/datasets/cifar10'    # the cifar10 preset's default folder (full RecordIO set)
 
 
 def sample_split(src_prefix, out_prefix, per_class, num_classes):
@@ -58,11 +57,12 @@ def sample_split(src_prefix, out_prefix, per_class, num_classes):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument('--src', default=DEFAULT_SRC)
+    p.add_argument('--src', default=DEFAULT_SRC, help='full CIFAR-10 RecordIO folder (default %(default)s)')
     p.add_argument('--out', default='data/cifar10_sample')
     p.add_argument('--train-per-class', type=int, default=400)
     p.add_argument('--val-per-class', type=int, default=100)
     args = p.parse_args(argv)
+    args.src = os.path.expanduser(args.src)
     from gluon_transfer.errors import GluonTransferError
     from gluon_transfer.data.pack import read_classes
     os.makedirs(args.out, exist_ok=True)
