@@ -50,7 +50,8 @@ def test_two_runs_overlaid_labelled_and_written_into_the_first_run(tmp_path, too
     fig = tool.plot_runs(runs)
     loss, top1, lr = fig.axes
     assert [ax.get_xlabel() for ax in fig.axes] == ['epoch'] * 3
-    assert loss.get_ylabel() == 'loss' and top1.get_ylabel() == 'top-1 accuracy (%)' and lr.get_ylabel() == 'learning rate'
+    assert loss.get_ylabel() == 'loss' and top1.get_ylabel() == 'top-1 accuracy (%)'
+    assert lr.get_ylabel() == 'learning rate'
     assert all(ax.get_title() for ax in fig.axes) and 'runA' in fig._suptitle.get_text()
     lines = {line.get_label(): line for line in top1.lines}
     assert sorted(lines) == ['runA train', 'runA val', 'runB train', 'runB val']

@@ -212,9 +212,47 @@ def test_readme_is_short_and_says_how_to_run_it():
     for name in ('shared/', 'transfer-methods', 'open-aff.md', 'DESIGN.md'):
         assert name not in text, 'README.md refers to %s, outside the repository' % name
     assert not re.search(r'\bissue\s*#?\d', text, re.I), 'README.md refers to an issue number'
-    for link in re.findall(r'\]\(([^)#]+)(?:#[^)]*)?\)', text):
-        if not link.startswith(('http://', 'https://')):
-            assert os.path.exists(os.path.join(ROOT, link)), 'README.md links to %s, which does not exist' % link
+
+
+def _slug(heading):
+    """GitHub's anchor of a Markdown heading."""
+    text = re.sub(r'[^\w\- ]', '', heading.strip().lower())
+    return text.replace(' ', '-')
+
+
+def _strip_code(text):
+    return re.sub(r'^```.*?^```', '', text, flags=re.S | re.M)
+
+
+def _anchors(path):
+    with open(path) as f:
+        text = _strip_code(f.read())          # no headings inside code blocks
+    return {_slug(m.group(1)) for m in re.finditer(r'^#+ (.+)$', text, re.M)}
+
+
+def test_links_in_readme_and_docs_resolve():
+    """Every relative link and image of README.md, docs/*.md and bench/README.md names a file of
+    the repository, and every #anchor a heading of the page it points to."""
+    docs = os.path.join(ROOT, 'docs')
+    pages = [README, os.path.join(ROOT, 'bench', 'README.md')] + sorted(
+        os.path.join(docs, n) for n in os.listdir(docs) if n.endswith('.md'))
+    checked = 0
+    for page in pages:
+        with open(page) as f:
+            text = _strip_code(f.read())
+        rel = os.path.relpath(page, ROOT)
+        for target in re.findall(r'\]\(([^)\s]+)\)', text):
+            if target.startswith(('http://', 'https://', 'mailto:')):
+                continue
+            path, _, anchor = target.partition('#')
+            full = os.path.normpath(os.path.join(os.path.dirname(page), path)) if path else page
+            assert os.path.exists(full), '%s links to %s, which does not exist' % (rel, target)
+            assert os.path.realpath(full).startswith(os.path.realpath(ROOT) + os.sep), \
+                '%s links to %s, outside the repository' % (rel, target)
+            if anchor and full.endswith('.md'):
+                assert anchor in _anchors(full), '%s links to %s: no such heading' % (rel, target)
+            checked += 1
+    assert checked > 50, checked
 
 
 def test_every_readme_command_runs_in_a_fresh_clone(clone):

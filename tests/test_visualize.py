@@ -79,7 +79,8 @@ def test_fusion_figure_panels_and_png(tmp_path, capsys):
     assert titles[0] == 'val.rec #0' and titles[5] == 'val.rec #1'
     assert titles[1].endswith('iAFF w1 (32x32)') and titles[4].endswith('iAFF w2 (8x8)')
     labels = colorbar_labels(fig)
-    assert len(labels) == 1 and 'weight of x (residual branch)' in labels[0] and '1 - w goes to y (shortcut)' in labels[0]
+    assert len(labels) == 1
+    assert 'weight of x (residual branch)' in labels[0] and '1 - w goes to y (shortcut)' in labels[0]
     assert 'RANDOM' not in fig._suptitle.get_text()
     for ax in axes[1:5]:
         data = np.asarray(ax.images[0].get_array())

@@ -143,7 +143,8 @@ def build_figure(argv=None):
                 panels.append(('%s %s %s' % (path.replace('.attention', ''), kind, tag), w.mean(axis=1).asnumpy()))
     for h in handles:
         h.detach()
-    title = '%s: MS-CAM fusion weights, mean over channels%s\n%s; AFF out = 2(w x + (1-w) y), iAFF out = w2 x + (1-w2) y' % (
+    title = ('%s: MS-CAM fusion weights, mean over channels%s\n'
+             '%s; AFF out = 2(w x + (1-w) y), iAFF out = w2 x + (1-w2) y') % (
         args.model, vis_common.weights_note(random_weights, generated), W_LABEL)
     out = vis_common.output_path(args, args.params, 'fusion.png')
     return make_figure(images, names, panels, title), out, [t for t, _ in panels]
