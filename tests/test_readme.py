@@ -255,6 +255,7 @@ def test_links_in_readme_and_docs_resolve():
     assert checked > 50, checked
 
 
+@pytest.mark.slow
 def test_every_readme_command_runs_in_a_fresh_clone(clone):
     with open(os.path.join(clone, 'README.md')) as f:
         text = f.read()

@@ -1,9 +1,9 @@
 #!/usr/bin/env python
 """Evaluate a model from a params file: top-1, top-5 and mean per-class accuracy.
 
-    python tools/evaluate.py --model cifar_resnet20_v1 --params runs/demo/latest/best.params \\
+    .venv/bin/python tools/evaluate.py --model cifar_resnet20_v1 --params runs/demo/latest/best.params \\
         --dataset cifar10 --data-dir data/cifar10_sample
-    python tools/evaluate.py --model aff_resnet50 --params AFF-ResNet-50.params --dataset imagenet \\
+    .venv/bin/python tools/evaluate.py --model aff_resnet50 --params AFF-ResNet-50.params --dataset imagenet \\
         --rec-val ~/imagenet/val.rec --batch-size 50
 
 Any registered or GluonCV model works; model options (``--fusion``, ``--blocks``...) are
