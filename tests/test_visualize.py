@@ -200,7 +200,8 @@ def test_ast_figure_from_a_stage1_run_folder(tmp_path, capsys):
     axes = panel_axes(fig)
     assert len(axes) == 2 * 5 and all(ax.get_title() for ax in axes)
     assert axes[1].get_title() == 'layer1.1.conv2 (8x8)' and axes[4].get_title() == 'layer4.1.conv2 (1x1)'
-    assert colorbar_labels(fig) == ['HW * a: spatial attention weight (1 = uniform)']
+    assert colorbar_labels(fig) == ['HW * a (1 = uniform)'] * 4                      # one per tap
+    assert 'HW * a: spatial attention weight (1 = uniform)' in fig._suptitle.get_text()
     # HW * softmax over H*W averages to 1; the 1x1 map of layer 4 is exactly 1 (drawn upsampled)
     for ax in axes[1:5]:
         a = np.asarray(ax.images[1].get_array(), np.float64)

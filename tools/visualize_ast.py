@@ -9,8 +9,8 @@
 then for every tap ``l`` the attention ``a = softmax_HW(fc2(relu(fc1(mean_c s_l))))``
 computed from the SOURCE network's map ``s_l`` (in AFA the spatial attention reads the
 frozen source network, not the target), reshaped to ``H x W`` and multiplied by ``HW``, so
-that 1 means uniform weight; upsampled to the image size and drawn over it, all panels on
-one colour scale with one colour bar.
+that 1 means uniform weight; upsampled to the image size and drawn over it, one colour scale
+and colour bar per tap.
 
 ``--params``: the source network's weights. ``--afa-params``: the attention modules, i.e. the
 ``.extra.params`` file a stage-1 checkpoint writes beside its ``.params``, or a stage-1 run
@@ -30,6 +30,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import vis_common  # noqa: E402
 
 AST_LABEL = 'HW * a: spatial attention weight (1 = uniform)'
+BAR_LABEL = 'HW * a (1 = uniform)'
 
 
 def build_parser():
@@ -62,31 +63,34 @@ def attention_file(path):
 
 def make_figure(images, names, panels, title):
     """``panels``: ``[(title, a (N, h, w) with 1 = uniform)]``. Returns the Figure: each
-    attention map upsampled and drawn over its image, every panel titled, one colour bar."""
+    attention map upsampled and drawn over its image, every panel titled, one colour scale and
+    one labelled colour bar per tap (the taps differ in resolution, hence in range: at most
+    ``HW``)."""
     import cv2
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
     rows, cols = len(images), 1 + len(panels)
     size = images[0].shape[0]
-    fig, axes = plt.subplots(rows, cols, figsize=(2.3 * cols + 1.0, 2.3 * rows + 0.8), squeeze=False,
+    fig, axes = plt.subplots(rows, cols, figsize=(2.3 * cols, 2.3 * rows + 1.4), squeeze=False,
                              layout='constrained')
-    vmax = max(float(a.max()) for _, a in panels)
-    im = None
     for r, img in enumerate(images):
         axes[r][0].imshow(img)
         axes[r][0].set_title(names[r], fontsize=7)
-        for k, (ptitle, a) in enumerate(panels, 1):
+    for k, (ptitle, a) in enumerate(panels, 1):
+        vmax = max(float(a.max()), 1.0)
+        for r, img in enumerate(images):
             up = cv2.resize(a[r], (size, size), interpolation=cv2.INTER_LINEAR)
             axes[r][k].imshow(img)
             im = axes[r][k].imshow(up, cmap='jet', alpha=0.5, vmin=0, vmax=vmax)
             axes[r][k].set_title('%s (%dx%d)' % (ptitle, a.shape[1], a.shape[2]), fontsize=7)
-        for ax in axes[r]:
-            ax.set_xticks([])
-            ax.set_yticks([])
+        bar = fig.colorbar(im, ax=[axes[r][k] for r in range(rows)], orientation='horizontal', shrink=0.9,
+                           aspect=20)
+        bar.set_label(BAR_LABEL, fontsize=7)
+    for ax in axes.ravel():
+        ax.set_xticks([])
+        ax.set_yticks([])
     fig.suptitle(title, fontsize=9)
-    bar = fig.colorbar(im, ax=[ax for row in axes for ax in row[1:]], shrink=0.8, aspect=40)
-    bar.set_label(AST_LABEL, fontsize=7)
     return fig
 
 
