@@ -25,7 +25,7 @@ preset's options (the shared ones and every method's group), then
 * ``build_val`` (``--eval-ten-crop``): the evaluation images at ``input/crop_ratio``
   (256 for 224) for ten-crop evaluation.
 
-Reference defaults (transfer-methods.md §4.2, §5.2): batch 64, SGD momentum 0.9, lr 0.01,
+Reference defaults (the DELTA and AFA reference scripts): batch 64, SGD momentum 0.9, lr 0.01,
 4500 iterations, one x0.1 step at 2/3 of training (AFA: 0.67; per iteration here: the
 references step per epoch at ``int(0.67 * epochs)``), optimizer weight decay by method
 (1e-4 for ``l2`` and L2-SP's non-binary variants, 0 for the other penalties).

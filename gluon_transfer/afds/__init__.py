@@ -6,7 +6,7 @@ report. One module per step: :mod:`.statistics` (1-2), :mod:`.selection` (3-4),
 distillation half is the ``afd`` regularizer (:mod:`gluon_transfer.losses.afd`); the
 ``train_transfer.py`` plug-in that runs both is :mod:`gluon_transfer.methods.afds`.
 
-Procedure (transfer-methods.md §3.2; the reproduction's ``update_afs`` fixed):
+Procedure (the paper's; the reproduction's ``update_afs`` fixed):
 
 1. **Held-out training split.** :func:`split_train_holdout` takes a seeded class-balanced
    fraction of the training RecordIO (:func:`~gluon_transfer.data.datasets.class_balanced_subset`)

@@ -512,8 +512,8 @@ def ten_crops(data, crop):
 
 def logits_of_ten_crop(net, data, crop):
     """Mean of the logits over the ten crops. (AFA's ``improved`` evaluation uses
-    torchvision's TenCrop; how it combines the crops' outputs is not recorded in
-    transfer-methods.md -- averaging the outputs is the usual TenCrop recipe.)"""
+    torchvision's TenCrop; how it combines the crops' outputs is not visible in its released
+    code -- averaging the outputs is the usual TenCrop recipe.)"""
     crops = ten_crops(data, crop)
     n = data.shape[0]
     z = logits_of(net(mx.nd.concat(*crops, dim=0)))

@@ -575,7 +575,7 @@ class Engine:
 def reset_momentum(trainer):
     """Zero the momentum buffers of an SGD/NAG ``gluon.Trainer`` (all devices), keeping
     float16 master weights. Used at the step schedule's LR drops, where the attention-transfer
-    reference re-creates its optimizer (transfer-methods.md section 1.4): the first update
+    reference re-creates its optimizer there (its ``cifar.py``): the first update
     after the drop is then ``mom = -lr * (g + wd * w)``, PyTorch's first momentum step
     ``buf = g + wd * w``. Buffers not created yet (before the first update) stay absent."""
     for updater in trainer._updaters:

@@ -1,6 +1,6 @@
 """AFA: attentive feature alignment (Xie et al., Neural Networks 2021), two regularizers.
 
-Math as xiezheng-cs/AFA ``models/regularizer.py`` computes it (transfer-methods.md §4.1).
+Math as xiezheng-cs/AFA ``models/regularizer.py`` computes it.
 ``s``/``t``: the frozen source's and the target's raw conv outputs at tap ``l``, shape
 (N, C, H, W), ``HW = H * W``; ``s`` is detached (no gradient ever reaches the source).
 The attention modules read ``s`` only.
@@ -36,7 +36,7 @@ Objective (reference ``framework.py::train``)::
 modules are trained by the same optimizer on the same loss (no adversarial step, no weight
 decay: ``wd_mult = 0``) and are never exported with the network.
 
-Reference settings (:data:`PRESETS`, the shipped hocon files, transfer-methods.md §4.3):
+Reference settings (:data:`PRESETS`, from the hocon files the AFA repository ships):
 batch 64, 4500 iterations, SGD momentum 0.9, weight decay 0, one x0.1 step at 0.67 of
 training, beta 0.01, 224 px; ResNet-101 lr 0.01 / 0.001 and alpha 0.1 / 0.15 (stage 1 /
 stage 2), MobileNetV2 lr 0.01 / 0.001 and alpha 0.09 / 0.04. Taps (:func:`default_taps`):
@@ -66,7 +66,7 @@ __all__ = ['SpatialAttention', 'ChannelAttention', 'attention_hidden', 'afa_ast_
 
 
 # ------------------------------------------------------------------ reference settings
-# Settings every shipped hocon shares (transfer-methods.md §4.3).
+# Settings every hocon file of the AFA repository shares.
 COMMON = {'batch_size': 64, 'max_iter': 4500, 'momentum': 0.9, 'wd': 0.0, 'lr_decay': 0.1,
           'decay_at': 0.67, 'beta': 0.01, 'input_size': 224}
 PRESETS = {

@@ -1,6 +1,6 @@
 """AFD: attentive feature distillation (AFDS, Wang et al., ICLR 2020), ``--reg afd``.
 
-Math (transfer-methods.md §3.1; the paper's form, squared)::
+Math (the paper's form, squared)::
 
     rho_l[n, :] = softmax_c( fc2( relu( fc1( s_l[n, c, :, :].flatten() ) ) ) )   (N, C_l)
     D_l[n, c]   = || t_l[n, c] - s_l[n, c] ||_2^2        ('l2sq', default; the paper)
@@ -48,8 +48,8 @@ What the predictor optimises (``afd_predictor``):
   ``predictor_weight`` (1.0) rather than ``lambda``: its scale is independent of the
   task loss, so the predictor learns at the network's learning rate.
 
-The paper's predictor training is not verifiable here (transfer-methods.md §3.1 marks the
-paper's equation "[unverified]"); ``'joint'`` reproduces the only public code.
+How the paper trains the predictor could not be checked against any code (the only public
+code is an unofficial reproduction); ``'joint'`` reproduces that code.
 """
 import mxnet as mx
 from mxnet.gluon import HybridBlock, nn

@@ -1,6 +1,6 @@
 """DELTA: DEep Learning Transfer using feature map with Attention (Li et al., ICLR 2019).
 
-Math as lixingjian/DELTA ``train.py`` computes it (transfer-methods.md §5.1)::
+Math as lixingjian/DELTA ``train.py`` computes it::
 
     Omega = sum_l 0.5 * sum_{n,c} C_l * w_l[c] * ||t_l[n,c,:,:] - s_l[n,c,:,:]||_2^2 / (H_l * W_l)
     loss  = mean CE + alpha * Omega + beta * sum_{fc params} 0.5 * ||theta||^2

@@ -1,6 +1,6 @@
 """Plain feature-map distance (DELTA's ``fea_map`` baseline, AFA's ``fea_map``).
 
-Math (transfer-methods.md §4.1, §5.1)::
+Math (the ``fea_map`` baseline of the DELTA and AFA reference code)::
 
     Omega = sum_l 0.5 * ||t_l - s_l||_F^2          (sum over the batch, channels and positions)
 

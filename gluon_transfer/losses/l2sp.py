@@ -1,6 +1,6 @@
 """L2-SP (Li, Grandvalet & Davoine, ICML 2018) and the plain L2 baseline.
 
-Math (transfer-methods.md §6)::
+Math (the paper's, as both reference implementations compute it)::
 
     Omega(w) = alpha * sum_{p in shared} 0.5 * ||w_p - w0_p||^2  +  beta * sum_{p in new} 0.5 * ||w_p||^2
 

@@ -6,7 +6,7 @@ ResNet stage ends
 DELTA, AFD, AFA and the feature-map distance compare the *raw output of the last
 convolution of a residual block, before its BatchNorm and before the residual add* (DELTA,
 AFDS and AFA hook ``layer1.2.conv3``, ``layer2.3.conv3``, ``layer3.22.conv3``,
-``layer4.2.conv3`` of ResNet-101; transfer-methods.md §3.1, §4.1, §5.1).
+``layer4.2.conv3`` of ResNet-101 in their reference code).
 :func:`stage_end_taps` derives these names from the network's structure instead of a
 table per architecture: for every residual stage (:func:`residual_stages`: the children
 ``layer<K>`` of a ResNet-v1b, or the ``stage<K>_`` blocks inside ``features`` of GluonCV's

@@ -1,4 +1,4 @@
-"""AFA in two stages (Xie et al., Neural Networks 2021; transfer-methods.md §4.2-4.3),
+"""AFA in two stages (Xie et al., Neural Networks 2021; docs/afa.md),
 ``--reg afa-ast`` / ``--reg afa-act``: the stage-2 source, the reference presets and the
 ``--afa-two-stage`` driver. The losses, presets and taps are
 :mod:`gluon_transfer.losses.afa`.

@@ -81,7 +81,7 @@ def save_channel_weights(path, raw, taps, model, dataset, procedure=None, identi
 
 
 def channel_importance(args, ctx, model_kwargs, head_epochs=10, num_batches=4, log=None):
-    """DELTA's channel-importance procedure (``channel_eval.py``, transfer-methods.md §5.1)
+    """DELTA's channel-importance procedure (the reference's ``channel_eval.py``)
     on our data layer: build the target from the source weights, train **only the
     classifier** for ``head_epochs`` epochs (SGD lr 0.01, momentum 0.9, weight decay 1e-4,
     the rate multiplied by ``exp(ln 0.1 / 6)`` after every epoch, batch ``args.batch_size``;

@@ -1,4 +1,4 @@
-"""Non-binary transfer (Plested, Shen & Gedeon; transfer-methods.md §7): the target is
+"""Non-binary transfer (Plested, Shen & Gedeon; docs/nonbinary.md): the target is
 not "copied layers + new head" but a plan over layer groups -- per-group learning rates,
 re-initialised top groups, per-group L2-SP rates -- applied with every ``--reg``.
 

@@ -1,7 +1,7 @@
 """Plain fine-tuning (``--reg l2``): the target starts from the source weights with a new
 classifier and trains on cross-entropy alone; the only regulariser is the optimizer's
 weight decay (``--wd``, default 1e-4 here: the ``l2`` baseline of DELTA's and AFDS's
-reference scripts, transfer-methods.md §3.3, §5.1). No frozen source is kept."""
+reference scripts). No frozen source is kept."""
 from ..registry import METHODS
 from .base import Method
 

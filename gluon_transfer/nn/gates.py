@@ -1,7 +1,7 @@
 """AFS channel gates (attentive feature selection, AFDS: Wang et al., ICLR 2020).
 
 One :class:`AFSGate` follows one ConvBN of a residual bottleneck and rescales each output
-channel of ``BN(conv(x))`` by a per-sample multiplier (transfer-methods.md §3.2)::
+channel of ``BN(conv(x))`` by a per-sample multiplier (the AFDS paper, section 3.2)::
 
     h      = relu(W · GAP(x) + b)                      (N, C_out); x = the conv's INPUT
     pi     = WTA_d(h)                                  keep the top-k dynamic channels per sample
