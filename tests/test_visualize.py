@@ -175,8 +175,7 @@ def test_attention_reads_image_files_and_refuses(tmp_path, capsys):
 # ----------------------------------------------------------------------- AFA spatial attention (ast)
 @pytest.mark.slow
 def test_ast_figure_from_a_stage1_run_folder(tmp_path, capsys):
-    from gluon_transfer.losses.afa import AFASpatial
-    from gluon_transfer import afa
+    from gluon_transfer.losses.afa import AFASpatial, check_taps, default_taps
     tool = load_tool('visualize_ast')
     source = save_net(str(tmp_path / 'source.params'), 'resnet18_v1b', classes=10)
     # a stage-1 run folder: the attention modules of its latest checkpoint, found via checkpoint.json
@@ -185,7 +184,7 @@ def test_ast_figure_from_a_stage1_run_folder(tmp_path, capsys):
     net = gt.get_model('resnet18_v1b', classes=10)
     net.initialize()
     reg = AFASpatial(seed=3)
-    reg.set_feature_shapes(afa.check_taps(net, afa.default_taps(net), 32))
+    reg.set_feature_shapes(check_taps(net, default_taps(net), 32))
     blocks = reg.blocks()
     blocks['afa_ast'].initialize(mx.init.Normal(0.5))
     mx.nd.save(str(run / 'r-0002.extra.params'),
