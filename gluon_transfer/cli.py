@@ -182,7 +182,7 @@ def build_parser(preset, description):
     g = p.add_argument_group('runtime')
     g.add_argument('--mode', default=d['mode'], choices=['auto', 'hybrid', 'imperative'],
                    help='hybrid = hybridize(static_alloc, static_shape); auto (default) = whichever trained faster '
-                        'on CPU (bench/README.md, "Training mode"): imperative for GluonCV\'s cifar_resnet*, hybrid for '
+                        'on CPU (docs/benchmarks.md, "Training mode"): imperative for GluonCV\'s cifar_resnet*, hybrid for '
                         'every other network (WRNs, AFF networks, ImageNet models) and on GPUs')
     g.add_argument('--dtype', default='float32', choices=['float32', 'float16', 'bfloat16'],
                    help='float16 needs GPUs; bfloat16 = AMP on CPU (slower than float32 on AVX-512 without AMX)')
@@ -467,7 +467,7 @@ def decay_epochs(args):
     return tuple(args.lr_decay_epoch)
 
 
-# --mode auto, measured on the 2-core CPU box (bench/bench_aff.py section mode, bench/README.md
+# --mode auto, measured on the 2-core CPU box (bench/bench_aff.py section mode, docs/benchmarks.md
 # "Training mode"): GluonCV's CIFAR ResNets trained faster imperatively than with
 # hybridize(static_alloc, static_shape) (hybrid/imperative 0.76-0.81); our WRNs (1.34), CIFAR AFF
 # ResNets (1.05) and ImageNet-size networks (ResNet-50: 1.45) train faster hybridized.
@@ -799,7 +799,7 @@ def add_distill_args(parser, preset):
                    help="multiply the AT loss by the device count, as the reference's multi-GPU code does")
     g.add_argument('--grad-at-beta', type=float, default=0.0,
                    help='gradient-based AT weight: beta/2 * ||dL_S/dx - dL_T/dx||^2 '
-                        '(about 5x the step time, see bench/README.md)')
+                        '(about 5x the step time, see docs/benchmarks.md)')
     g.add_argument('--grad-at-step', type=float, default=1e-3,
                    help='gradient-based AT: finite-difference step (RMS of the input perturbation)')
     return g

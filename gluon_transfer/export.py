@@ -76,7 +76,7 @@ def export_symbol(net, prefix, input_shape, ctx=None, epoch=0, dtype='float32', 
     optimize : bool
         Partition the graph for the oneDNN (``MKLDNN``) backend (``optimize_for``) before
         export -- the CPU inference fast path (conv+BN+ReLU+add fusion; tools/export.py's
-        default, see bench/README.md). It is kept only if its
+        default, see docs/benchmarks.md). It is kept only if its
         outputs match the plain graph within ``rtol/atol``; otherwise the plain graph is
         exported and the report says why. Exported optimized symbols need an MKLDNN-enabled
         MXNet and cannot be converted to ONNX.

@@ -1,5 +1,5 @@
 """--mode auto: every script defaults to it, and it resolves per model to the mode that
-trained faster on CPU (bench/README.md, "Training mode"); explicit modes are kept."""
+trained faster on CPU (docs/benchmarks.md, "Training mode"); explicit modes are kept."""
 import mxnet as mx
 import pytest
 

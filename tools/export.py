@@ -6,7 +6,7 @@
 
 Writes ``<out>-symbol.json`` and ``<out>-0000.params`` (and ``<out>.onnx`` with --onnx), and
 prints what it did. By default the graph is partitioned for the oneDNN (``MKLDNN``) CPU backend
-(``optimize_for``: conv+BN+ReLU+add fused; the fastest CPU inference path, see bench/README.md)
+(``optimize_for``: conv+BN+ReLU+add fused; the fastest CPU inference path, see docs/benchmarks.md)
 and kept only if its outputs match the plain graph; ``--no-optimize`` exports the plain graph
 (needed to load it in an MXNet build without MKLDNN). The ONNX file is always converted from the
 plain graph (the fused operators have no ONNX equivalent). ``--prune`` (AFS networks, AFDS):

@@ -33,7 +33,7 @@ Options every script gets through :func:`build_data` (``gluon_transfer.cli.add_a
   ImageRecordIter (same preprocessing). CIFAR presets: pad-4 crop + flip, then RandAugment.
 * ``pad_mode='reflect'``: CIFAR presets pad by reflection before the random crop (the
   attention-transfer reference); ImageRecordIter cannot, so training batches come from the
-  Python decode pipeline (bench/README.md: loader throughput, far above training speed).
+  Python decode pipeline (docs/benchmarks.md: loader throughput, far above training speed).
 * ``random_erasing=p``: timm's pixel-mode random erasing on the normalised training batches
   (:class:`~gluon_transfer.data.augment.ErasingIter`), any pipeline.
 * ``train_fraction=F``: train on a seeded class-balanced subset (:func:`class_balanced_subset`),

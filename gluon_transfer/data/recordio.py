@@ -141,7 +141,7 @@ def inspect_recordio(rec, idx=None):
     that follows (first label when ``flag > 0``).
 
     Cost: the file is memory-mapped and the 8-byte headers are gathered with numpy fancy
-    indexing, so only the pages holding headers are touched (see bench/README.md for the
+    indexing, so only the pages holding headers are touched (see docs/benchmarks.md for the
     time per million records). Raises :class:`DataError` naming the file and problem.
     """
     idx = idx or default_idx_path(rec)

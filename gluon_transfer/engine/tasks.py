@@ -73,7 +73,7 @@ class AttentionTaps(gluon.SymbolBlock):
     training through it trains ``net``. Compared with tapping the (N, C, H, W) maps and
     reducing them imperatively, the graph outputs only the small maps, the reductions run
     inside the cached op's memory plan, and no per-op Python dispatch remains
-    (bench/README.md, distillation). The maps are computed in float32 when the network
+    (docs/benchmarks.md, distillation). The maps are computed in float32 when the network
     is not (float16 parameters, or bfloat16 AMP switched on by
     :func:`~gluon_transfer.engine.precision.setup_precision`)."""
 
@@ -136,7 +136,7 @@ class Distill(Task):
     grad_at_param_grads`, step ``grad_at_step`` in input RMS units), added to the parameters'
     gradients in :meth:`after_backward`. Cost per step on top of distillation: one
     forward+backward of the teacher and three of the student (J_S and the two differences),
-    about 5x the time of a distillation step on CPU (bench/README.md). BN running
+    about 5x the time of a distillation step on CPU (docs/benchmarks.md). BN running
     statistics touched by these extra passes are restored, so only the main pass updates
     them; the extra passes synchronise the device (``waitall``) around that. A float16 student
     (``--dtype float16``) is refused with gradient-based AT: the step of the central difference

@@ -90,7 +90,7 @@ def attention_map_f(F, x, p=2, cast=True):
         q = F.abs(x) ** p
     # Channel mean as a 1x1 convolution with the constant weight 1/C (built from the map
     # itself: a symbol does not know C). MXNet's CPU reduction over axis 1 of NCHW is ~6x
-    # slower, a batch_dot with a (N, 1, C) row ~2x (bench/README.md, distillation).
+    # slower, a batch_dot with a (N, 1, C) row ~2x (docs/benchmarks.md, distillation).
     w = F.slice_axis(F.slice_axis(F.slice_axis(q, axis=0, begin=0, end=1), axis=2, begin=0, end=1),
                      axis=3, begin=0, end=1)                         # (1, C, 1, 1)
     w = F.BlockGrad(F.ones_like(w))

@@ -3,7 +3,7 @@
 ``gt_aff_fuse(x, y, l, g, scale)`` computes ``scale * (y + sigmoid(l + g) * (x - y))`` (``g``
 of shape (N, C, 1, 1) broadcast over H x W) and its backward in one pass each, where the
 operator composition needs about seven forward and eight backward passes over the full map
-(bench/README.md, AFF section); ``gt_global_mean(z)`` is the global branch's H x W average
+(docs/benchmarks.md, AFF section); ``gt_global_mean(z)`` is the global branch's H x W average
 (MXNet's Pooling backward on oneDNN-layout input took ~200 ms per block). It is an MXNet external operator library
 (``mx.library.load``), compiled once per machine with ``g++ -O3 -fopenmp -march=native`` against the headers
 shipped in the mxnet wheel (about 20 s) and cached in ``$GLUON_TRANSFER_CACHE`` (default

@@ -19,7 +19,7 @@ Child layout (index = position in the HybridSequential, hence the checkpoint key
     local_att  = [0 Conv, 1 BN, 2 ReLU, 3 Conv, 4 BN]
     global_att = [0 GAP (GlobalMean), 1 Conv, 2 BN, 3 ReLU, 4 Conv, 5 BN]
 
-Speed (bench/bench_aff.py, bench/README.md): on float32 CPU the AFF/iAFF tail -- sigmoid of the
+Speed (bench/bench_aff.py, docs/benchmarks.md): on float32 CPU the AFF/iAFF tail -- sigmoid of the
 local + broadcast global logits and the weighted sum -- runs as one fused kernel
 (``gt_aff_fuse``, gluon_transfer/nn/fused.py: one pass forward, one backward). Where the kernel
 is unavailable (no compiler, GPU, float16/AMP, export) the blocks use an operator composition
@@ -64,7 +64,7 @@ def _local_branch(channels, inter, prefix):
 class GlobalMean(HybridBlock):
     """Global average over H x W, ``(N, C, H, W) -> (N, C, 1, 1)``, as ``mean``: same values as
     ``nn.GlobalAvgPool2D`` and no parameters, but on CPU the oneDNN pooling backward took about
-    200 ms per AFF block of AFF-ResNet-32 (3.8 s of a 64-image training step; bench/README.md)
+    200 ms per AFF block of AFF-ResNet-32 (3.8 s of a 64-image training step; docs/benchmarks.md)
     when its input is in oneDNN's blocked layout, which ``x + y`` of two conv outputs is."""
 
     def hybrid_forward(self, F, x):
