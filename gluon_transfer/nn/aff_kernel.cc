@@ -155,7 +155,7 @@ REGISTER_OP(gt_aff_fuse)
 
 // gt_global_mean(z): (N, C, H, W) -> (N, C, 1, 1), the mean over H x W (the MS-CAM global
 // branch's pooling). MXNet's Pooling backward on oneDNN-layout input and its generic ``mean``
-// reduction are both slow on CPU (bench/README.md); this is one read pass forward and one write
+// reduction are both slow on CPU (docs/benchmarks.md); this is one read pass forward and one write
 // pass backward (dz = dm / (H*W) broadcast).
 MXReturnValue mean_forward(const std::unordered_map<std::string, std::string>& attrs,
                            std::vector<MXTensor>* inputs, std::vector<MXTensor>* outputs,
