@@ -6,10 +6,23 @@ ms, bytes, GFLOP/s, a ratio with unit ``x``, a percentage with unit ``%``) and a
 ``--json PATH`` writes a JSON list of such rows there; ``bench/run_all.py`` collects them.
 """
 import json
+import platform
 import os
 import time
 
 ROW_KEYS = ('section', 'name', 'value', 'unit', 'note')
+
+
+def cpu_name():
+    """The CPU model as /proc/cpuinfo names it (what every recorded figure is labelled with)."""
+    try:
+        with open('/proc/cpuinfo') as f:
+            for line in f:
+                if line.startswith('model name'):
+                    return line.split(':', 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or 'unknown CPU'
 
 
 def cifar10_dir(needed='train.rec'):

@@ -26,7 +26,6 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -39,7 +38,7 @@ LOGS = os.path.join(HERE, 'out')
 README = os.path.join(ROOT, 'docs', 'benchmarks.md')   # the page that holds the suite's table
 START, END = '<!-- bench-results:start -->', '<!-- bench-results:end -->'
 sys.path.insert(0, ROOT)
-from bench.common import ROW_KEYS, row  # noqa: E402  (the row schema the sections write)
+from bench.common import ROW_KEYS, cpu_name, row  # noqa: E402  (the row schema the sections write)
 
 # name, script (in bench/ unless absolute), quick arguments, full arguments, what it measures
 SECTIONS = [
@@ -60,17 +59,6 @@ SECTIONS = [
     ('torch', 'bench_torch.py', ['--quick'], ['--bf16'],
      'MXNet vs PyTorch from a separate environment (skipped without one), side by side'),
 ]
-
-
-def cpu_name():
-    try:
-        with open('/proc/cpuinfo') as f:
-            for line in f:
-                if line.startswith('model name'):
-                    return line.split(':', 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or 'unknown CPU'
 
 
 def _check_rows(rows, section):

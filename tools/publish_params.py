@@ -25,17 +25,6 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 
-def cpu_name():
-    try:
-        with open('/proc/cpuinfo') as f:
-            for line in f:
-                if line.startswith('model name'):
-                    return line.split(':', 1)[1].strip()
-    except OSError:
-        pass
-    return 'unknown CPU'
-
-
 def best_file(run_dir, explicit=None):
     from gluon_transfer.errors import CheckpointError
     if explicit:
@@ -72,6 +61,7 @@ def run_record(run_dir):
 def publish(run_dir, name, classes, command, params=None, val_set='', manifest=None, out_dir=None):
     from gluon_transfer.engine.checkpoint import atomic_write, atomic_write_json
     from gluon_transfer.errors import ConfigError
+    from bench.common import cpu_name
     from gluon_transfer.weights import MANIFEST_PATH, file_sha1
     manifest = manifest or MANIFEST_PATH
     out_dir = out_dir or os.path.dirname(os.path.abspath(manifest))
