@@ -281,3 +281,42 @@ def test_static_only_selection_leaves_no_runtime_gate(rng):
     np.testing.assert_allclose(pruned(x).asnumpy(), net(x).asnumpy(), rtol=1e-4, atol=1e-5)
     with pytest.raises(ConfigError, match='thres_s does not apply'):
         select_masks(stats, thres_m=0.5, thres_s=0.1, static_only=True)
+
+
+def test_basic_block_selection_rounds_only_conv1_and_collects_every_gate(rng):
+    """In a basic block only conv1's channels are removable (conv2 feeds the residual add): the
+    channel multiple rounds gate1's kept counts and leaves gate2's as the threshold gave them;
+    the statistics cover both gates (numpy gating), act with |.| after gate2."""
+    from gluon_transfer.models.afs_resnet import AFSCIFARResNetV1
+    mx.random.seed(0)
+    net = AFSCIFARResNetV1(layers=[1, 1, 1], classes=4, density=0.9, gate_init='random')
+    net.initialize(mx.init.Xavier())
+    net(mx.nd.zeros((1, 3, 32, 32)))
+    stats = _fake_stats(net, rng)
+    sel = select_masks(stats, thres_m=0.5, thres_s=0.05, channel_multiple=8, net=net, input_shape=(1, 3, 32, 32))
+    for name, st in stats.items():
+        m = sel['masks'][name][0]
+        plain = (st['mean'] > 0.5).astype(float)
+        if name.endswith('gate2'):
+            np.testing.assert_array_equal(m, plain)
+        else:
+            assert m.sum() == min(len(m), -(-int(plain.sum()) // 8) * 8)
+    images, labels = _data(rng, 16)
+    hold, _, _ = TrainHoldout.from_arrays(images, labels, fraction=0.5, batch_size=4, mean=(127.5,) * 3,
+                                          std=(64.0,) * 3)
+    got = collect_gate_statistics(net, hold)
+    assert sorted(got) == sorted(stats) and len(got) == 6
+    # first block, numpy gating: act of gate1 = mean relu(pi y), of gate2 (before the add) = mean |pi y|
+    x = np.concatenate([b.data.asnumpy()[:b.data.shape[0] - b.pad] for b in hold])
+    blk = net.features[2][0]
+    a = net.features[1](net.features[0](mx.nd.array(x))).asnumpy()
+    for k, (conv, bn) in enumerate(((blk.body[0], blk.body[1]), (blk.body[3], blk.body[4])), 1):
+        y = bn(conv(mx.nd.array(a))).asnumpy().astype(np.float64)
+        pi = _numpy_pi(a, blk.gate(k), 0.9)
+        gated = pi[:, :, None, None] * y
+        act = (np.maximum(gated, 0) if k == 1 else np.abs(gated)).mean(axis=(2, 3))
+        st = got['features.2.0.gate%d' % k]
+        np.testing.assert_allclose(st['mean'], pi.mean(axis=0), rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(st['act'], act.mean(axis=0), rtol=1e-4, atol=1e-6)
+        a = np.maximum(gated, 0).astype(np.float32)
+    assert (np.abs(gated) > 0).any() and (gated < 0).any()     # |.| and relu differ here

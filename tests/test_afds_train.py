@@ -235,9 +235,10 @@ def test_reg_afd_without_afs(task_dir, tmp_path):
 def test_errors_are_one_line(task_dir, tmp_path, capsys):
     a = (lambda *extra, **kw: _argv(task_dir, tmp_path, '--reg', 'afd', *extra, **kw))
     cases = [
-        (a('--afs', model='resnet18_v1b'),
-         '--afs needs a GluonCV ResNet-v1b with bottleneck blocks (resnet50_v1b, resnet101_v1b, ...); resnet18_v1b '
-         'does not fit: AFS gates support BottleneckV1b blocks only; layer1.0 is a BasicBlockV1b'),
+        (a('--afs', model='resnet18_v1'),
+         '--afs needs a GluonCV ResNet-v1b (resnet18/34/50/101_v1b, ...) or CIFAR ResNet-v1 (cifar_resnet20_v1, ...); '
+         'resnet18_v1 does not fit: AFS gates need a GluonCV ResNet-v1b'),
+        (a('--afs', model='cifar_resnet20_v2'), 'cifar_resnet20_v2 does not fit'),
         (a('--afs', '--macs-budget', '0'), '--macs-budget must be in (0, 1] (a fraction of the baseline MACs), got 0.0'),
         (a('--afs', '--macs-budget', '1.5'), '--macs-budget must be in (0, 1]'),
         (a('--afs', '--macs-budget', '0.5', '--thres-m', '0.1'), 'either --macs-budget or --thres-m/--thres-s'),

@@ -21,8 +21,8 @@ Procedure (transfer-methods.md §3.2; the reproduction's ``update_afs`` fixed):
 
    (The reproduction averaged per batch and took the variance over batch means; we use
    samples, which is what "varies across inputs" means for a per-sample gate.) Also
-   ``act_c = E_x[mean_hw relu(pi_c(x) y_c(x))]`` (``|.|`` instead of ``relu`` after conv3,
-   whose output goes to the residual add): the gated activation the next layer receives,
+   ``act_c = E_x[mean_hw relu(pi_c(x) y_c(x))]`` (``|.|`` instead of ``relu`` after a block's
+   last ConvBN, whose output goes to the residual add): the gated activation the next layer receives,
    the ranking of ``mask_stat='activation'``. Why offer it: the gates start at the
    identity (value 1) and, at fine-tuning learning rates, move little (CIFAR task: gate
    means 1.0000 +- 3e-5 after phase 1), so ``pi`` ranks channels by near-ties; ``act``

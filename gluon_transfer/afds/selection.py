@@ -37,25 +37,29 @@ def _ensure_alive(m, mean, min_channels):
     return m
 
 
-def removable(name):
+def removable(name, inner=None):
     """True for the gates whose pruned channels :mod:`gluon_transfer.prune` physically removes:
-    those after conv1 and conv2 of a bottleneck (``...gate1``, ``...gate2``). conv3's outputs
-    feed the residual add and keep their full width (pruned ones become zero rows)."""
+    ``inner``, the set :func:`gluon_transfer.models.afs_resnet.removable_gates` gives for the
+    network (every ConvBN of a block but the last, whose outputs feed the residual add and keep
+    their full width). Without ``inner`` (statistics given without the network) the bottleneck
+    rule: ``...gate1``, ``...gate2``."""
+    if inner is not None:
+        return name in inner
     return name.endswith(('gate1', 'gate2'))
 
 
-def _aligned(m, mean, name, min_channels, channel_multiple):
+def _aligned(m, mean, name, min_channels, channel_multiple, inner=None):
     """``m`` with at least ``min_channels`` kept and, for a :func:`removable` gate, the kept
     count rounded up to a multiple of ``channel_multiple`` (capped at the width): channels
     are added back in order of decreasing ``mean`` (the ranking statistic, see ``mask_stat``)."""
     keep = max(int(m.sum()), min(int(min_channels), len(m)))
     q = int(channel_multiple)
-    if q > 1 and removable(name):
+    if q > 1 and removable(name, inner):
         keep = min(len(m), -(-keep // q) * q)
     return _ensure_alive(m, mean, keep)
 
 
-def _masks_for_quantile(stats, q, scope, min_channels, channel_multiple=1, m_key='mean'):
+def _masks_for_quantile(stats, q, scope, min_channels, channel_multiple=1, m_key='mean', inner=None):
     names = list(stats)
     masks = {}
     if scope == 'layer':
@@ -63,7 +67,7 @@ def _masks_for_quantile(stats, q, scope, min_channels, channel_multiple=1, m_key
             mean, var = stats[name][m_key], stats[name]['var']
             c = len(mean)
             k = int(math.floor(q * c + 1e-9))
-            m = _aligned(_lowest(mean, k), mean, name, min_channels, channel_multiple)
+            m = _aligned(_lowest(mean, k), mean, name, min_channels, channel_multiple, inner)
             masks[name] = (m, m * _lowest(var, k))
     else:
         means = np.concatenate([stats[n][m_key] for n in names])
@@ -73,7 +77,8 @@ def _masks_for_quantile(stats, q, scope, min_channels, channel_multiple=1, m_key
         start = 0
         for name in names:
             c = len(stats[name]['mean'])
-            m = _aligned(m_all[start:start + c].copy(), stats[name][m_key], name, min_channels, channel_multiple)
+            m = _aligned(m_all[start:start + c].copy(), stats[name][m_key], name, min_channels, channel_multiple,
+                         inner)
             masks[name] = (m, m * s_all[start:start + c])
             start += c
     return masks
@@ -88,8 +93,8 @@ def select_masks(stats, thres_m=None, thres_s=None, macs_budget=None, net=None, 
     0.5 / 0.5) or ``macs_budget`` (a fraction of the baseline MACs; needs ``net`` and
     ``input_shape``; ``budget_on``: 'expected' or 'static' MACs).
 
-    ``channel_multiple`` (``q``): the number of channels kept after conv1 and conv2 of
-    every bottleneck (the widths the pruned export really has, see :func:`removable`) is
+    ``channel_multiple`` (``q``): the number of channels kept after the ConvBNs the pruned
+    export narrows (conv1, conv2 of a bottleneck, conv1 of a basic block; see :func:`removable`) is
     rounded up to a multiple of ``q`` (or the full width) by keeping the pruned channels
     with the largest mean gate values; under a budget the rounding is part of the search,
     so the budget still holds. Why: oneDNN's CPU convolutions work on blocks of 16 (AVX-512)
@@ -100,7 +105,8 @@ def select_masks(stats, thres_m=None, thres_s=None, macs_budget=None, net=None, 
     ``mask_stat``: what ranks the channels for ``m`` (and what ``thres_m`` compares with):
     ``'gate'`` the mean gate value ``pi`` (the paper's and reproduction's saliency),
     ``'activation'`` the mean gated activation ``act`` the next layer receives (after the
-    ReLU for conv1/conv2, its magnitude for conv3) -- a magnitude criterion that still ranks
+    ReLU inside a block, its magnitude for the last ConvBN, whose output goes to the residual
+    add) -- a magnitude criterion that still ranks
     channels when the gates have hardly moved from their identity start (module docstring).
     ``s`` always follows the gate variance, unless ``static_only``: every kept channel static
     (``s = 0``, its multiplier the learned constant ``gamma``), so no runtime gate survives
@@ -135,12 +141,17 @@ def select_masks(stats, thres_m=None, thres_s=None, macs_budget=None, net=None, 
     result = dict(quantile=None, thres_m=thres_m, thres_s=thres_s, macs=None, macs_budget=macs_budget,
                   channel_multiple=int(channel_multiple), mask_stat=mask_stat, static_only=bool(static_only))
     base = plain_macs(net, input_shape) if net is not None else None
+    inner = None
+    if net is not None:
+        from ..models.afs_resnet import removable_gates
+        inner = removable_gates(net)
     if macs_budget is None:
         tm = 0.5 if thres_m is None else float(thres_m)
         ts = 0.5 if thres_s is None else float(thres_s)
         masks = {}
         for name, st in stats.items():
-            m = _aligned((st[m_key] > tm).astype(np.float64), st[m_key], name, min_channels, channel_multiple)
+            m = _aligned((st[m_key] > tm).astype(np.float64), st[m_key], name, min_channels, channel_multiple,
+                         inner)
             masks[name] = (m, m * (st['var'] > ts).astype(np.float64))
         result.update(masks=finish(masks), thres_m=tm, thres_s=None if static_only else ts)
     else:
@@ -153,7 +164,7 @@ def select_masks(stats, thres_m=None, thres_s=None, macs_budget=None, net=None, 
             raise ConfigError('pass either thresholds (thres_m/thres_s) or macs_budget, not both')
 
         def cost(q):
-            masks = finish(_masks_for_quantile(stats, q, scope, min_channels, channel_multiple, m_key))
+            masks = finish(_masks_for_quantile(stats, q, scope, min_channels, channel_multiple, m_key, inner))
             return afs_macs(net, input_shape, masks=masks, base=base)[budget_on], masks
 
         target = budget * base['total']

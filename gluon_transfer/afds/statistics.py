@@ -125,8 +125,9 @@ def collect_gate_statistics(net, holdout, ctx=None, max_batches=None):
     saved = current_masks(net)
     active, flags = net._active, dict(net._flags)
     acc = {name: [0.0, 0.0, 0, 0.0] for name, _ in gates}
-    relu_after = {name: (not name.endswith('gate3')) or bool(getattr(net, 'relu_before_add', False))
-                  for name, _ in gates}
+    from ..models.afs_resnet import removable_gates
+    inner = removable_gates(net)          # the others feed the residual add (no ReLU after them)
+    relu_after = {name: name in inner or bool(getattr(net, 'relu_before_add', False)) for name, _ in gates}
     for _, g in gates:
         if not g.enabled:
             raise ConfigError('AFS gates are disabled; enable them (set_gates_enabled) before collecting statistics')

@@ -8,7 +8,8 @@
   (:mod:`gluon_transfer.afds`): :meth:`AFDSMethod.prepare` holds out ``--holdout-fraction``
   of the training records (class-balanced, seeded, files under ``SAVE_DIR/holdout``; training
   uses the rest), :meth:`~AFDSMethod.build` converts the target into the AFS ResNet (a gate
-  after every ConvBN of every bottleneck, identity-initialised, WTA density ``--density``),
+  after every ConvBN of every residual block, bottleneck or basic, identity-initialised, WTA
+  density ``--density``),
   :meth:`~AFDSMethod.finish_target` multiplies the gates' learning rate by
   ``--afs-gate-lr-mult``, and :meth:`~AFDSMethod.fit` runs phase 1, the mask update on the
   holdout and phase 2 (the best checkpoint is chosen in phase 2 only), then writes
@@ -46,16 +47,16 @@ def _afd_norm(text):
 
 
 def check_afs_model(model, model_kwargs=None):
-    """ConfigError naming ``model`` unless it is a GluonCV ResNet-v1b made of
-    ``BottleneckV1b`` blocks (what :func:`~gluon_transfer.models.afs_resnet.afs_from_gluoncv`
-    converts). Builds the network without initialising it (cheap)."""
-    from ..models.afs_resnet import _check_v1b
+    """ConfigError naming ``model`` unless :func:`~gluon_transfer.models.afs_resnet.afs_from_gluoncv`
+    converts it: a GluonCV ResNet-v1b of bottleneck or basic blocks, or a GluonCV CIFAR
+    ResNet-v1. Builds the network without initialising it (cheap)."""
+    from ..models.afs_resnet import check_convertible
     from ..zoo import get_model
     try:
-        _check_v1b(get_model(model, classes=1, **dict(model_kwargs or {})))
+        check_convertible(get_model(model, classes=1, **dict(model_kwargs or {})))
     except ConfigError as err:
-        raise ConfigError('--afs needs a GluonCV ResNet-v1b with bottleneck blocks (resnet50_v1b, resnet101_v1b, '
-                          '...); %s does not fit: %s' % (model, err)) from None
+        raise ConfigError('--afs needs a GluonCV ResNet-v1b (resnet18/34/50/101_v1b, ...) or CIFAR ResNet-v1 '
+                          '(cifar_resnet20_v1, ...); %s does not fit: %s' % (model, err)) from None
 
 
 def scale_gate_lr(net, mult):
@@ -118,7 +119,8 @@ class AFDSMethod(Method):
                        help='how the transferability predictor trains (default entropy; joint = the reproduction, '
                             'collapses to one channel; see gluon_transfer/losses/afd.py)')
         g.add_argument('--afs', action='store_true',
-                       help='build the target as the AFS ResNet (GluonCV v1b bottlenecks with channel gates) and run '
+                       help='build the target as the AFS ResNet (a channel gate after every ConvBN of every residual '
+                            'block: GluonCV resnet*_v1b, cifar_resnet*_v1) and run '
                             'the AFDS schedule: phase 1, masks from a held-out split of the training data, phase 2')
         g.add_argument('--density', '--afs-density', dest='afs_density', type=float, default=None,
                        help='--afs: winner-take-all density d of the dynamic channels in phase 2 (default 0.9; the '
@@ -156,7 +158,8 @@ class AFDSMethod(Method):
                             'pruned export is a plain narrower ResNet without runtime gates, the fast form on CPUs '
                             '(which compute WTA-skipped channels anyway); the budget then counts static MACs')
         g.add_argument('--afs-channel-multiple', type=int, default=None, metavar='Q',
-                       help='--afs: round the channels kept after conv1/conv2 of each bottleneck up to a multiple of '
+                       help='--afs: round the channels kept after conv1/conv2 of each bottleneck (conv1 of a basic block) '
+                            'up to a multiple of '
                             'Q (default 16: oneDNN CPU kernels work on blocks of 16/8 channels, so the pruned export '
                             'gets faster in step with its MACs; the budget still holds); 1 = no rounding')
         g.add_argument('--holdout-fraction', type=float, default=None, metavar='F',
@@ -267,7 +270,7 @@ class AFDSMethod(Method):
             scale_gate_lr(net, args.afs_gate_lr_mult)
             if self.holdout_note:
                 log.info('%s', self.holdout_note)
-            log.info('AFS target: gates after every ConvBN of every bottleneck (identity init), density %g '
+            log.info('AFS target: gates after every ConvBN of every residual block (identity init), density %g '
                      '(phase 1: %g), gate lr x%g; mask statistics on %r', args.afs_density,
                      args.afs_phase1_density, args.afs_gate_lr_mult, self.holdout)
         return net
