@@ -11,6 +11,7 @@ from gluon_transfer.afds import (TrainHoldout, afds_report, afds_schedule, apply
                                  update_masks)
 from gluon_transfer.data.base import ArrayIter
 from gluon_transfer.errors import ConfigError, DataError
+from gluon_transfer.macs import afs_macs
 from gluon_transfer.models.afs_resnet import AFSResNetV1b, afs_gates
 
 from data_helpers import write_rec
@@ -143,16 +144,62 @@ def _fake_stats(net, rng):
 def test_threshold_selection(rng):
     net = _net()
     stats = _fake_stats(net, rng)
-    sel = select_masks(stats, thres_m=0.3, thres_s=0.05)
+    # default: relative to the layer (its average mean gate value / variance)
+    sel = select_masks(stats, thres_m=0.7, thres_s=0.4)
+    assert sel['thres_scale'] == 'layer'
+    for name, st in stats.items():
+        m, s = sel['masks'][name]
+        want = (st['mean'] > 0.7 * st['mean'].sum() / len(st['mean'])).astype(float)
+        np.testing.assert_array_equal(m, want)
+        np.testing.assert_array_equal(s, want * (st['var'] > 0.4 * st['var'].sum() / len(st['var'])))
+        assert 0 < m.sum() < len(m)
+    # the same gates at 100x the scale: the same masks (the thresholds follow the statistic's scale)
+    scaled = {n: dict(st, mean=100 * st['mean'], var=1e4 * st['var']) for n, st in stats.items()}
+    sel100 = select_masks(scaled, thres_m=0.7, thres_s=0.4)
+    for name in stats:
+        for a, b in zip(sel['masks'][name], sel100['masks'][name]):
+            np.testing.assert_array_equal(a, b)
+    # absolute: the numbers themselves
+    sel = select_masks(stats, thres_m=0.3, thres_s=0.05, thres_scale='absolute')
     for name, st in stats.items():
         m, s = sel['masks'][name]
         np.testing.assert_array_equal(m, (st['mean'] > 0.3).astype(float))
         np.testing.assert_array_equal(s, m * (st['var'] > 0.05))
     # everything below threshold: one channel (largest mean) survives per gate
-    sel = select_masks(stats, thres_m=2.0, thres_s=2.0)
+    sel = select_masks(stats, thres_m=2.0, thres_s=2.0, thres_scale='absolute')
     for name, st in stats.items():
         m, _ = sel['masks'][name]
         assert m.sum() == 1 and m[np.argmax(st['mean'])] == 1
+    with pytest.raises(ConfigError, match='thres_scale must be one of layer, absolute'):
+        select_masks(stats, thres_m=0.5, thres_scale='median')
+
+
+def test_random_masks_keep_the_counts_and_the_macs_of_every_layer(rng):
+    from gluon_transfer.afds import random_masks
+    net = _net(density=0.9)
+    stats = _fake_stats(net, rng)
+    sel = select_masks(stats, macs_budget=0.5, net=net, input_shape=(1, 3, 32, 32))
+    rnd = random_masks(sel['masks'], seed=3)
+    assert list(rnd) == list(sel['masks'])
+    moved = 0
+    for name, (m, s) in sel['masks'].items():
+        rm, rs = rnd[name]
+        assert rm.sum() == m.sum() and rs.sum() == (m * s).sum() and np.all(rs <= rm)
+        moved += int((rm != m).sum())
+    assert moved > 0
+    a = afs_macs(net, (1, 3, 32, 32), masks=sel['masks'])
+    b = afs_macs(net, (1, 3, 32, 32), masks=rnd)
+    assert (a['static'], a['expected']) == (b['static'], b['expected'])
+    assert [(l['static'], l['expected']) for l in a['layers']] == [(l['static'], l['expected']) for l in b['layers']]
+    again = random_masks(sel['masks'], seed=3)
+    other = random_masks(sel['masks'], seed=4)
+    assert all(np.array_equal(again[n][0], rnd[n][0]) for n in rnd)              # seeded
+    assert any(not np.array_equal(other[n][0], rnd[n][0]) for n in rnd)
+    # a uniform draw: over many seeds every channel of a layer is kept about equally often
+    name = 'layer2.0.gate2'
+    kept = np.mean([random_masks({name: sel['masks'][name]}, seed=k)[name][0] for k in range(400)], axis=0)
+    frac = sel['masks'][name][0].mean()
+    assert np.abs(kept - frac).max() < 0.12
 
 
 @pytest.mark.parametrize('budget,scope', [(0.5, 'layer'), (0.4, 'global'), (0.4, 'layer')])  # stem+downsample: ~1/3
@@ -176,7 +223,7 @@ def test_budget_search_meets_budget(budget, scope, rng):
 def test_apply_masks_sets_gamma_of_new_static_channels(rng):
     net = _net()
     stats = _fake_stats(net, rng)
-    sel = select_masks(stats, thres_m=0.2, thres_s=0.05)
+    sel = select_masks(stats, thres_m=0.2, thres_s=0.05, thres_scale='absolute')
     apply_masks(net, sel['masks'], stats)
     got = current_masks(net)
     for name, g in [(n, g) for n, _, _, g, _, _ in afs_gates(net)]:
@@ -212,7 +259,7 @@ def test_schedule_two_phases_and_report(rng):
 def test_activation_statistic_ranks_the_channels(rng):
     net = _net()
     stats = _fake_stats(net, rng)
-    sel = select_masks(stats, thres_m=0.4, thres_s=0.05, mask_stat='activation')
+    sel = select_masks(stats, thres_m=0.4, thres_s=0.05, mask_stat='activation', thres_scale='absolute')
     for name, st in stats.items():
         m, s = sel['masks'][name]
         np.testing.assert_array_equal(m, (st['act'] > 0.4).astype(float))
@@ -234,7 +281,7 @@ def test_channel_multiple_rounds_the_removable_widths(q, rng):
     net = _net(density=0.9)
     stats = _fake_stats(net, rng)
     # thresholds: kept count of conv1/conv2 gates rounded up with the largest pruned means; conv3 untouched
-    sel = select_masks(stats, thres_m=0.5, thres_s=0.05, channel_multiple=q)
+    sel = select_masks(stats, thres_m=0.5, thres_s=0.05, channel_multiple=q, thres_scale='absolute')
     for name, st in stats.items():
         m = sel['masks'][name][0]
         plain = (st['mean'] > 0.5).astype(float)
@@ -293,7 +340,8 @@ def test_basic_block_selection_rounds_only_conv1_and_collects_every_gate(rng):
     net.initialize(mx.init.Xavier())
     net(mx.nd.zeros((1, 3, 32, 32)))
     stats = _fake_stats(net, rng)
-    sel = select_masks(stats, thres_m=0.5, thres_s=0.05, channel_multiple=8, net=net, input_shape=(1, 3, 32, 32))
+    sel = select_masks(stats, thres_m=0.5, thres_s=0.05, channel_multiple=8, net=net, input_shape=(1, 3, 32, 32),
+                       thres_scale='absolute')
     for name, st in stats.items():
         m = sel['masks'][name][0]
         plain = (st['mean'] > 0.5).astype(float)

@@ -96,6 +96,51 @@ def test_wta_on_float16_gate_values(rng):
     assert (got.asnumpy().sum(axis=1) == exact_ceil(0.9, 2048)).all() and exact_ceil(0.9, 2048) == 1844
 
 
+def exact_round(d, n):
+    """Python's round(d * n) with d taken as the decimal it prints as: halves to even."""
+    x = fractions.Fraction(repr(float(d))) * n
+    return int(round(x))          # Fraction.__round__: exact, halves to even
+
+
+class _WTARound(HybridBlock):
+    def __init__(self, d):
+        super().__init__()
+        self.d = d
+
+    def hybrid_forward(self, F, h, dyn, d):
+        return wta_mask(F, h, dyn, d, 'round')
+
+
+def test_wta_round_keeps_round_d_c_channels(rng):
+    """The reproduction's count k = round(d n) (halves to even: 0.9 * 5 = 4.5 -> 4, 0.7 * 5 = 3.5
+    -> 4), on NDArrays and in a hybridized graph with d as a (1,) parameter, against the exact
+    rational count; ceil gives more where d n is not an integer."""
+    cases = [(0.9, n) for n in (1, 5, 10, 16, 20, 32, 64, 2048)] + [(0.7, 5), (0.5, 5), (0.5, 7), (0.25, 6),
+                                                                   (0.3, 20), (0.1, 4)]
+    assert exact_round(0.9, 5) == 4 and exact_round(0.7, 5) == 4 and exact_round(0.9, 16) == 14
+    for d, n in cases:
+        want = exact_round(d, n)
+        assert wta_keep_count(d, n, 'round') == want == round(d * n), (d, n)
+        h = np.maximum(rng.randn(4, n), 0).astype(np.float32)
+        h[:, ::3] = 0.5                                                   # ties too
+        for hybrid in (False, True):
+            blk = _WTARound(d)
+            if hybrid:
+                blk.hybridize()
+            got = blk(mx.nd.array(h), mx.nd.ones(n), mx.nd.array([d])).asnumpy()
+            assert (got.sum(axis=1) == want).all(), (d, n, got.sum(axis=1), want)
+            order = [sorted(range(n), key=lambda j: (-h[i, j], j))[:want] for i in range(4)]
+            np.testing.assert_array_equal(got, [[1 if j in o else 0 for j in range(n)] for o in order])
+    assert wta_keep_count(0.9, 16) == 15 and wta_keep_count(0.9, 16, 'round') == 14
+    with pytest.raises(ConfigError, match='rounding must be one of ceil, round'):
+        wta_keep_count(0.9, 16, 'floor')
+    gate = AFSGate(3, 16, density=0.9, wta_round='round', init='random')
+    gate.initialize()
+    x = mx.nd.array(rng.uniform(0, 1, (5, 3, 2, 2)))
+    kept = (gate(x, mx.nd.ones((5, 16, 2, 2))).asnumpy()[:, :, 0, 0] > 0).sum(axis=1)
+    assert (kept <= 14).all() and 'wta_round=round' in repr(gate)
+
+
 def _relu(x):
     return np.maximum(x, 0)
 

@@ -58,7 +58,7 @@ from gluoncv.model_zoo.cifarresnet import CIFARResNetV1, CIFARBasicBlockV1
 from gluoncv.model_zoo.resnetv1b import ResNetV1b, BottleneckV1b, BasicBlockV1b
 
 from ..errors import ConfigError
-from ..nn.gates import AFSGate, check_density
+from ..nn.gates import AFSGate, check_density, check_wta_round
 from .common import TapMixin
 
 __all__ = ['AFSBottleneck', 'AFSBasicBlockV1b', 'AFSCIFARBasicBlockV1', 'AFSResNetV1b', 'AFSCIFARResNetV1',
@@ -76,7 +76,7 @@ class _GatedBlock(HybridBlock):
     of each ConvBN's conv and BN) and call :meth:`_make_gates`."""
     CONVBN = ()
 
-    def _make_gates(self, in_channels, widths, gated, density, gates, gate_init, gate_input_norm):
+    def _make_gates(self, in_channels, widths, gated, density, gates, gate_init, gate_input_norm, wta_round):
         if in_channels is None:
             raise ConfigError('%s needs in_channels (the gate of conv1 reads the block input)' % type(self).__name__)
         if len(gated) != len(self.CONVBN):
@@ -86,8 +86,8 @@ class _GatedBlock(HybridBlock):
         self.gate_names = []
         for i, (cin, cout, on) in enumerate(zip(ins, self.widths, gated)):
             name = 'gate%d' % (i + 1)
-            gate = (AFSGate(cin, cout, density=density, enabled=gates, init=gate_init, input_norm=gate_input_norm)
-                    if on else None)
+            gate = (AFSGate(cin, cout, density=density, enabled=gates, init=gate_init, input_norm=gate_input_norm,
+                            wta_round=wta_round) if on else None)
             setattr(self, name, gate)
             if on:
                 self.gate_names.append(name)
@@ -137,7 +137,7 @@ def _widths(default, widths, count):
 
 class AFSBottleneck(_GatedBlock):
     """``BottleneckV1b`` with AFS gates (see the module docstring). Extra arguments:
-    ``density`` (WTA d), ``gates`` (enabled), ``gate_init``, ``gate_input_norm``,
+    ``density`` (WTA d), ``gates`` (enabled), ``gate_init``, ``gate_input_norm``, ``wta_round``,
     ``relu_before_add``, ``widths`` (conv1/conv2 output channels, default ``planes``),
     ``gated`` (which of the three ConvBNs carry a gate)."""
     expansion = 4
@@ -146,7 +146,7 @@ class AFSBottleneck(_GatedBlock):
     def __init__(self, planes, strides=1, dilation=1, downsample=None, previous_dilation=1, norm_layer=None,
                  norm_kwargs=None, last_gamma=False, in_channels=None, density=0.9, gates=True,
                  gate_init='identity', relu_before_add=False, widths=None, gated=(True, True, True),
-                 gate_input_norm='none', **kwargs):
+                 gate_input_norm='none', wta_round='ceil', **kwargs):
         super().__init__()
         norm_layer = norm_layer or nn.BatchNorm
         norm_kwargs = norm_kwargs if norm_kwargs is not None else {}
@@ -170,7 +170,7 @@ class AFSBottleneck(_GatedBlock):
         self.dilation = dilation
         self.strides = strides
         self.relu_before_add = bool(relu_before_add)
-        self._make_gates(in_channels, (c1, c2, c3), gated, density, gates, gate_init, gate_input_norm)
+        self._make_gates(in_channels, (c1, c2, c3), gated, density, gates, gate_init, gate_input_norm, wta_round)
 
     def hybrid_forward(self, F, x):
         o1 = self.relu1(self._gate(1, x, self.bn1(self.conv1(x))))
@@ -189,7 +189,7 @@ class AFSBasicBlockV1b(_GatedBlock):
     def __init__(self, planes, strides=1, dilation=1, downsample=None, previous_dilation=1, norm_layer=None,
                  norm_kwargs=None, last_gamma=False, in_channels=None, density=0.9, gates=True,
                  gate_init='identity', relu_before_add=False, widths=None, gated=(True, True),
-                 gate_input_norm='none', **kwargs):
+                 gate_input_norm='none', wta_round='ceil', **kwargs):
         super().__init__()
         norm_layer = norm_layer or nn.BatchNorm
         norm_kwargs = norm_kwargs if norm_kwargs is not None else {}
@@ -206,7 +206,7 @@ class AFSBasicBlockV1b(_GatedBlock):
         self.dilation = dilation
         self.strides = strides
         self.relu_before_add = bool(relu_before_add)
-        self._make_gates(in_channels, (c1, planes), gated, density, gates, gate_init, gate_input_norm)
+        self._make_gates(in_channels, (c1, planes), gated, density, gates, gate_init, gate_input_norm, wta_round)
 
     def hybrid_forward(self, F, x):
         o1 = self.relu1(self._gate(1, x, self.bn1(self.conv1(x))))
@@ -223,7 +223,7 @@ class AFSCIFARBasicBlockV1(_GatedBlock):
 
     def __init__(self, channels, stride, downsample=False, in_channels=0, norm_layer=nn.BatchNorm, norm_kwargs=None,
                  density=0.9, gates=True, gate_init='identity', relu_before_add=False, widths=None,
-                 gated=(True, True), gate_input_norm='none', **kwargs):
+                 gated=(True, True), gate_input_norm='none', wta_round='ceil', **kwargs):
         super().__init__(**kwargs)
         norm_kwargs = {} if norm_kwargs is None else norm_kwargs
         (c1,) = _widths((channels,), widths, 1)
@@ -243,7 +243,8 @@ class AFSCIFARBasicBlockV1(_GatedBlock):
         else:
             self.downsample = None
         self.relu_before_add = bool(relu_before_add)
-        self._make_gates(in_channels or None, (c1, channels), gated, density, gates, gate_init, gate_input_norm)
+        self._make_gates(in_channels or None, (c1, channels), gated, density, gates, gate_init, gate_input_norm,
+                         wta_round)
 
     def hybrid_forward(self, F, x):
         body = self.body
@@ -270,10 +271,11 @@ class _AFSNet(TapMixin):
         return super().forward(x, *args)
 
 
-def _gate_options(density, gates, gate_init, gate_input_norm, relu_before_add):
+def _gate_options(density, gates, gate_init, gate_input_norm, relu_before_add, wta_round):
     check_density(density)
+    check_wta_round(wta_round)
     return dict(density=density, gates=gates, gate_init=gate_init, relu_before_add=relu_before_add,
-                gate_input_norm=gate_input_norm)
+                gate_input_norm=gate_input_norm, wta_round=wta_round)
 
 
 def _next_config(factory, block_config):
@@ -327,6 +329,9 @@ class AFSResNetV1b(_AFSNet, ResNetV1b):
     gate_input_norm : 'none' | 'l2'
         The gates' input: raw ``GAP(x)`` (the reproduction) or L2-normalised (scale-invariant
         gates; see :mod:`gluon_transfer.nn.gates`).
+    wta_round : 'ceil' | 'round'
+        How WTA counts the channels it keeps: ``ceil(d n - 1e-3)`` or the reproduction's
+        ``round(d n)`` (:func:`~gluon_transfer.nn.gates.wta_keep_count`).
     relu_before_add : bool
         The reproduction's extra ReLU after the last gated ConvBN (changes a pretrained function).
     block_config : list of dicts or None
@@ -339,9 +344,9 @@ class AFSResNetV1b(_AFSNet, ResNetV1b):
     def __init__(self, layers=(3, 4, 6, 3), classes=1000, density=0.9, gates=True, gate_init='identity',
                  relu_before_add=False, block_config=None, features=(), deep_stem=False, stem_width=32,
                  avg_down=False, last_gamma=False, use_global_stats=False, norm_kwargs=None, final_drop=0.0,
-                 name_prefix='resnetv1b_', gate_input_norm='none', block='bottleneck'):
+                 name_prefix='resnetv1b_', gate_input_norm='none', block='bottleneck', wta_round='ceil'):
         config = dict(layers=list(layers), classes=classes, density=density, gates=gates, gate_init=gate_init,
-                      gate_input_norm=gate_input_norm, block=block,
+                      gate_input_norm=gate_input_norm, block=block, wta_round=wta_round,
                       relu_before_add=relu_before_add, block_config=block_config, deep_stem=deep_stem,
                       stem_width=stem_width, avg_down=avg_down, last_gamma=last_gamma,
                       use_global_stats=use_global_stats, norm_kwargs=norm_kwargs, final_drop=final_drop,
@@ -352,7 +357,7 @@ class AFSResNetV1b(_AFSNet, ResNetV1b):
         if block not in _V1B_BLOCKS:
             raise ConfigError("AFS ResNet-v1b block must be 'bottleneck' or 'basic', got %r" % (block,))
         cls = _V1B_BLOCKS[block]
-        common = _gate_options(density, gates, gate_init, gate_input_norm, relu_before_add)
+        common = _gate_options(density, gates, gate_init, gate_input_norm, relu_before_add, wta_round)
         factory = _V1bFactory(cls, common, block_config, stem_width * 2 if deep_stem else 64)
         super().__init__(factory, layers, classes=classes, deep_stem=deep_stem, stem_width=stem_width,
                          avg_down=avg_down, last_gamma=last_gamma, use_global_stats=use_global_stats,
@@ -409,16 +414,16 @@ class AFSCIFARResNetV1(_AFSNet, CIFARResNetV1):
 
     def __init__(self, layers=(3, 3, 3), channels=(16, 16, 32, 64), classes=10, density=0.9, gates=True,
                  gate_init='identity', relu_before_add=False, block_config=None, features=(), norm_kwargs=None,
-                 gate_input_norm='none', **kwargs):
+                 gate_input_norm='none', wta_round='ceil', **kwargs):
         config = dict(layers=list(layers), channels=list(channels), classes=classes, density=density, gates=gates,
                       gate_init=gate_init, relu_before_add=relu_before_add, block_config=block_config,
-                      norm_kwargs=norm_kwargs, gate_input_norm=gate_input_norm)
+                      norm_kwargs=norm_kwargs, gate_input_norm=gate_input_norm, wta_round=wta_round)
         layers, channels = [int(v) for v in layers], [int(v) for v in channels]
         if not layers or min(layers) < 1 or len(channels) != len(layers) + 1:
             raise ConfigError('AFS CIFAR ResNet needs >= 1 block per stage and one more channel count than stages; '
                               'got layers=%r, channels=%r' % (layers, channels))
-        factory = _CIFARFactory(_gate_options(density, gates, gate_init, gate_input_norm, relu_before_add),
-                                block_config)
+        common = _gate_options(density, gates, gate_init, gate_input_norm, relu_before_add, wta_round)
+        factory = _CIFARFactory(common, block_config)
         super().__init__(factory, layers, channels, classes=classes, norm_kwargs=norm_kwargs, **kwargs)
         if block_config is not None and factory.count != len(block_config):
             raise ConfigError('block_config has %d entries but the network has %d blocks'
@@ -587,7 +592,7 @@ def afs_from_gluoncv(net, **kwargs):
     ``ResNetV1b`` of bottleneck or basic blocks, e.g. ``resnet50_v1b``, ``resnet18_v1b``,
     ``resnet50_v1d``, or a ``CIFARResNetV1`` such as ``cifar_resnet20_v1``). Gate parameters
     are freshly initialised on the same context. ``kwargs``: gate options (``density``,
-    ``gates``, ``gate_init``, ``gate_input_norm``, ``relu_before_add``, ``features``).
+    ``gates``, ``gate_init``, ``gate_input_norm``, ``wta_round``, ``relu_before_add``, ``features``).
     Anything else raises ConfigError naming the network or block (:func:`check_convertible`)."""
     kind, layers, extra = check_convertible(net)
     if kind == 'cifar':
