@@ -368,3 +368,43 @@ def test_basic_block_selection_rounds_only_conv1_and_collects_every_gate(rng):
         np.testing.assert_allclose(st['act'], act.mean(axis=0), rtol=1e-4, atol=1e-6)
         a = np.maximum(gated, 0).astype(np.float32)
     assert (np.abs(gated) > 0).any() and (gated < 0).any()     # |.| and relu differ here
+
+
+def test_gate_stats_file_movement_and_plot(tmp_path, capsys):
+    """afds_gate_stats.json holds both statistics; gate_movement against hand-computed
+    numbers; tools/plot_afds_gates.py draws it and refuses a run without it in one line."""
+    import os
+    import sys
+    from gluon_transfer.afds.report import gate_movement, read_gate_stats, write_gate_stats
+    start = {'a.gate1': {'mean': np.array([1.0, 1.0]), 'var': np.zeros(2), 'act': np.ones(2),
+                         'h_mean': np.array([1.0, 1.0]), 'count': 4},
+             'a.gate2': {'mean': np.array([1.0, 1.0, 1.0]), 'var': np.zeros(3), 'act': np.ones(3),
+                         'h_mean': np.array([1.0, 1.0, 1.0]), 'count': 4}}
+    end = {'a.gate1': dict(start['a.gate1'], mean=np.array([0.5, 1.5]), h_mean=np.array([0.8, 1.2]),
+                           var=np.array([0.1, 0.3])),
+           'a.gate2': dict(start['a.gate2'], mean=np.array([0.0, 1.0, 2.0]), h_mean=np.array([1.0, 1.0, 1.0]),
+                           var=np.array([0.0, 0.0, 0.3]))}
+    path = str(tmp_path / 'run' / 'afds_gate_stats.json')
+    os.makedirs(os.path.dirname(path))
+    write_gate_stats(path, 'start', start, {'gate_lr_mult': 10.0})
+    write_gate_stats(path, 'mask_update', end)
+    rec = read_gate_stats(path)
+    assert set(rec) == {'start', 'mask_update', 'info'} and rec['mask_update']['a.gate2']['mean'] == [0.0, 1.0, 2.0]
+    mv = gate_movement(rec['start'], rec['mask_update'])
+    # gate1: |moved| = mean(0.5, 0.5) = 0.5, h moved 0.2, spread std(0.8, 1.2) / 1 = 0.2, var 0.2
+    assert mv['a.gate1'] == pytest.approx({'moved': 0.5, 'h_moved': 0.2, 'spread': 0.2, 'var': 0.2})
+    # gate2: |moved| = 2/3, h moved 0, spread 0 (h all equal), var 0.1
+    assert mv['a.gate2'] == pytest.approx({'moved': 2 / 3, 'h_moved': 0.0, 'spread': 0.0, 'var': 0.1})
+    assert mv['median'] == pytest.approx({'moved': (0.5 + 2 / 3) / 2, 'h_moved': 0.1, 'spread': 0.1, 'var': 0.15})
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    sys.path.insert(0, os.path.join(root, 'tools'))
+    try:
+        import plot_afds_gates
+    finally:
+        sys.path.pop(0)
+    out = str(tmp_path / 'gates.png')
+    assert plot_afds_gates.main([str(tmp_path / 'run'), '--label', 'x, with a comma', '--out', out]) == 0
+    assert os.path.getsize(out) > 1000
+    assert plot_afds_gates.main([str(tmp_path), '--out', out]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith('error: ') and 'no AFDS gate statistics' in err and err.count('\n') == 1

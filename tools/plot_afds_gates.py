@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Plot the AFS gate statistics of ``train_transfer.py --afs`` runs, per gated layer.
 
-    python tools/plot_afds_gates.py RUN_A RUN_B --labels "today,fixed" --out docs/afds_gates.png
+    python tools/plot_afds_gates.py RUN_A RUN_B --label "before" --label "after" --out gates.png
 
 Each RUN is a run folder (its ``afds_gate_stats.json``) or that file itself. One row per
 run; in each row one pair of box plots per gated layer (network order, name under the axis):
@@ -52,7 +52,7 @@ def plot(records, labels, out, stat='h', dpi=72):
     from gluon_transfer.afds.report import gate_movement
     key, ylabel = STATS[stat]
     names = list(records[0]['mask_update'])
-    fig, axes = plt.subplots(len(records), 1, figsize=(max(8, 0.45 * len(names) + 2), 2.6 * len(records)),
+    fig, axes = plt.subplots(len(records), 1, figsize=(max(8, 0.45 * len(names) + 2), 1.0 + 3.0 * len(records)),
                              squeeze=False)
     for ax, record, label in zip(axes[:, 0], records, labels):
         end, start = record['mask_update'], record.get('start')
@@ -70,7 +70,7 @@ def plot(records, labels, out, stat='h', dpi=72):
             box.set(facecolor='tab:blue', alpha=0.7)
         moved = gate_movement(start, end)['median']
         info = record.get('info', {})
-        ax.set_title('%s  --  median over layers: |moved| %s, spread %.3g  (%s)' % (
+        ax.set_title('%s\nmedian over layers: |moved| %s, spread %.3g  (%s)' % (
             label, '%.3g' % moved.get('h_moved' if stat == 'h' else 'moved', float('nan')), moved['spread'],
             ', '.join('%s %s' % (k, info[k]) for k in ('gate_init', 'gate_lr_mult', 'gate_norm', 'phase1_density',
                                                        'lr') if k in info)), fontsize=8)
@@ -79,9 +79,9 @@ def plot(records, labels, out, stat='h', dpi=72):
         ax.set_ylabel(stat, fontsize=8)
         ax.tick_params(axis='y', labelsize=7)
         ax.grid(axis='y', alpha=0.3)
-    fig.suptitle('AFS gates per layer on the held-out training split: %s; grey = before phase 1, blue = at the '
-                 'mask update' % ylabel, fontsize=9)
-    fig.tight_layout(rect=(0, 0, 1, 0.97))
+    fig.suptitle('AFS gates per layer on the held-out training split: %s\ngrey = before phase 1, blue = at the '
+                 'mask update (per-channel means)' % ylabel, fontsize=9)
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.5 / (1.0 + 3.0 * len(records))))
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     fig.savefig(out, dpi=dpi)
     plt.close(fig)
@@ -91,14 +91,14 @@ def plot(records, labels, out, stat='h', dpi=72):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     p.add_argument('runs', nargs='+', help='run folders (or their afds_gate_stats.json)')
-    p.add_argument('--labels', default=None, help='comma-separated row titles (default: the folder names)')
+    p.add_argument('--label', action='append', default=None, help='row title, once per run (default: the folder names)')
     p.add_argument('--stat', default='h', choices=sorted(STATS), help='h: before WTA (default); pi: after WTA')
     p.add_argument('--out', required=True, help='PNG to write')
     p.add_argument('--dpi', type=int, default=72)
     args = p.parse_args(argv)
     from gluon_transfer.errors import GluonTransferError
     try:
-        labels = args.labels.split(',') if args.labels else [os.path.basename(os.path.normpath(r)) for r in args.runs]
+        labels = args.label or [os.path.basename(os.path.normpath(r)) for r in args.runs]
         if len(labels) != len(args.runs):
             raise ValueError('%d labels for %d runs' % (len(labels), len(args.runs)))
         records = [load(r) for r in args.runs]

@@ -24,9 +24,10 @@ Procedure (transfer-methods.md §3.2; the reproduction's ``update_afs`` fixed):
    ``act_c = E_x[mean_hw relu(pi_c(x) y_c(x))]`` (``|.|`` instead of ``relu`` after a block's
    last ConvBN, whose output goes to the residual add): the gated activation the next layer receives,
    the ranking of ``mask_stat='activation'``. Why offer it: the gates start at the
-   identity (value 1) and, at fine-tuning learning rates, move little (CIFAR task: gate
-   means 1.0000 +- 3e-5 after phase 1), so ``pi`` ranks channels by near-ties; ``act``
-   ranks them by what pruning removes.
+   identity (value 1) and at the network's learning rate move by about 1 % in phase 1
+   (``train_transfer.py`` trains them at 10x, docs/afds.md), so ``pi`` can rank channels by
+   near-ties; ``act`` ranks them by what pruning removes. ``h_mean``, the mean gate value
+   before WTA, measures how far the gates moved (``afds_gate_stats.json``).
 3. **Selection** (:func:`select_masks`): thresholds relative to the layer,
    ``m_c = [mean_c > thres_m * mean_l(mean)]``, ``s_c = m_c [var_c > thres_s * mean_l(var)]``
    (``mean_l``: the average over the layer's channels; defaults 0.5 / 0.5: a channel whose
