@@ -275,6 +275,12 @@ def test_errors_are_one_line(task_dir, tmp_path, capsys):
         (a('--afs-gate-norm', 'none'), '--afs-gate-norm: only used with --afs'),
         (a('--mask-stat', 'activation'), '--mask-stat: only used with --afs'),
         (a('--afs-static-only'), '--afs-static-only: only used with --afs'),
+        (a('--afds-preset', 'repro', '--afs-random-masks'), '--afs-random-masks, --afds-preset: only used with --afs'),
+        (a('--thres-scale', 'absolute', '--afs-wta-round', 'round'),
+         '--afs-wta-round, --thres-scale: only used with --afs'),
+        (a('--afs', '--afds-preset', 'repro', '--randaugment'),
+         '--afds-preset repro trains with its rotation + random resized crop, which only the ImageRecordIter pipeline '
+         'does: drop --randaugment'),
         (a('--afs', '--afs-static-only', '--thres-m', '0.5', '--thres-s', '0.1'),
          '--afs-static-only makes every kept channel static; --thres-s does not apply'),
         (a('--afs', '--afs-channel-multiple', '0'), '--afs-channel-multiple must be >= 1 (1 = no rounding), got 0'),

@@ -239,7 +239,7 @@ class AFDSMethod(Method):
                             'block: GluonCV resnet*_v1b, cifar_resnet*_v1) and run '
                             'the AFDS schedule: phase 1, masks from a held-out split of the training data, phase 2')
         g.add_argument('--density', '--afs-density', dest='afs_density', type=float, default=None,
-                       help='--afs: winner-take-all density d of the dynamic channels in phase 2 (default 0.9; the '
+                       help='--afs: winner-take-all density d of the dynamic channels (default 0.9, both phases; the '
                             "reference's --ratio)")
         g.add_argument('--afs-phase1-epochs', type=int, default=None,
                        help='--afs: epochs of phase 1 (default: half of all epochs; --max-iter counts both phases)')
