@@ -751,7 +751,8 @@ def augment_kwargs(args):
                 train_fraction=getattr(args, 'train_fraction', None),
                 fraction_seed=getattr(args, 'fraction_seed', 0),
                 pipeline=getattr(args, 'data_pipeline', 'auto'),
-                pad_mode=getattr(args, 'pad_mode', 'constant'))
+                pad_mode=getattr(args, 'pad_mode', 'constant'),
+                train_aug=getattr(args, 'train_aug', None))
 
 
 # ------------------------------------------------------------------ distillation (AT / KD)
@@ -849,13 +850,22 @@ def make_distill_task(args, net, data, ctx, log):
     return task
 
 
+# Shared options a fine-tuning method's preset may set (AFDS's --afds-preset): recorded when
+# given, so that an explicit value wins over the preset.
+TRANSFER_RECORDED = ('batch_size', 'num_epochs', 'max_iter', 'optimizer', 'lr', 'momentum', 'lr_mode', 'lr_decay',
+                     'lr_decay_epoch', 'lr_decay_period')
+
+
 def add_transfer_args(parser, preset):
     """Options of train_transfer.py: the schedule defaults of fine-tuning, then the options
     every fine-tuning method shares and each registered method's own group
     (:func:`gluon_transfer.methods.add_arguments`)."""
     from .methods import add_arguments
+    from .options import record_option
     parser.set_defaults(max_iter=None, lr=None)     # lr None: 0.01, or the AFA stage's preset
     for action in parser._actions:
+        if action.dest in TRANSFER_RECORDED:        # a method's preset keeps these when given
+            record_option(action, 'transfer')
         if action.dest == 'lr':
             action.help = 'base learning rate (default 0.01; afa-ast/afa-act: the AFA preset, 0.01/0.001)'
         elif action.dest == 'max_iter':

@@ -21,8 +21,8 @@ AFS accounting (:func:`afs_macs`). For a gated convolution ``l`` with full cost
 ``F_l = H W k^2 C_in C_out / groups``, output masks ``m``, ``s`` and WTA density ``d``::
 
     alive_l   = sum_c m_c                      n_dyn_l = sum_c m_c s_c
-    n_stat_l  = alive_l - n_dyn_l              eff_l   = n_stat_l + ceil(d * n_dyn_l - 1e-3)
-    in_alive  = C_in  (conv1: the block input)   or  alive of the producing gated conv
+    n_stat_l  = alive_l - n_dyn_l              eff_l   = n_stat_l + k(d, n_dyn_l)
+    in_alive  = C_in  (a block's first conv)     or  alive of the producing gated conv
     in_eff    = C_in                              or  eff   of the producing gated conv
 
     baseline  = sum over all layers of the plain network (gates off, no gate FCs)
@@ -32,11 +32,15 @@ AFS accounting (:func:`afs_macs`). For a gated convolution ``l`` with full cost
 ``static``: m = 0 channels removed from the producing conv (its rows) and from the
 consuming conv (its input columns); the gate FC is still needed for the dynamic channels
 (``in * n_dyn`` MACs) -- static (s = 0) channels fold into the BN and need no gate.
-``expected``: additionally, per sample only the ``ceil(d n_dyn)`` channels WTA keeps are
+(``k``: the gate's WTA count, ``ceil(d n - 1e-3)`` or ``round(d n)``,
+:func:`gluon_transfer.nn.gates.wta_keep_count`).
+``expected``: additionally, per sample only the ``k(d, n_dyn)`` channels WTA keeps are
 computed (exact per sample, since WTA keeps exactly that many), so the expectation equals
-the per-sample count. conv3's pruned outputs are counted as removed rows; the residual
-add keeps the full width, which is why the dense pruned export
-(:mod:`gluon_transfer.prune`) keeps conv3's full output width and measures a little more
+the per-sample count. The pruned outputs of a block's last conv (conv3 of a bottleneck,
+conv2 of a basic block) are counted as removed rows; the residual add keeps the full width,
+which is why the dense pruned export (:mod:`gluon_transfer.prune`) keeps that conv's full
+output width and measures more (for a basic block, whose conv2 is half of its MACs, up to
+its pruned share of conv2)
 (``exported`` in :func:`gluon_transfer.afds.afds_report`). Stem, downsample and classifier
 are never gated.
 """
@@ -207,7 +211,7 @@ def afs_macs(net, input_shape=(1, 3, 224, 224), density=None, masks=None, base=N
         d = float(density) if density is not None else (gate.current_density() if gate is not None else 1.0)
         alive = int(round(m.sum()))
         dyn = int(round((m * s).sum()))
-        eff = (alive - dyn) + wta_keep_count(d, dyn)
+        eff = (alive - dyn) + wta_keep_count(d, dyn, gate.wta_round if gate is not None else 'ceil')
         in_alive, in_eff = (cin, cin) if producer is None else (info[producer][0], info[producer][1])
         st = full * in_alive * alive / float(cin * cout)
         ex = full * in_eff * eff / float(cin * cout)

@@ -16,7 +16,7 @@ sees duplicates.)
 """
 import argparse
 
-__all__ = ['add_option', 'OwnedGroup', 'given', 'given_flags', 'float_list', 'name_list', 'GIVEN']
+__all__ = ['add_option', 'record_option', 'OwnedGroup', 'given', 'given_flags', 'float_list', 'name_list', 'GIVEN']
 
 GIVEN = 'given_options'
 
@@ -61,6 +61,13 @@ def add_option(group, owner, *flags, **kwargs):
         # the help text states the default that applies; keep argparse from adding "(default: None)"
         kwargs['help'] += '%(default).0s'
     action = group.add_argument(*flags, **kwargs)
+    action.__class__ = _recording(type(action))
+    action.owner = owner
+    return action
+
+
+def record_option(action, owner):
+    """Make an existing argparse ``action`` recorded (module docstring) under ``owner``."""
     action.__class__ = _recording(type(action))
     action.owner = owner
     return action

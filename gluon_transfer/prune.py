@@ -1,15 +1,20 @@
 """Physical pruning of AFS networks: statically pruned channels removed, static channels
 folded into BatchNorm (``tools/export.py --prune``).
 
-For every bottleneck of an :class:`~gluon_transfer.models.afs_resnet.AFSResNetV1b` with
-masks ``m``, ``s`` and gate constants ``gamma`` (see :mod:`gluon_transfer.nn.gates`):
+Every block of an AFS network (:mod:`gluon_transfer.models.afs_resnet`: bottlenecks, ImageNet
+and CIFAR basic blocks) is a chain of ConvBNs ``1..K`` (``K = 3`` bottleneck, ``2`` basic
+block); ConvBN ``k`` reads the output of ConvBN ``k - 1`` (ConvBN 1 the block input) and
+ConvBN ``K`` feeds the residual add. With masks ``m``, ``s`` and gate constants ``gamma``
+(see :mod:`gluon_transfer.nn.gates`):
 
-* conv1/conv2 outputs with ``m = 0`` are removed: their rows of ``conv1``/``conv2`` and
-  their ``bn1``/``bn2`` entries, and the matching input columns of the consumer
-  (``conv2``/``conv3``) and of the consumer's gate FC. Exact, because a pruned channel's
-  gated output is exactly 0 (``m`` multiplies after the BN), and so is its ReLU.
-* conv3 keeps its full ``4 * planes`` outputs (the residual add needs them); a pruned
-  conv3 channel gets zero weights and ``bn3`` scale and shift 0, so it outputs exactly 0.
+* outputs of ConvBN ``k < K`` with ``m = 0`` are removed: their rows of ``conv_k``, their
+  ``bn_k`` entries, and the matching input columns of ``conv_{k+1}`` and of gate ``k+1``'s
+  FC. Exact, because a pruned channel's gated output is exactly 0 (``m`` multiplies after
+  the BN), and so is its ReLU.
+* ConvBN ``K`` keeps its full output width (the residual add needs every channel of the
+  shortcut); a pruned channel there gets zero weights and BN scale and shift 0, so it
+  outputs exactly 0. So a bottleneck shrinks conv1 and conv2, a basic block conv1 only
+  (its conv2 loses the input columns).
 * a static channel (``m = 1, s = 0``) has multiplier ``gamma_c``, folded into its BN:
   ``gamma_bn <- gamma_c * gamma_bn``, ``beta_bn <- gamma_c * beta_bn`` (inference BN
   ``gamma_bn (z - mu) / sqrt(var + eps) + beta_bn`` is linear in both).
@@ -20,8 +25,8 @@ masks ``m``, ``s`` and gate constants ``gamma`` (see :mod:`gluon_transfer.nn.gat
   the outputs equal the gated network's for any ``d``.
 
 The result is the same class with ``block_config`` (per-block ``widths``/``gated``): when
-no gate is left it is a plain GluonCV-shaped ResNet-v1b bottleneck network with reduced
-conv1/conv2 widths, exportable with :func:`gluon_transfer.export.export_symbol`.
+no gate is left it is a plain GluonCV-shaped ResNet with reduced widths, exportable with
+:func:`gluon_transfer.export.export_symbol`.
 """
 import numpy as np
 import mxnet as mx
@@ -43,14 +48,11 @@ def _gate_arrays(gate, channels):
 
 
 def _blocks(net):
-    from .models.afs_resnet import AFSResNetV1b
-    if not isinstance(net, AFSResNetV1b):
-        raise ConfigError('--prune needs an AFS network (afs_resnet*_v1b); got %s' % type(net).__name__)
-    out = []
-    for lname in ('layer1', 'layer2', 'layer3', 'layer4'):
-        for bname, block in getattr(net, lname)._children.items():
-            out.append(('%s.%s' % (lname, bname), block))
-    return out
+    from .models.afs_resnet import AFS_NETWORKS, afs_blocks
+    if not isinstance(net, AFS_NETWORKS):
+        raise ConfigError('--prune needs an AFS network (afs_resnet*_v1b, afs_cifar_resnet*_v1); got %s'
+                          % type(net).__name__)
+    return afs_blocks(net)
 
 
 def require_masks(net, source='the network'):
@@ -60,28 +62,30 @@ def require_masks(net, source='the network'):
     nothing and keep every runtime gate, so the "pruned" export would cost more MACs than
     the plain network. (A network built without gates has nothing to select and passes.)
     ``source`` names the weights in the message."""
-    gates = [g for _, block in _blocks(net) for g in (block.gate1, block.gate2, block.gate3)
-             if g is not None and g.enabled]
+    gates = [block.gate(k) for _, block in _blocks(net) for k in range(1, block.num_convbn + 1)
+             if block.gate(k) is not None and block.gate(k).enabled]
     if gates and all(g.mask_m.data().asnumpy().min() == 1 and g.mask_s.data().asnumpy().min() == 1 for g in gates):
         raise ConfigError('%s carries no AFS masks (every gate has m = 1 and s = 1, as before the mask update of an '
                           '--afs run): --prune needs a checkpoint from phase 2 (after the masks were chosen)' % source)
 
 
 def prune_plan(net):
-    """Per bottleneck: ``{'name', 'widths': (c1, c2), 'gated': (g1, g2, g3), 'keep1', 'keep2',
-    'arrays': [(m, s, gamma)] * 3}``."""
+    """Per block: ``{'name', 'block', 'widths': (kept channels of ConvBN 1..K-1), 'gated': (one
+    bool per ConvBN), 'keep': [kept channel indices of ConvBN 1..K-1], 'arrays': [(m, s, gamma)]
+    per ConvBN}``."""
     plan = []
     for name, block in _blocks(net):
-        arrays = [_gate_arrays(getattr(block, 'gate%d' % k), block.widths[k - 1]) for k in (1, 2, 3)]
-        keep1 = np.flatnonzero(arrays[0][0])
-        keep2 = np.flatnonzero(arrays[1][0])
-        if keep1.size == 0 or keep2.size == 0:
-            raise ConfigError('%s: every conv%d channel is pruned; keep at least one (min_channels)'
-                              % (name, 1 if keep1.size == 0 else 2))
-        gated = tuple(bool(getattr(block, 'gate%d' % k) is not None and getattr(block, 'gate%d' % k).enabled
-                           and (a[0] * a[1]).sum() > 0) for k, a in zip((1, 2, 3), arrays))
-        plan.append(dict(name=name, widths=(int(keep1.size), int(keep2.size)), gated=gated, keep1=keep1,
-                         keep2=keep2, arrays=arrays))
+        K = block.num_convbn
+        arrays = [_gate_arrays(block.gate(k), block.widths[k - 1]) for k in range(1, K + 1)]
+        keep = [np.flatnonzero(arrays[k][0]) for k in range(K - 1)]
+        for k, kept in enumerate(keep):
+            if kept.size == 0:
+                raise ConfigError('%s: every channel of ConvBN %d is pruned; keep at least one (min_channels)'
+                                  % (name, k + 1))
+        gated = tuple(bool(block.gate(k) is not None and block.gate(k).enabled and (a[0] * a[1]).sum() > 0)
+                      for k, a in zip(range(1, K + 1), arrays))
+        plan.append(dict(name=name, block=block, widths=tuple(int(kept.size) for kept in keep), gated=gated,
+                         keep=keep, arrays=arrays))
     return plan
 
 
@@ -133,25 +137,25 @@ def prune_afs(net, ctx=None):
         put(prefix + '.wta_density', _np(src[density_key]))
 
     for p in plan:
-        b = p['name']
-        k1, k2 = p['keep1'], p['keep2']
-        (m1, s1, g1), (m2, s2, g2), (m3, s3, g3) = p['arrays']
-        all_in = np.arange(_np(src[b + '.conv1.weight']).shape[1])
-        all3 = np.arange(len(m3))
-        put(b + '.conv1.weight', _np(src[b + '.conv1.weight'])[k1])
-        bn(b + '.bn1', k1, m1, s1, g1)
-        put(b + '.conv2.weight', _np(src[b + '.conv2.weight'])[k2][:, k1])
-        bn(b + '.bn2', k2, m2, s2, g2)
-        w3 = _np(src[b + '.conv3.weight'])[:, k2].copy()
-        dead3 = m3 == 0
-        w3[dead3] = 0.0
-        put(b + '.conv3.weight', w3)
-        bn(b + '.bn3', all3, m3, s3, g3, zero=dead3)
-        for k, rows, cols, (m, s, _) in ((1, k1, all_in, p['arrays'][0]), (2, k2, k1, p['arrays'][1]),
-                                         (3, all3, k2, p['arrays'][2])):
+        b, block = p['name'], p['block']
+        K = block.num_convbn
+        cols = np.arange(_np(src['%s.%s.weight' % (b, block.CONVBN[0][0])]).shape[1])    # the block input
+        for k in range(1, K + 1):
+            conv, norm = ('%s.%s' % (b, path) for path in block.CONVBN[k - 1])
+            m, s, g = p['arrays'][k - 1]
+            if k < K:
+                rows, dead = p['keep'][k - 1], None
+            else:                                   # feeds the residual add: full width, dead rows zeroed
+                rows, dead = np.arange(len(m)), m == 0
+            w = _np(src[conv + '.weight'])[rows][:, cols].copy()
+            if dead is not None:
+                w[dead] = 0.0
+            put(conv + '.weight', w)
+            bn(norm, rows, m, s, g, zero=dead)
             if p['gated'][k - 1]:
                 gp = '%s.gate%d' % (b, k)
                 gate(gp, rows, cols, m, s, gp + '.wta_density')
+            cols = rows
     for key, param in dst.items():
         if key not in done:
             if key not in src:
@@ -196,6 +200,7 @@ def export_pruned(net, prefix, input_shape, check=True, log=None):
     os.makedirs(os.path.dirname(os.path.abspath(prefix)), exist_ok=True)
     pruned.save_parameters(prefix + '-pruned.params')
     with open(prefix + '-pruned.json', 'w') as f:
-        json.dump({'class': 'gluon_transfer.models.afs_resnet.AFSResNetV1b', 'kwargs': pruned._config}, f, indent=1)
+        json.dump({'class': '%s.%s' % (type(pruned).__module__, type(pruned).__name__), 'kwargs': pruned._config}, f,
+                  indent=1)
     say('wrote %s-pruned.params and %s-pruned.json' % (prefix, prefix))
     return pruned

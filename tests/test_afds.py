@@ -11,6 +11,7 @@ from gluon_transfer.afds import (TrainHoldout, afds_report, afds_schedule, apply
                                  update_masks)
 from gluon_transfer.data.base import ArrayIter
 from gluon_transfer.errors import ConfigError, DataError
+from gluon_transfer.macs import afs_macs
 from gluon_transfer.models.afs_resnet import AFSResNetV1b, afs_gates
 
 from data_helpers import write_rec
@@ -143,16 +144,62 @@ def _fake_stats(net, rng):
 def test_threshold_selection(rng):
     net = _net()
     stats = _fake_stats(net, rng)
-    sel = select_masks(stats, thres_m=0.3, thres_s=0.05)
+    # default: relative to the layer (its average mean gate value / variance)
+    sel = select_masks(stats, thres_m=0.7, thres_s=0.4)
+    assert sel['thres_scale'] == 'layer'
+    for name, st in stats.items():
+        m, s = sel['masks'][name]
+        want = (st['mean'] > 0.7 * st['mean'].sum() / len(st['mean'])).astype(float)
+        np.testing.assert_array_equal(m, want)
+        np.testing.assert_array_equal(s, want * (st['var'] > 0.4 * st['var'].sum() / len(st['var'])))
+        assert 0 < m.sum() < len(m)
+    # the same gates at 100x the scale: the same masks (the thresholds follow the statistic's scale)
+    scaled = {n: dict(st, mean=100 * st['mean'], var=1e4 * st['var']) for n, st in stats.items()}
+    sel100 = select_masks(scaled, thres_m=0.7, thres_s=0.4)
+    for name in stats:
+        for a, b in zip(sel['masks'][name], sel100['masks'][name]):
+            np.testing.assert_array_equal(a, b)
+    # absolute: the numbers themselves
+    sel = select_masks(stats, thres_m=0.3, thres_s=0.05, thres_scale='absolute')
     for name, st in stats.items():
         m, s = sel['masks'][name]
         np.testing.assert_array_equal(m, (st['mean'] > 0.3).astype(float))
         np.testing.assert_array_equal(s, m * (st['var'] > 0.05))
     # everything below threshold: one channel (largest mean) survives per gate
-    sel = select_masks(stats, thres_m=2.0, thres_s=2.0)
+    sel = select_masks(stats, thres_m=2.0, thres_s=2.0, thres_scale='absolute')
     for name, st in stats.items():
         m, _ = sel['masks'][name]
         assert m.sum() == 1 and m[np.argmax(st['mean'])] == 1
+    with pytest.raises(ConfigError, match='thres_scale must be one of layer, absolute'):
+        select_masks(stats, thres_m=0.5, thres_scale='median')
+
+
+def test_random_masks_keep_the_counts_and_the_macs_of_every_layer(rng):
+    from gluon_transfer.afds import random_masks
+    net = _net(density=0.9)
+    stats = _fake_stats(net, rng)
+    sel = select_masks(stats, macs_budget=0.5, net=net, input_shape=(1, 3, 32, 32))
+    rnd = random_masks(sel['masks'], seed=3)
+    assert list(rnd) == list(sel['masks'])
+    moved = 0
+    for name, (m, s) in sel['masks'].items():
+        rm, rs = rnd[name]
+        assert rm.sum() == m.sum() and rs.sum() == (m * s).sum() and np.all(rs <= rm)
+        moved += int((rm != m).sum())
+    assert moved > 0
+    a = afs_macs(net, (1, 3, 32, 32), masks=sel['masks'])
+    b = afs_macs(net, (1, 3, 32, 32), masks=rnd)
+    assert (a['static'], a['expected']) == (b['static'], b['expected'])
+    assert [(l['static'], l['expected']) for l in a['layers']] == [(l['static'], l['expected']) for l in b['layers']]
+    again = random_masks(sel['masks'], seed=3)
+    other = random_masks(sel['masks'], seed=4)
+    assert all(np.array_equal(again[n][0], rnd[n][0]) for n in rnd)              # seeded
+    assert any(not np.array_equal(other[n][0], rnd[n][0]) for n in rnd)
+    # a uniform draw: over many seeds every channel of a layer is kept about equally often
+    name = 'layer2.0.gate2'
+    kept = np.mean([random_masks({name: sel['masks'][name]}, seed=k)[name][0] for k in range(400)], axis=0)
+    frac = sel['masks'][name][0].mean()
+    assert np.abs(kept - frac).max() < 0.12
 
 
 @pytest.mark.parametrize('budget,scope', [(0.5, 'layer'), (0.4, 'global'), (0.4, 'layer')])  # stem+downsample: ~1/3
@@ -176,7 +223,7 @@ def test_budget_search_meets_budget(budget, scope, rng):
 def test_apply_masks_sets_gamma_of_new_static_channels(rng):
     net = _net()
     stats = _fake_stats(net, rng)
-    sel = select_masks(stats, thres_m=0.2, thres_s=0.05)
+    sel = select_masks(stats, thres_m=0.2, thres_s=0.05, thres_scale='absolute')
     apply_masks(net, sel['masks'], stats)
     got = current_masks(net)
     for name, g in [(n, g) for n, _, _, g, _, _ in afs_gates(net)]:
@@ -212,7 +259,7 @@ def test_schedule_two_phases_and_report(rng):
 def test_activation_statistic_ranks_the_channels(rng):
     net = _net()
     stats = _fake_stats(net, rng)
-    sel = select_masks(stats, thres_m=0.4, thres_s=0.05, mask_stat='activation')
+    sel = select_masks(stats, thres_m=0.4, thres_s=0.05, mask_stat='activation', thres_scale='absolute')
     for name, st in stats.items():
         m, s = sel['masks'][name]
         np.testing.assert_array_equal(m, (st['act'] > 0.4).astype(float))
@@ -234,7 +281,7 @@ def test_channel_multiple_rounds_the_removable_widths(q, rng):
     net = _net(density=0.9)
     stats = _fake_stats(net, rng)
     # thresholds: kept count of conv1/conv2 gates rounded up with the largest pruned means; conv3 untouched
-    sel = select_masks(stats, thres_m=0.5, thres_s=0.05, channel_multiple=q)
+    sel = select_masks(stats, thres_m=0.5, thres_s=0.05, channel_multiple=q, thres_scale='absolute')
     for name, st in stats.items():
         m = sel['masks'][name][0]
         plain = (st['mean'] > 0.5).astype(float)
@@ -281,3 +328,83 @@ def test_static_only_selection_leaves_no_runtime_gate(rng):
     np.testing.assert_allclose(pruned(x).asnumpy(), net(x).asnumpy(), rtol=1e-4, atol=1e-5)
     with pytest.raises(ConfigError, match='thres_s does not apply'):
         select_masks(stats, thres_m=0.5, thres_s=0.1, static_only=True)
+
+
+def test_basic_block_selection_rounds_only_conv1_and_collects_every_gate(rng):
+    """In a basic block only conv1's channels are removable (conv2 feeds the residual add): the
+    channel multiple rounds gate1's kept counts and leaves gate2's as the threshold gave them;
+    the statistics cover both gates (numpy gating), act with |.| after gate2."""
+    from gluon_transfer.models.afs_resnet import AFSCIFARResNetV1
+    mx.random.seed(0)
+    net = AFSCIFARResNetV1(layers=[1, 1, 1], classes=4, density=0.9, gate_init='random')
+    net.initialize(mx.init.Xavier())
+    net(mx.nd.zeros((1, 3, 32, 32)))
+    stats = _fake_stats(net, rng)
+    sel = select_masks(stats, thres_m=0.5, thres_s=0.05, channel_multiple=8, net=net, input_shape=(1, 3, 32, 32),
+                       thres_scale='absolute')
+    for name, st in stats.items():
+        m = sel['masks'][name][0]
+        plain = (st['mean'] > 0.5).astype(float)
+        if name.endswith('gate2'):
+            np.testing.assert_array_equal(m, plain)
+        else:
+            assert m.sum() == min(len(m), -(-int(plain.sum()) // 8) * 8)
+    images, labels = _data(rng, 16)
+    hold, _, _ = TrainHoldout.from_arrays(images, labels, fraction=0.5, batch_size=4, mean=(127.5,) * 3,
+                                          std=(64.0,) * 3)
+    got = collect_gate_statistics(net, hold)
+    assert sorted(got) == sorted(stats) and len(got) == 6
+    # first block, numpy gating: act of gate1 = mean relu(pi y), of gate2 (before the add) = mean |pi y|
+    x = np.concatenate([b.data.asnumpy()[:b.data.shape[0] - b.pad] for b in hold])
+    blk = net.features[2][0]
+    a = net.features[1](net.features[0](mx.nd.array(x))).asnumpy()
+    for k, (conv, bn) in enumerate(((blk.body[0], blk.body[1]), (blk.body[3], blk.body[4])), 1):
+        y = bn(conv(mx.nd.array(a))).asnumpy().astype(np.float64)
+        pi = _numpy_pi(a, blk.gate(k), 0.9)
+        gated = pi[:, :, None, None] * y
+        act = (np.maximum(gated, 0) if k == 1 else np.abs(gated)).mean(axis=(2, 3))
+        st = got['features.2.0.gate%d' % k]
+        np.testing.assert_allclose(st['mean'], pi.mean(axis=0), rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(st['act'], act.mean(axis=0), rtol=1e-4, atol=1e-6)
+        a = np.maximum(gated, 0).astype(np.float32)
+    assert (np.abs(gated) > 0).any() and (gated < 0).any()     # |.| and relu differ here
+
+
+def test_gate_stats_file_movement_and_plot(tmp_path, capsys):
+    """afds_gate_stats.json holds both statistics; gate_movement against hand-computed
+    numbers; tools/plot_afds_gates.py draws it and refuses a run without it in one line."""
+    import os
+    import sys
+    from gluon_transfer.afds.report import gate_movement, read_gate_stats, write_gate_stats
+    start = {'a.gate1': {'mean': np.array([1.0, 1.0]), 'var': np.zeros(2), 'act': np.ones(2),
+                         'h_mean': np.array([1.0, 1.0]), 'count': 4},
+             'a.gate2': {'mean': np.array([1.0, 1.0, 1.0]), 'var': np.zeros(3), 'act': np.ones(3),
+                         'h_mean': np.array([1.0, 1.0, 1.0]), 'count': 4}}
+    end = {'a.gate1': dict(start['a.gate1'], mean=np.array([0.5, 1.5]), h_mean=np.array([0.8, 1.2]),
+                           var=np.array([0.1, 0.3])),
+           'a.gate2': dict(start['a.gate2'], mean=np.array([0.0, 1.0, 2.0]), h_mean=np.array([1.0, 1.0, 1.0]),
+                           var=np.array([0.0, 0.0, 0.3]))}
+    path = str(tmp_path / 'run' / 'afds_gate_stats.json')
+    os.makedirs(os.path.dirname(path))
+    write_gate_stats(path, 'start', start, {'gate_lr_mult': 10.0})
+    write_gate_stats(path, 'mask_update', end)
+    rec = read_gate_stats(path)
+    assert set(rec) == {'start', 'mask_update', 'info'} and rec['mask_update']['a.gate2']['mean'] == [0.0, 1.0, 2.0]
+    mv = gate_movement(rec['start'], rec['mask_update'])
+    # gate1: |moved| = mean(0.5, 0.5) = 0.5, h moved 0.2, spread std(0.8, 1.2) / 1 = 0.2, var 0.2
+    assert mv['a.gate1'] == pytest.approx({'moved': 0.5, 'h_moved': 0.2, 'spread': 0.2, 'var': 0.2})
+    # gate2: |moved| = 2/3, h moved 0, spread 0 (h all equal), var 0.1
+    assert mv['a.gate2'] == pytest.approx({'moved': 2 / 3, 'h_moved': 0.0, 'spread': 0.0, 'var': 0.1})
+    assert mv['median'] == pytest.approx({'moved': (0.5 + 2 / 3) / 2, 'h_moved': 0.1, 'spread': 0.1, 'var': 0.15})
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    sys.path.insert(0, os.path.join(root, 'tools'))
+    try:
+        import plot_afds_gates
+    finally:
+        sys.path.pop(0)
+    out = str(tmp_path / 'gates.png')
+    assert plot_afds_gates.main([str(tmp_path / 'run'), '--label', 'x, with a comma', '--out', out]) == 0
+    assert os.path.getsize(out) > 1000
+    assert plot_afds_gates.main([str(tmp_path), '--out', out]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith('error: ') and 'no AFDS gate statistics' in err and err.count('\n') == 1

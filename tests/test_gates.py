@@ -96,6 +96,51 @@ def test_wta_on_float16_gate_values(rng):
     assert (got.asnumpy().sum(axis=1) == exact_ceil(0.9, 2048)).all() and exact_ceil(0.9, 2048) == 1844
 
 
+def exact_round(d, n):
+    """Python's round(d * n) with d taken as the decimal it prints as: halves to even."""
+    x = fractions.Fraction(repr(float(d))) * n
+    return int(round(x))          # Fraction.__round__: exact, halves to even
+
+
+class _WTARound(HybridBlock):
+    def __init__(self, d):
+        super().__init__()
+        self.d = d
+
+    def hybrid_forward(self, F, h, dyn, d):
+        return wta_mask(F, h, dyn, d, 'round')
+
+
+def test_wta_round_keeps_round_d_c_channels(rng):
+    """The reproduction's count k = round(d n) (halves to even: 0.9 * 5 = 4.5 -> 4, 0.7 * 5 = 3.5
+    -> 4), on NDArrays and in a hybridized graph with d as a (1,) parameter, against the exact
+    rational count; ceil gives more where d n is not an integer."""
+    cases = [(0.9, n) for n in (1, 5, 10, 16, 20, 32, 64, 2048)] + [(0.7, 5), (0.5, 5), (0.5, 7), (0.25, 6),
+                                                                   (0.3, 20), (0.1, 4)]
+    assert exact_round(0.9, 5) == 4 and exact_round(0.7, 5) == 4 and exact_round(0.9, 16) == 14
+    for d, n in cases:
+        want = exact_round(d, n)
+        assert wta_keep_count(d, n, 'round') == want == round(d * n), (d, n)
+        h = np.maximum(rng.randn(4, n), 0).astype(np.float32)
+        h[:, ::3] = 0.5                                                   # ties too
+        for hybrid in (False, True):
+            blk = _WTARound(d)
+            if hybrid:
+                blk.hybridize()
+            got = blk(mx.nd.array(h), mx.nd.ones(n), mx.nd.array([d])).asnumpy()
+            assert (got.sum(axis=1) == want).all(), (d, n, got.sum(axis=1), want)
+            order = [sorted(range(n), key=lambda j: (-h[i, j], j))[:want] for i in range(4)]
+            np.testing.assert_array_equal(got, [[1 if j in o else 0 for j in range(n)] for o in order])
+    assert wta_keep_count(0.9, 16) == 15 and wta_keep_count(0.9, 16, 'round') == 14
+    with pytest.raises(ConfigError, match='rounding must be one of ceil, round'):
+        wta_keep_count(0.9, 16, 'floor')
+    gate = AFSGate(3, 16, density=0.9, wta_round='round', init='random')
+    gate.initialize()
+    x = mx.nd.array(rng.uniform(0, 1, (5, 3, 2, 2)))
+    kept = (gate(x, mx.nd.ones((5, 16, 2, 2))).asnumpy()[:, :, 0, 0] > 0).sum(axis=1)
+    assert (kept <= 14).all() and 'wta_round=round' in repr(gate)
+
+
 def _relu(x):
     return np.maximum(x, 0)
 
@@ -209,17 +254,21 @@ def test_masks_travel_with_checkpoints(tmp_path):
     assert not any(k.endswith(('mask_m', 'mask_s', 'wta_density')) for k in trainable)
 
 
-def test_unsupported_blocks_raise_config_error():
-    basic = ResNetV1b(BasicBlockV1b, [1, 1, 1, 1], classes=4)
-    basic.initialize()
-    with pytest.raises(ConfigError, match='BasicBlockV1b'):
-        afs_from_gluoncv(basic)
+def test_unsupported_networks_raise_config_error():
     from gluoncv.model_zoo.resnet import get_resnet
     v1 = get_resnet(1, 50)
     with pytest.raises(ConfigError, match='ResNetV1'):
         afs_from_gluoncv(v1)
+    v2 = gt.get_model('cifar_resnet20_v2', classes=4)
+    with pytest.raises(ConfigError, match='CIFARResNetV2'):
+        afs_from_gluoncv(v2)
+    dilated = ResNetV1b(BasicBlockV1b, [1, 1, 1, 1], classes=4, dilated=True)
+    with pytest.raises(ConfigError, match='dilated'):
+        afs_from_gluoncv(dilated)
     with pytest.raises(ConfigError, match='density'):
         AFSResNetV1b(layers=[1, 1, 1, 1], density=0)
+    with pytest.raises(ConfigError, match="'bottleneck' or 'basic'"):
+        AFSResNetV1b(layers=[1, 1, 1, 1], block='bottle')
 
 
 def test_registered_models_and_taps(rng):
@@ -274,3 +323,126 @@ def test_l2_gate_network_prunes_exactly():
     pruned = prune_afs(net)
     assert pruned._config['gate_input_norm'] == 'l2'
     assert verify_pruned(net, pruned, (2, 3, 32, 32)) < 1e-3
+
+
+# ---------------------------------------------------------------------- basic blocks
+def _bn_stats(net, rng):
+    for name, p in net.collect_params().items():      # non-trivial BN statistics
+        if name.endswith('running_var'):
+            p.set_data(mx.nd.array(rng.uniform(0.5, 1.5, p.shape)))
+        elif name.endswith(('running_mean', 'beta')):
+            p.set_data(mx.nd.array(rng.uniform(-0.2, 0.2, p.shape)))
+    return net
+
+
+def _random_basic(kind, classes=5, seed=0):
+    """A tiny GluonCV basic-block network: CIFAR ResNet-v1 (one block per stage) or ResNet-v1b."""
+    from gluoncv.model_zoo.cifarresnet import CIFARResNetV1, CIFARBasicBlockV1
+    mx.random.seed(seed)
+    if kind == 'cifar':
+        net = CIFARResNetV1(CIFARBasicBlockV1, [1, 1, 1], [16, 16, 32, 64], classes=classes)
+    else:
+        net = ResNetV1b(BasicBlockV1b, [1, 1, 1, 1], classes=classes, name_prefix='resnetv1b_')
+    net.initialize(mx.init.Xavier())
+    net(mx.nd.zeros((1, 3, 32, 32)))
+    return _bn_stats(net, np.random.RandomState(seed))
+
+
+@pytest.mark.parametrize('kind', ['cifar', 'v1b'])
+def test_basic_block_identity_equals_gluoncv_and_loads_its_params(kind, rng, tmp_path):
+    from gluon_transfer.models.afs_resnet import AFSCIFARResNetV1, removable_gates
+    ref = _random_basic(kind)
+    x = mx.nd.array(rng.uniform(-1, 1, (2, 3, 32, 32)))
+    want = ref(x).asnumpy()
+    afs = afs_from_gluoncv(ref, density=1.0)
+    assert isinstance(afs, AFSCIFARResNetV1 if kind == 'cifar' else AFSResNetV1b)
+    np.testing.assert_array_equal(afs(x).asnumpy(), want)
+    afs.hybridize(static_alloc=True)
+    np.testing.assert_allclose(afs(x).asnumpy(), want, rtol=1e-6, atol=1e-6)
+    # two gates per block; only the first one's channels are removable (the second feeds the add)
+    gates = afs_gates(afs)
+    assert len(gates) == 2 * (3 if kind == 'cifar' else 4)
+    assert removable_gates(afs) == {name for name, _, k, _, _, _ in gates if k == 1}
+    # the plain network's params file loads with only gate keys missing
+    path = str(tmp_path / 'plain.params')
+    ref.save_parameters(path)
+    other = type(afs)(**dict(afs._config))
+    other.initialize()
+    report = load_gluoncv_params(other, path)
+    assert report['missing'] and all('.gate' in k for k in report['missing']) and not report['unexpected']
+    set_density(other, 1.0)
+    np.testing.assert_array_equal(other(x).asnumpy(), want)
+
+
+def _np_conv3x3(x, w, stride):
+    """(N, C, H, W) * (O, C, 3, 3), padding 1: float64 loops over the 9 kernel offsets."""
+    n, c, h, wd = x.shape
+    xp = np.pad(x, ((0, 0), (0, 0), (1, 1), (1, 1)))
+    ho, wo = (h - 1) // stride + 1, (wd - 1) // stride + 1
+    out = np.zeros((n, w.shape[0], ho, wo))
+    for i in range(3):
+        for j in range(3):
+            patch = xp[:, :, i:i + stride * ho:stride, j:j + stride * wo:stride]
+            out += np.einsum('nchw,oc->nohw', patch, w[:, :, i, j])
+    return out
+
+
+def _np_bn(z, bn):
+    g, b, mu, var = (bn.params.get(k).data().asnumpy().astype(np.float64)
+                     for k in ('gamma', 'beta', 'running_mean', 'running_var'))
+    r = lambda v: v[None, :, None, None]                                         # noqa: E731
+    return r(g) * (z - r(mu)) / np.sqrt(r(var) + 1e-5) + r(b)
+
+
+def _np_gate(x_in, y, gate):
+    """gate(x, y) of gluon_transfer.nn.gates as numpy (raw GAP input, WTA count ceil(d n - 1e-3))."""
+    W = gate.fc.weight.data().asnumpy().astype(np.float64)
+    b = gate.fc.bias.data().asnumpy().astype(np.float64)
+    m, s = gate.mask_m.data().asnumpy(), gate.mask_s.data().asnumpy()
+    gamma = gate.gamma.data().asnumpy().astype(np.float64)
+    h = np.maximum(x_in.mean(axis=(2, 3)) @ W.T + b, 0)
+    pi = h * numpy_wta(h, m * s, gate.density)
+    mult = m * (s * pi + (1 - s) * gamma)
+    return mult[:, :, None, None] * y
+
+
+def test_cifar_basic_block_forward_against_numpy(rng):
+    """out = relu(shortcut(x) + gate2(o1, BN2(conv2(o1)))), o1 = relu(gate1(x, BN1(conv1(x)))),
+    the shortcut a strided 1x1 conv + BN; every piece computed in numpy."""
+    from gluon_transfer.models.afs_resnet import AFSCIFARBasicBlockV1
+    mx.random.seed(4)
+    block = AFSCIFARBasicBlockV1(6, 2, downsample=True, in_channels=4, density=0.6, gate_init='random')
+    block.initialize(mx.init.Xavier())
+    x = rng.uniform(-1, 1, (3, 4, 6, 6))
+    block(mx.nd.array(x))
+    _bn_stats(block, rng)
+    for k in (1, 2):
+        g = block.gate(k)
+        g.mask_m.set_data(mx.nd.array([1, 1, 0, 1, 1, 1]))
+        g.mask_s.set_data(mx.nd.array([1, 0, 1, 1, 1, 0]))
+    got = block(mx.nd.array(x)).asnumpy()
+    w = lambda blk: blk.weight.data().asnumpy().astype(np.float64)               # noqa: E731
+    y1 = _np_bn(_np_conv3x3(x, w(block.body[0]), 2), block.body[1])
+    o1 = np.maximum(_np_gate(x, y1, block.gate1), 0)
+    y2 = _np_bn(_np_conv3x3(o1, w(block.body[3]), 1), block.body[4])
+    o2 = _np_gate(o1, y2, block.gate2)
+    short = _np_bn(np.einsum('nchw,oc->nohw', x[:, :, ::2, ::2], w(block.downsample[0])[:, :, 0, 0]),
+                   block.downsample[1])
+    want = np.maximum(short + o2, 0)
+    assert np.abs(o2).max() > 1e-2 and np.abs(o2[:, 2]).max() == 0              # m = 0: channel 2 off
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_registered_basic_block_models_and_taps(rng):
+    for name in ('afs_resnet18_v1b', 'afs_resnet34_v1b', 'afs_cifar_resnet_v1', 'afs_cifar_resnet20_v1',
+                 'afs_cifar_resnet56_v1', 'afs_cifar_resnet110_v1'):
+        assert name in gt.list_models()
+    net = gt.get_model('afs_cifar_resnet20_v1', classes=5, features=('stage1', 'stage3'))
+    net.initialize()
+    logits, feats = net(mx.nd.array(rng.rand(2, 3, 32, 32)))
+    assert logits.shape == (2, 5) and [f.shape for f in feats] == [(2, 16, 32, 32), (2, 64, 8, 8)]
+    assert len(afs_gates(net)) == 18
+    net = gt.get_model('afs_resnet18_v1b', classes=3)
+    assert net.block == 'basic' and len(afs_gates(net)) == 16
+    with pytest.raises(ConfigError, match='stage4'):
+        gt.get_model('afs_cifar_resnet20_v1', features=('stage4',))

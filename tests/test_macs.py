@@ -4,6 +4,7 @@ import math
 
 import numpy as np
 import pytest
+import mxnet as mx
 from mxnet.gluon import nn
 from gluoncv.model_zoo import resnet50_v1b
 
@@ -117,3 +118,44 @@ def _resnet_1111_count(size):
         total += so * so * 4 * planes * cin
         s, cin = so, 4 * planes
     return total + 2048 * 10
+
+
+def test_pruned_cifar_basic_block_network_against_a_hand_count():
+    """CIFAR ResNet-v1 with one basic block per stage (16/16/32/64 channels) at 32 px, every
+    gate's masks chosen: the pruned export keeps c1 = sum(m1) rows of conv1, the full width of
+    conv2 (it feeds the residual add) and, for gates with dynamic channels left, the gate FCs
+    on the kept widths. Counted by hand, layer by layer."""
+    from gluon_transfer.models.afs_resnet import AFSCIFARResNetV1
+    from gluon_transfer.prune import prune_afs
+    rng = np.random.RandomState(5)
+    net = AFSCIFARResNetV1(layers=[1, 1, 1], classes=5, density=0.75)
+    net.initialize()
+    net(mx.nd.zeros((1, 3, 32, 32)))
+    masks = {}
+    for name, _, k, gate, _, _ in afs_gates(net):
+        c = gate.channels
+        m = (rng.rand(c) > 0.4).astype(np.float32)
+        m[0] = 1
+        s = m * (rng.rand(c) > 0.5) if name != 'features.4.0.gate1' else np.zeros(c, np.float32)  # one all static
+        masks[name] = (m, s)
+        gate.mask_m.set_data(mx.nd.array(m))
+        gate.mask_s.set_data(mx.nd.array(s))
+    got = count_macs(prune_afs(net), (1, 3, 32, 32))['total']
+    stem, fc = 32 * 32 * 16 * 3 * 9, 64 * 5
+    total = static = baseline = stem + fc
+    for stage, (cin, cout, hw) in enumerate(((16, 16, 32 * 32), (16, 32, 16 * 16), (32, 64, 8 * 8))):
+        m1, s1 = masks['features.%d.0.gate1' % (stage + 2)]
+        m2, s2 = masks['features.%d.0.gate2' % (stage + 2)]
+        c1, c2 = int(m1.sum()), int(m2.sum())
+        down = hw * cout * cin if cin != cout else 0          # 1x1 downsample conv at the output size
+        baseline += hw * cout * cin * 9 + hw * cout * cout * 9 + down
+        total += hw * c1 * cin * 9                            # conv1: kept rows, every input channel
+        total += hw * cout * c1 * 9                           # conv2: full width, kept input columns
+        total += down
+        total += (cin * c1 if s1.sum() > 0 else 0) + (c1 * cout if s2.sum() > 0 else 0)   # runtime gate FCs
+        # afs_macs's static count: conv2's dead rows removed too; FCs for the dynamic channels only
+        static += hw * c1 * cin * 9 + hw * c2 * c1 * 9 + down + cin * int(s1.sum()) + c1 * int(s2.sum())
+    mc = afs_macs(net, (1, 3, 32, 32))
+    assert got == total
+    assert mc['baseline'] == baseline and mc['static'] == static
+    assert static < total < baseline          # the dense export cannot drop conv2's rows

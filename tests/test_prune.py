@@ -158,3 +158,80 @@ def test_export_tool_reads_recorded_gate_norm(tmp_path, rng, capsys):
     # an explicit --kw wins over the record
     assert export_tool.main(common + ['--kw', "gate_input_norm='none'", '--out', out + 'b']) == 0
     assert 'as recorded in' not in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------------- basic blocks
+def _masked_basic(kind, density, rng, p_keep=0.6, p_dyn=0.5):
+    """A tiny AFS basic-block network (CIFAR ResNet-v1 or ResNet-v1b, one block per stage) with
+    random masks, gate constants and BN statistics."""
+    from gluon_transfer.models.afs_resnet import AFSCIFARResNetV1
+    mx.random.seed(1)
+    if kind == 'cifar':
+        net = AFSCIFARResNetV1(layers=[1, 1, 1], classes=5, density=density, gate_init='random')
+    else:
+        net = AFSResNetV1b(layers=[1, 1, 1, 1], block='basic', classes=5, density=density, gate_init='random')
+    net.initialize(mx.init.Xavier())
+    net(mx.nd.zeros((1, 3, 32, 32)))
+    for name, p in net.collect_params().items():
+        if name.endswith('running_var'):
+            p.set_data(mx.nd.array(rng.uniform(0.5, 1.5, p.shape)))
+        elif name.endswith(('running_mean', 'beta')):
+            p.set_data(mx.nd.array(rng.uniform(-0.1, 0.3, p.shape)))
+    for _, _, _, gate, _, _ in afs_gates(net):
+        c = gate.channels
+        m = (rng.rand(c) < p_keep).astype(np.float32)
+        m[0] = 1
+        gate.mask_m.set_data(mx.nd.array(m))
+        gate.mask_s.set_data(mx.nd.array(rng.rand(c) < p_dyn))
+        gate.gamma.set_data(mx.nd.array(rng.uniform(0.2, 1.5, c)))
+    return net
+
+
+@pytest.mark.parametrize('kind,density', [('cifar', 1.0), ('cifar', 0.6), ('v1b', 0.7)])
+def test_basic_block_pruned_equals_masked(kind, density, rng):
+    net = _masked_basic(kind, density, rng)
+    pruned = prune_afs(net)
+    x = mx.nd.array(rng.uniform(-1, 1, (4, 3, 32, 32)))
+    ref = net(x).asnumpy()
+    assert np.abs(ref).max() > 1e-2
+    np.testing.assert_allclose(pruned(x).asnumpy(), ref, rtol=1e-4, atol=1e-5)
+    net.hybridize()
+    pruned.hybridize()
+    np.testing.assert_allclose(pruned(x).asnumpy(), ref, rtol=1e-4, atol=1e-5)
+    # conv1 keeps the channels with m = 1; conv2 keeps the shortcut's width (its pruned rows are zero)
+    blocks = dict(zip([n for n, _, k, _, _, _ in afs_gates(net) if k == 1],
+                      [b for _, b, k, _, _, _ in afs_gates(pruned) if k == 1]))
+    for name, b, k, gate, conv, _ in afs_gates(net):
+        pconv = blocks[name[:-1] + '1'].convbn(k)[0]
+        if k == 1:
+            assert pconv._channels == int(gate.mask_m.data().asnumpy().sum()) < conv._channels
+        else:
+            assert pconv._channels == conv._channels
+            dead = gate.mask_m.data().asnumpy() == 0
+            assert dead.any() and np.all(pconv.weight.data().asnumpy()[dead] == 0)
+
+
+def test_export_tool_prunes_a_cifar_basic_block_network(tmp_path, rng, capsys):
+    net = _masked_basic('cifar', 0.8, rng, p_dyn=0.0)
+    params = str(tmp_path / 'afs.params')
+    net.save_parameters(params)
+    sys.path.insert(0, os.path.join(ROOT, 'tools'))
+    try:
+        import export as export_tool
+    finally:
+        sys.path.pop(0)
+    out = str(tmp_path / 'exp' / 'afs')
+    rc = export_tool.main(['--model', 'afs_cifar_resnet_v1', '--kw', 'layers=[1,1,1]', '--classes', '5',
+                           '--params', params, '--input-shape', '2,3,32,32', '--out', out, '--prune'])
+    text = capsys.readouterr().out
+    assert rc == 0, text
+    assert 'pruned network equals the gated one' in text
+    with open(out + '-pruned.json') as f:
+        saved = json.load(f)
+    assert saved['class'] == 'gluon_transfer.models.afs_resnet.AFSCIFARResNetV1'
+    assert all(b['gated'] == [False, False] for b in saved['kwargs']['block_config'])   # all static: plain ConvBNs
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        imported = mx.gluon.SymbolBlock.imports(out + '-symbol.json', ['data'], out + '-0000.params')
+    x = mx.nd.array(rng.uniform(-1, 1, (2, 3, 32, 32)))
+    np.testing.assert_allclose(imported(x).asnumpy(), net(x).asnumpy(), rtol=1e-4, atol=1e-5)

@@ -81,12 +81,13 @@ def main(argv=None):
         if not args.params and not args.random_init:
             raise ConfigError('pass --params FILE (or --random-init to export untrained weights)')
         kwargs = model_kwargs(args)
-        if args.model.startswith('afs_') and args.params and 'gate_input_norm' not in kwargs:
+        if args.model.startswith('afs_') and args.params:
             from gluon_transfer.afds import recorded_gate_options
             recorded, where = recorded_gate_options(args.params)
+            recorded = {k: v for k, v in recorded.items() if k not in kwargs}      # --kw wins
             if recorded:
                 kwargs.update(recorded)
-                print('gate_input_norm=%r as recorded in %s' % (recorded['gate_input_norm'], where))
+                print('%s as recorded in %s' % (', '.join('%s=%r' % kv for kv in sorted(recorded.items())), where))
         net = gt.get_model(args.model, **kwargs)
         net.initialize(mx.init.Xavier(), ctx=mx.cpu())
         print('built %s(%s)' % (args.model, ', '.join('%s=%r' % kv for kv in sorted(kwargs.items()))))

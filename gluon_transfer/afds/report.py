@@ -6,11 +6,16 @@ tools read back from a run's records (:func:`recorded_gate_options`,
 import json
 import os
 
+import numpy as np
+
 from ..engine.checkpoint import atomic_write_json, jsonable
 from ..errors import CheckpointError
 from .statistics import current_masks
 
-__all__ = ['afds_report', 'format_afds_report', 'write_afds_files', 'recorded_gate_options', 'recorded_phase']
+__all__ = ['afds_report', 'format_afds_report', 'write_afds_files', 'recorded_gate_options', 'recorded_phase',
+           'GATE_STATS_FILE', 'gate_stats_record', 'write_gate_stats', 'read_gate_stats', 'gate_movement']
+
+GATE_STATS_FILE = 'afds_gate_stats.json'
 
 
 def afds_report(net, input_shape=(1, 3, 224, 224), evaluation=None, pruned=None):
@@ -99,14 +104,78 @@ def recorded_phase(params_path):
 
 def recorded_gate_options(params_path):
     """The AFS model options a ``train_transfer.py --afs`` run recorded for the weights file
-    ``params_path`` (today ``gate_input_norm``), so that a tool rebuilding the network from
-    that file alone (``tools/export.py --model afs_...``) builds the same function.
+    ``params_path`` (``gate_input_norm``, ``wta_round``: they change the function, not the
+    weights), so that a tool rebuilding the network from that file alone
+    (``tools/export.py --model afs_...``) builds the same function.
 
     Looks, in order, at the checkpoint record beside the file (``<stem>.json``, key ``afds``),
     the run's ``afds_report.json`` in the same folder (e.g. for ``best.params``). Returns
     ``({}, None)`` when neither exists, else ``(options, path_read)``."""
     for path, record in _records(params_path):
-        if record.get('gate_input_norm') is not None:
-            return {'gate_input_norm': record['gate_input_norm']}, path
+        found = {k: record[k] for k in RECORDED_GATE_OPTIONS if record.get(k) is not None}
+        if found:
+            return found, path
     return {}, None
 
+
+RECORDED_GATE_OPTIONS = ('gate_input_norm', 'wta_round')
+
+
+# ------------------------------------------------------------------ gate statistics
+def gate_stats_record(stats):
+    """The JSON form of :func:`~gluon_transfer.afds.collect_gate_statistics` output:
+    ``{gate name: {'mean': [...], 'var': [...], 'act': [...], 'count': n}}``."""
+    return {name: {k: (np.asarray(v, np.float64).tolist() if k != 'count' else int(v)) for k, v in st.items()}
+            for name, st in stats.items()}
+
+
+def write_gate_stats(path, when, stats, info=None):
+    """Add the gate statistics taken at ``when`` (``'start'``: before phase 1, ``'mask_update'``:
+    after it) to the JSON file ``path`` (created when missing, written atomically; ``info``: a
+    dict of run settings stored beside them). What ``tools/plot_afds_gates.py`` draws."""
+    record = read_gate_stats(path) if os.path.isfile(path) else {}
+    record[when] = gate_stats_record(stats)
+    if info:
+        record.setdefault('info', {}).update(jsonable(info))
+    atomic_write_json(path, record)
+    return record
+
+
+def read_gate_stats(path):
+    """The record :func:`write_gate_stats` wrote (CheckpointError when it is not readable)."""
+    try:
+        with open(path) as f:
+            record = json.load(f)
+    except (OSError, ValueError) as err:
+        raise CheckpointError('%s: not a readable AFDS gate statistics file (%s)' % (path, err)) from None
+    if not isinstance(record, dict):
+        raise CheckpointError('%s: not an AFDS gate statistics file' % path)
+    return record
+
+
+def gate_movement(start, end):
+    """How far the gates moved between two statistics (``{name: {'mean': (C,), ...}}``, numpy or
+    JSON lists), per layer: ``moved`` = mean over channels of ``|mean_end - mean_start|``,
+    ``spread`` = the standard deviation over channels of ``h_mean_end`` (``mean_end`` when
+    absent) divided by its average (0 when every channel has the same mean gate value: a
+    ranking of ties), ``var`` = the mean
+    over channels of ``var_end`` (how much the gate varies across inputs); with ``h_mean`` in
+    both, ``h_moved`` = the mean over channels of ``|h_mean_end - h_mean_start|`` (the gate
+    value before WTA: free of the WTA's tie-breaking, which can flip a channel's ``mean``
+    between 0 and 1 while the gates hardly moved). Returns
+    ``{name: {...}}`` and, under ``'median'``, the medians over layers."""
+    out = {}
+    for name, st in end.items():
+        m1 = np.asarray(st['mean'], np.float64)
+        h1 = np.asarray(st.get('h_mean', m1), np.float64)
+        row = {'spread': float(h1.std() / h1.mean()) if h1.mean() > 0 else 0.0,
+               'var': float(np.mean(st['var']))}
+        if start is not None and name in start:
+            row['moved'] = float(np.abs(m1 - np.asarray(start[name]['mean'], np.float64)).mean())
+            if 'h_mean' in st and 'h_mean' in start[name]:
+                row['h_moved'] = float(np.abs(np.asarray(st['h_mean'], np.float64)
+                                              - np.asarray(start[name]['h_mean'], np.float64)).mean())
+        out[name] = row
+    keys = set.intersection(*(set(r) for r in out.values())) if out else set()
+    out['median'] = {k: float(np.median([r[k] for r in out.values()])) for k in sorted(keys)}
+    return out

@@ -4,7 +4,8 @@ selection -> apply), phase 2 (fine-tune with the masks fixed), through one
 :class:`~gluon_transfer.engine.trainer.Engine` (same trainer, momentum and LR schedule),
 resumable in either phase (the procedure: :mod:`gluon_transfer.afds`)."""
 from ..errors import CheckpointError, ConfigError
-from .selection import apply_masks, select_masks, selection_summary
+from .selection import apply_masks, random_masks, select_masks, selection_summary
+from .report import gate_movement, write_gate_stats
 from .statistics import TrainHoldout, collect_gate_statistics, require_holdout
 
 __all__ = ['update_masks', 'afds_schedule', 'TrainHoldout']
@@ -12,27 +13,44 @@ __all__ = ['update_masks', 'afds_schedule', 'TrainHoldout']
 
 def update_masks(net, holdout, thres_m=None, thres_s=None, macs_budget=None, input_shape=(1, 3, 224, 224),
                  scope='layer', budget_on='expected', gamma_from_mean=True, min_channels=1, ctx=None,
-                 max_batches=None, log=None, channel_multiple=1, mask_stat='gate', static_only=False):
+                 max_batches=None, log=None, channel_multiple=1, mask_stat='gate', static_only=False,
+                 thres_scale='layer', random=False, random_seed=0):
     """Statistics on ``holdout`` (a :class:`TrainHoldout`) -> :func:`select_masks` ->
-    :func:`apply_masks`. Returns the selection dict (with ``stats``)."""
+    :func:`apply_masks`. Returns the selection dict (with ``stats``).
+
+    ``random=True``: the random-mask control. The masks AFS chose are replaced by
+    :func:`~gluon_transfer.afds.selection.random_masks` (seeded with ``random_seed``): per layer
+    the same numbers of kept and dynamic channels at random positions, so the same static and
+    expected MACs per layer; everything else (statistics, the ``gamma`` of new static
+    channels from their mean gate value, phase 2) is unchanged. The selection keeps the AFS
+    masks under ``afs_masks``."""
     stats = collect_gate_statistics(net, holdout, ctx=ctx, max_batches=max_batches)
     sel = select_masks(stats, thres_m, thres_s, macs_budget, net, input_shape, scope, budget_on, min_channels,
-                       channel_multiple=channel_multiple, mask_stat=mask_stat, static_only=static_only)
+                       channel_multiple=channel_multiple, mask_stat=mask_stat, static_only=static_only,
+                       thres_scale=thres_scale)
+    sel['random_masks'] = bool(random)
+    if random:
+        from ..macs import afs_macs
+        sel['afs_masks'] = sel['masks']
+        sel['masks'] = random_masks(sel['masks'], random_seed)
+        sel['random_seed'] = int(random_seed)
+        sel['macs'] = afs_macs(net, input_shape, masks=sel['masks'])
     apply_masks(net, sel['masks'], stats, gamma_from_mean)
     sel['stats'] = stats
     if log:
         mc = sel['macs']
-        log('AFS masks from %r: thres_m=%s thres_s=%s%s; MACs baseline %.4gG, static %.4gG (%.2fx), expected '
+        log('AFS masks from %r: thres_m=%s thres_s=%s%s%s; MACs baseline %.4gG, static %.4gG (%.2fx), expected '
             '%.4gG (%.2fx)' % (holdout, sel['thres_m'], sel['thres_s'],
                                '' if sel['quantile'] is None else ' (quantile %.4f)' % sel['quantile'],
+                               '; replaced by random masks with the same counts per layer (seed %d)' % random_seed
+                               if random else '',
                                mc['baseline'] / 1e9, mc['static'] / 1e9, 1 / mc['static_ratio'],
                                mc['expected'] / 1e9, 1 / mc['expected_ratio']))
     return sel
 
 
-
 def afds_schedule(engine, holdout, phase1_epochs=None, phase1_density=None, resume=None, input_shape=None,
-                  log=None, **mask_options):
+                  log=None, stats_path=None, stats_info=None, **mask_options):
     """Phase 1 -> mask update -> phase 2 through one Engine (the reproduction's schedule).
 
     ``engine``: an :class:`~gluon_transfer.engine.Engine` over an AFS network whose
@@ -50,6 +68,11 @@ def afds_schedule(engine, holdout, phase1_epochs=None, phase1_density=None, resu
     ``engine.track_best = False`` and the mask update calls ``engine.restart_best()``, so
     the ``best`` file is always a network with its masks (never the unpruned phase-1
     network, which ``tools/export.py --prune`` could not shrink).
+
+    ``stats_path``: a JSON file (the run's ``afds_gate_stats.json``) that receives the gate
+    statistics on the holdout before phase 1 (``'start'``, fresh runs only) and at the mask
+    update (``'mask_update'``), with ``stats_info`` (run settings) beside them
+    (:func:`~gluon_transfer.afds.report.write_gate_stats`): how far the gates moved.
 
     Returns ``{'phase1': history, 'selection': dict or None, 'phase2': history}``.
     """
@@ -70,6 +93,11 @@ def afds_schedule(engine, holdout, phase1_epochs=None, phase1_density=None, resu
         if prev.get('phase') == 2:
             state.update(phase=2, selection=prev.get('selection'))
     final_density = getattr(net, 'density', None)
+    start_stats = None
+    if stats_path and not resume:
+        # the gates as phase 1 starts, at the density of the mask update (comparable with it)
+        start_stats = collect_gate_statistics(net, holdout)
+        write_gate_stats(stats_path, 'start', start_stats, stats_info)
     if phase1_density is not None:
         set_density(net, phase1_density)
     saved_max = engine.cfg.max_iters
@@ -85,6 +113,12 @@ def afds_schedule(engine, holdout, phase1_epochs=None, phase1_density=None, resu
     if engine.start_epoch <= e1:
         shape = input_shape or (1,) + tuple(next(iter(holdout)).data.shape[1:])
         selection = update_masks(net, holdout, input_shape=shape, log=say, **mask_options)
+        if stats_path:
+            record = write_gate_stats(stats_path, 'mask_update', selection['stats'], stats_info)
+            moved = gate_movement(record.get('start'), record['mask_update'])['median']
+            selection['movement'] = moved
+            say('AFS gates at the mask update (medians over layers): %s'
+                % ', '.join('%s %.4g' % kv for kv in sorted(moved.items())))
         state.update(phase=2, selection=selection_summary(selection, holdout, mask_options))
         engine.restart_best()
     else:

@@ -11,10 +11,11 @@ from ..engine.checkpoint import jsonable
 from ..errors import ConfigError
 from .statistics import gated
 
-__all__ = ['MASK_STATS', 'select_masks', 'apply_masks', 'selection_summary', 'removable']
+__all__ = ['MASK_STATS', 'THRES_SCALES', 'select_masks', 'random_masks', 'apply_masks', 'selection_summary', 'removable']
 
 
 MASK_STATS = {'gate': 'mean', 'activation': 'act'}
+THRES_SCALES = ('layer', 'absolute')
 
 
 def _lowest(values, count):
@@ -37,25 +38,29 @@ def _ensure_alive(m, mean, min_channels):
     return m
 
 
-def removable(name):
+def removable(name, inner=None):
     """True for the gates whose pruned channels :mod:`gluon_transfer.prune` physically removes:
-    those after conv1 and conv2 of a bottleneck (``...gate1``, ``...gate2``). conv3's outputs
-    feed the residual add and keep their full width (pruned ones become zero rows)."""
+    ``inner``, the set :func:`gluon_transfer.models.afs_resnet.removable_gates` gives for the
+    network (every ConvBN of a block but the last, whose outputs feed the residual add and keep
+    their full width). Without ``inner`` (statistics given without the network) the bottleneck
+    rule: ``...gate1``, ``...gate2``."""
+    if inner is not None:
+        return name in inner
     return name.endswith(('gate1', 'gate2'))
 
 
-def _aligned(m, mean, name, min_channels, channel_multiple):
+def _aligned(m, mean, name, min_channels, channel_multiple, inner=None):
     """``m`` with at least ``min_channels`` kept and, for a :func:`removable` gate, the kept
     count rounded up to a multiple of ``channel_multiple`` (capped at the width): channels
     are added back in order of decreasing ``mean`` (the ranking statistic, see ``mask_stat``)."""
     keep = max(int(m.sum()), min(int(min_channels), len(m)))
     q = int(channel_multiple)
-    if q > 1 and removable(name):
+    if q > 1 and removable(name, inner):
         keep = min(len(m), -(-keep // q) * q)
     return _ensure_alive(m, mean, keep)
 
 
-def _masks_for_quantile(stats, q, scope, min_channels, channel_multiple=1, m_key='mean'):
+def _masks_for_quantile(stats, q, scope, min_channels, channel_multiple=1, m_key='mean', inner=None):
     names = list(stats)
     masks = {}
     if scope == 'layer':
@@ -63,7 +68,7 @@ def _masks_for_quantile(stats, q, scope, min_channels, channel_multiple=1, m_key
             mean, var = stats[name][m_key], stats[name]['var']
             c = len(mean)
             k = int(math.floor(q * c + 1e-9))
-            m = _aligned(_lowest(mean, k), mean, name, min_channels, channel_multiple)
+            m = _aligned(_lowest(mean, k), mean, name, min_channels, channel_multiple, inner)
             masks[name] = (m, m * _lowest(var, k))
     else:
         means = np.concatenate([stats[n][m_key] for n in names])
@@ -73,7 +78,8 @@ def _masks_for_quantile(stats, q, scope, min_channels, channel_multiple=1, m_key
         start = 0
         for name in names:
             c = len(stats[name]['mean'])
-            m = _aligned(m_all[start:start + c].copy(), stats[name][m_key], name, min_channels, channel_multiple)
+            m = _aligned(m_all[start:start + c].copy(), stats[name][m_key], name, min_channels, channel_multiple,
+                         inner)
             masks[name] = (m, m * s_all[start:start + c])
             start += c
     return masks
@@ -81,15 +87,26 @@ def _masks_for_quantile(stats, q, scope, min_channels, channel_multiple=1, m_key
 
 def select_masks(stats, thres_m=None, thres_s=None, macs_budget=None, net=None, input_shape=(1, 3, 224, 224),
                  scope='layer', budget_on='expected', min_channels=1, iterations=40, channel_multiple=1,
-                 mask_stat='gate', static_only=False):
+                 mask_stat='gate', static_only=False, thres_scale='layer'):
     """Choose ``{gate name: (m, s)}`` from :func:`collect_gate_statistics` output.
 
-    Either absolute thresholds (``thres_m``, ``thres_s``; the reproduction's defaults are
-    0.5 / 0.5) or ``macs_budget`` (a fraction of the baseline MACs; needs ``net`` and
-    ``input_shape``; ``budget_on``: 'expected' or 'static' MACs).
+    Either thresholds (``thres_m``, ``thres_s``, default 0.5 / 0.5) or ``macs_budget`` (a
+    fraction of the baseline MACs; needs ``net`` and ``input_shape``; ``budget_on``:
+    'expected' or 'static' MACs).
 
-    ``channel_multiple`` (``q``): the number of channels kept after conv1 and conv2 of
-    every bottleneck (the widths the pruned export really has, see :func:`removable`) is
+    ``thres_scale``: what the thresholds are measured in. ``'layer'`` (default): relative to
+    the layer, ``m_c = [stat_c > thres_m * mean_l(stat)]`` and ``s_c = m_c [var_c > thres_s *
+    mean_l(var)]`` (``mean_l``: the average over the layer's channels), so 0.5 prunes the
+    channels whose statistic is under half their layer's average and freezes those whose gate
+    varies less than half as much as the layer's average -- the same rule for gate values of
+    any scale (identity-initialised gates sit near 1, the reproduction's random ones near 0.2)
+    and for the activation statistic (the scale of the BN outputs). ``'absolute'``: ``m_c =
+    [stat_c > thres_m]``, ``s_c = m_c [var_c > thres_s]``, the reproduction's comparison (its
+    0.5 / 0.5 were meant for the mean and variance of a layer's output, not of gate values in
+    [0, 1], whose variance never reaches 0.5: every channel would be static).
+
+    ``channel_multiple`` (``q``): the number of channels kept after the ConvBNs the pruned
+    export narrows (conv1, conv2 of a bottleneck, conv1 of a basic block; see :func:`removable`) is
     rounded up to a multiple of ``q`` (or the full width) by keeping the pruned channels
     with the largest mean gate values; under a budget the rounding is part of the search,
     so the budget still holds. Why: oneDNN's CPU convolutions work on blocks of 16 (AVX-512)
@@ -100,7 +117,8 @@ def select_masks(stats, thres_m=None, thres_s=None, macs_budget=None, net=None, 
     ``mask_stat``: what ranks the channels for ``m`` (and what ``thres_m`` compares with):
     ``'gate'`` the mean gate value ``pi`` (the paper's and reproduction's saliency),
     ``'activation'`` the mean gated activation ``act`` the next layer receives (after the
-    ReLU for conv1/conv2, its magnitude for conv3) -- a magnitude criterion that still ranks
+    ReLU inside a block, its magnitude for the last ConvBN, whose output goes to the residual
+    add) -- a magnitude criterion that still ranks
     channels when the gates have hardly moved from their identity start (module docstring).
     ``s`` always follows the gate variance, unless ``static_only``: every kept channel static
     (``s = 0``, its multiplier the learned constant ``gamma``), so no runtime gate survives
@@ -111,7 +129,8 @@ def select_masks(stats, thres_m=None, thres_s=None, macs_budget=None, net=None, 
 
     Returns a dict with
     ``masks``, ``quantile`` (budget search), ``thres_m``/``thres_s`` (the thresholds used;
-    for a budget the largest pruned mean / variance, reported), and ``macs`` (the
+    for a budget the largest pruned mean / variance, reported, ``thres_scale`` 'absolute'),
+    and ``macs`` (the
     :func:`~gluon_transfer.macs.afs_macs` result when ``net`` is given)."""
     from ..macs import afs_macs, plain_macs
     if scope not in ('layer', 'global'):
@@ -135,13 +154,23 @@ def select_masks(stats, thres_m=None, thres_s=None, macs_budget=None, net=None, 
     result = dict(quantile=None, thres_m=thres_m, thres_s=thres_s, macs=None, macs_budget=macs_budget,
                   channel_multiple=int(channel_multiple), mask_stat=mask_stat, static_only=bool(static_only))
     base = plain_macs(net, input_shape) if net is not None else None
+    inner = None
+    if net is not None:
+        from ..models.afs_resnet import removable_gates
+        inner = removable_gates(net)
+    if thres_scale not in THRES_SCALES:
+        raise ConfigError('thres_scale must be one of %s, got %r' % (', '.join(THRES_SCALES), thres_scale))
+    result['thres_scale'] = thres_scale
     if macs_budget is None:
         tm = 0.5 if thres_m is None else float(thres_m)
         ts = 0.5 if thres_s is None else float(thres_s)
         masks = {}
         for name, st in stats.items():
-            m = _aligned((st[m_key] > tm).astype(np.float64), st[m_key], name, min_channels, channel_multiple)
-            masks[name] = (m, m * (st['var'] > ts).astype(np.float64))
+            unit_m = float(np.mean(st[m_key])) if thres_scale == 'layer' else 1.0
+            unit_s = float(np.mean(st['var'])) if thres_scale == 'layer' else 1.0
+            m = _aligned((st[m_key] > tm * unit_m).astype(np.float64), st[m_key], name, min_channels,
+                         channel_multiple, inner)
+            masks[name] = (m, m * (st['var'] > ts * unit_s).astype(np.float64))
         result.update(masks=finish(masks), thres_m=tm, thres_s=None if static_only else ts)
     else:
         budget = float(macs_budget)
@@ -153,7 +182,7 @@ def select_masks(stats, thres_m=None, thres_s=None, macs_budget=None, net=None, 
             raise ConfigError('pass either thresholds (thres_m/thres_s) or macs_budget, not both')
 
         def cost(q):
-            masks = finish(_masks_for_quantile(stats, q, scope, min_channels, channel_multiple, m_key))
+            masks = finish(_masks_for_quantile(stats, q, scope, min_channels, channel_multiple, m_key, inner))
             return afs_macs(net, input_shape, masks=masks, base=base)[budget_on], masks
 
         target = budget * base['total']
@@ -178,10 +207,33 @@ def select_masks(stats, thres_m=None, thres_s=None, macs_budget=None, net=None, 
         pm = np.concatenate(pruned_means)
         sv = np.concatenate(static_vars)
         result.update(masks=best, quantile=hi, thres_m=float(pm.max()) if pm.size else None,
-                      thres_s=float(sv.max()) if sv.size and not static_only else None)
+                      thres_s=float(sv.max()) if sv.size and not static_only else None, thres_scale='absolute')
     if net is not None:
         result['macs'] = afs_macs(net, input_shape, masks=result['masks'], base=base)
     return result
+
+
+def random_masks(masks, seed=0):
+    """The random-mask control: for every layer of ``masks`` (``{gate name: (m, s)}``, in
+    network order) the same number of kept channels (``sum m``) and of dynamic channels
+    (``sum m s``), at positions drawn uniformly at random (``RandomState(seed)``, one
+    permutation per layer in order: the first ``sum m s`` positions dynamic, the next
+    ``sum m - sum m s`` static, the rest pruned). Every layer keeps its counts, so its static
+    and expected MACs (which depend only on the counts of the layer and of its producer,
+    :func:`gluon_transfer.macs.afs_macs`) are those of ``masks`` exactly, and so are the
+    pruned export's widths."""
+    rng = np.random.RandomState(int(seed))
+    out = {}
+    for name, (m, s) in masks.items():
+        m = np.asarray(m, np.float64)
+        s = np.asarray(s, np.float64) * m
+        alive, dyn = int(round(m.sum())), int(round(s.sum()))
+        perm = rng.permutation(len(m))
+        new_m, new_s = np.zeros(len(m)), np.zeros(len(m))
+        new_m[perm[:alive]] = 1
+        new_s[perm[:dyn]] = 1
+        out[name] = (new_m, new_s)
+    return out
 
 
 def apply_masks(net, masks, stats=None, gamma_from_mean=True):
@@ -210,8 +262,8 @@ def apply_masks(net, masks, stats=None, gamma_from_mean=True):
 
 def selection_summary(selection, holdout=None, mask_options=None):
     """A JSON-able summary of a :func:`select_masks` result (no masks, no per-layer rows)."""
-    out = {k: selection.get(k) for k in ('thres_m', 'thres_s', 'quantile', 'macs_budget', 'channel_multiple',
-                                         'mask_stat', 'static_only')}
+    out = {k: selection.get(k) for k in ('thres_m', 'thres_s', 'thres_scale', 'quantile', 'macs_budget',
+                                         'channel_multiple', 'mask_stat', 'static_only', 'random_masks')}
     for k, v in (mask_options or {}).items():
         if k not in out and isinstance(v, (str, int, float, type(None))):
             out[k] = v
@@ -222,6 +274,8 @@ def selection_summary(selection, holdout=None, mask_options=None):
         var = np.concatenate([st['var'] for st in stats.values()])
         out['gate_mean_quantiles'] = np.quantile(means, [0, 0.05, 0.5, 0.95, 1]).tolist()
         out['gate_var_quantiles'] = np.quantile(var, [0, 0.05, 0.5, 0.95, 1]).tolist()
+    if selection.get('movement'):
+        out['gate_movement'] = dict(selection['movement'])
     mc = selection.get('macs')
     if mc:
         out['macs'] = {k: float(mc[k]) for k in ('baseline', 'static', 'expected')}

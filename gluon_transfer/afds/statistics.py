@@ -111,8 +111,9 @@ def current_masks(net):
 
 
 def collect_gate_statistics(net, holdout, ctx=None, max_batches=None):
-    """Per gate ``{'mean': (C,), 'var': (C,), 'act': (C,), 'count': n}`` (float64): mean and
-    variance of the gate values ``pi`` and the mean activation ``act`` over the held-out
+    """Per gate ``{'mean': (C,), 'var': (C,), 'act': (C,), 'h_mean': (C,), 'count': n}``
+    (float64): mean and variance of the gate values ``pi``, the mean activation ``act`` and the
+    mean gate value before WTA ``h_mean`` (``relu(W GAP(x) + b)``) over the held-out
     training samples (module docstring, step 2). The network runs
     imperatively in inference mode with every mask 1; its masks and hybridization are
     restored afterwards. ``Batch.pad`` rows are ignored. A non-finite gate value is a
@@ -124,9 +125,10 @@ def collect_gate_statistics(net, holdout, ctx=None, max_batches=None):
     ctx = ctx or gates[0][1].mask_m.list_ctx()[0]
     saved = current_masks(net)
     active, flags = net._active, dict(net._flags)
-    acc = {name: [0.0, 0.0, 0, 0.0] for name, _ in gates}
-    relu_after = {name: (not name.endswith('gate3')) or bool(getattr(net, 'relu_before_add', False))
-                  for name, _ in gates}
+    acc = {name: [0.0, 0.0, 0, 0.0, 0.0] for name, _ in gates}
+    from ..models.afs_resnet import removable_gates
+    inner = removable_gates(net)          # the others feed the residual add (no ReLU after them)
+    relu_after = {name: name in inner or bool(getattr(net, 'relu_before_add', False)) for name, _ in gates}
     for _, g in gates:
         if not g.enabled:
             raise ConfigError('AFS gates are disabled; enable them (set_gates_enabled) before collecting statistics')
@@ -145,7 +147,7 @@ def collect_gate_statistics(net, holdout, ctx=None, max_batches=None):
             with mx.autograd.predict_mode():
                 net(batch.data.as_in_context(ctx))
             for name, g in gates:
-                pi, pos, mag = (a.asnumpy().astype(np.float64)[:keep] for a in g.collecting[0])
+                pi, pos, mag, h = (a.asnumpy().astype(np.float64)[:keep] for a in g.collecting[0])
                 if not np.isfinite(pi).all():
                     # Never skipped: a mask chosen from the finite part would hide a diverged network.
                     raise DataError('AFS gate %s: %d non-finite gate values on the held-out training split (the '
@@ -156,6 +158,7 @@ def collect_gate_statistics(net, holdout, ctx=None, max_batches=None):
                 a[1] = a[1] + (pi * pi).sum(axis=0)
                 a[2] += keep
                 a[3] = a[3] + (pi * (pos if relu_after[name] else mag)).sum(axis=0)
+                a[4] = a[4] + h.sum(axis=0)
     finally:
         for name, g in gates:
             g.collecting = None
@@ -165,11 +168,12 @@ def collect_gate_statistics(net, holdout, ctx=None, max_batches=None):
         if active:
             net.hybridize(True, **flags)
     stats = {}
-    for name, (s1, s2, n, s3) in acc.items():
+    for name, (s1, s2, n, s3, s4) in acc.items():
         if n == 0:
             raise DataError('the held-out training split yielded no samples')
         mean = s1 / n
-        stats[name] = {'mean': mean, 'var': np.maximum(s2 / n - mean * mean, 0.0), 'act': s3 / n, 'count': int(n)}
+        stats[name] = {'mean': mean, 'var': np.maximum(s2 / n - mean * mean, 0.0), 'act': s3 / n,
+                       'h_mean': s4 / n, 'count': int(n)}
     return stats
 
 

@@ -15,12 +15,15 @@ channel of ``BN(conv(x))`` by a per-sample multiplier (the AFDS paper, section 3
   the learned constant ``gamma_c`` (foldable into the BatchNorm scale/shift). Otherwise the
   channel is dynamic and takes the gate value ``pi_c``.
 * Winner-take-all ``WTA_d``: among the *dynamic* channels (``m_c = s_c = 1``) each sample
-  keeps the ``k = ceil(d * n_dyn - 1e-3)`` largest gate values and zeroes the others
-  (``n_dyn`` = number of dynamic channels; the ``-1e-3`` makes float rounding of
-  ``d * n_dyn`` harmless, so ``d = 0.9, n_dyn = 10`` gives ``k = 9`` -- see
-  :func:`wta_keep_count`). Ties are broken toward the lower channel index (the ranking
-  key adds an index term far below float32 resolution, see :func:`wta_mask`), so exactly
-  ``k`` channels are kept per sample, deterministically. ``d`` is stored like the masks
+  keeps the ``k`` largest gate values and zeroes the others (``n_dyn`` = number of dynamic
+  channels, :func:`wta_keep_count`): ``wta_round='ceil'`` (default) ``k = ceil(d * n_dyn -
+  1e-3)`` (the ``-1e-3`` makes float rounding of ``d * n_dyn`` harmless, so ``d = 0.9,
+  n_dyn = 10`` gives ``k = 9``; never 0 for ``n_dyn >= 1``), ``wta_round='round'`` the
+  reproduction's ``k = round(d * n_dyn)`` (Python's ``round``: halves to even, a half within
+  1e-3 counts as a half; ``d = 0.9, n_dyn = 16`` gives 14 where ``ceil`` gives 15).
+  Ties are broken toward the lower channel index (the ranking key adds an index term far
+  below float32 resolution, see :func:`wta_mask`), so exactly ``k`` channels are kept per
+  sample, deterministically. ``d`` is stored like the masks
   (a (1,) parameter ``density``, ``grad_req='null'``), so it can change between training
   phases without rebuilding a hybridized graph, and checkpoints carry it.
 * The reproduction (uhomelee, ``afsnet.py``) differs: ``m``/``s`` are per-layer scalars
@@ -58,9 +61,11 @@ from mxnet.gluon import HybridBlock, nn
 
 from ..errors import ConfigError
 
-__all__ = ['AFSGate', 'wta_keep_count', 'wta_mask', 'WTA_TOL', 'check_density', 'GATE_INPUT_NORMS']
+__all__ = ['AFSGate', 'wta_keep_count', 'wta_mask', 'WTA_TOL', 'WTA_ROUNDINGS', 'check_density', 'check_wta_round',
+           'GATE_INPUT_NORMS']
 
 WTA_TOL = 1e-3
+WTA_ROUNDINGS = ('ceil', 'round')
 GATE_INPUT_NORMS = ('none', 'l2')
 GATE_NORM_EPS = 1e-6
 # Tie-break terms of the ranking key (float64): a relative one far below float32 resolution
@@ -76,16 +81,44 @@ def check_density(density):
     return d
 
 
-def wta_keep_count(density, n_dynamic):
-    """Channels WTA keeps per sample: ``ceil(d * n - 1e-3)`` (0 when ``n = 0``)."""
+def check_wta_round(rounding):
+    if rounding not in WTA_ROUNDINGS:
+        raise ConfigError('AFS WTA rounding must be one of %s, got %r' % (', '.join(WTA_ROUNDINGS), rounding))
+    return rounding
+
+
+def wta_keep_count(density, n_dynamic, rounding='ceil'):
+    """Channels WTA keeps per sample: ``ceil(d * n - 1e-3)`` (``rounding='ceil'``) or
+    ``round(d * n)`` halves to even, a half within 1e-3 counting as a half (``'round'``, the
+    reproduction's Python ``round``); 0 when ``n = 0``."""
     d = check_density(density)
     n = int(n_dynamic)
-    return max(0, int(math.ceil(d * n - WTA_TOL)))
+    if check_wta_round(rounding) == 'ceil':
+        return max(0, int(math.ceil(d * n - WTA_TOL)))
+    x = d * n
+    f = math.floor(x)
+    r = x - f
+    if abs(r - 0.5) <= WTA_TOL:
+        return int(f + (f % 2))                   # a half: to the even neighbour
+    return int(f + (r > 0.5))
 
 
-def wta_mask(F, h, dyn, density):
-    """0/1 mask (same shape and dtype as ``h``, (N, C)) keeping per row the ``ceil(d*n_dyn - 1e-3)``
-    largest entries of ``h`` among the columns where ``dyn`` (a (C,) 0/1 vector) is 1.
+def _keep_k(F, n_dyn, density, rounding):
+    """:func:`wta_keep_count` as graph operations on float32 (1,) arrays."""
+    x = n_dyn * density
+    if rounding == 'ceil':
+        return F.ceil(x - WTA_TOL)
+    f = F.floor(x)
+    r = x - f
+    tie = F.abs(r - 0.5) <= WTA_TOL
+    odd = f - 2 * F.floor(f * 0.5)
+    return f + (r > 0.5 + WTA_TOL) + tie * odd
+
+
+def wta_mask(F, h, dyn, density, rounding='ceil'):
+    """0/1 mask (same shape and dtype as ``h``, (N, C)) keeping per row the
+    ``k = wta_keep_count(d, n_dyn, rounding)`` largest entries of ``h`` among the columns where
+    ``dyn`` (a (C,) 0/1 vector) is 1.
 
     ``h`` must be >= 0 (a ReLU output): excluded columns get the key -1 and so rank last.
     The float64 key ``v * (1 + (C-1-c) 2^-40) + (C-1-c) 2^-200`` orders equal values by
@@ -104,11 +137,11 @@ def wta_mask(F, h, dyn, density):
     # k in float32 whatever the dtype of h: float16 cannot hold every count above 2048 nor
     # d * n to the 1e-3 the tolerance needs (0.9 * 2048 = 1843.2 would become 1843).
     n_dyn = F.sum(F.cast(dyn, dtype='float32'))
+    check_wta_round(rounding)
     if isinstance(density, (int, float)):
-        kf = n_dyn * float(density) - WTA_TOL
+        k = _keep_k(F, n_dyn, float(density), rounding)
     else:                                             # a (1,) array/symbol (the gate's parameter)
-        kf = n_dyn * F.cast(density, dtype='float32') - WTA_TOL
-    k = F.ceil(kf)                                    # (1,) float32: channels to keep
+        k = _keep_k(F, n_dyn, F.cast(density, dtype='float32'), rounding)   # (1,) float32: channels to keep
     # Keys are distinct, so "key >= the k-th largest key" keeps exactly k per row.
     ranked = F.sort(key, axis=1, is_ascend=False)
     col = F.slice_axis(key, axis=1, begin=0, end=1).reshape((-1,))        # (N,) shape donor
@@ -130,12 +163,13 @@ class AFSGate(HybridBlock):
     Parameters: ``fc`` (Dense C_in -> C_out), ``gamma`` (C_out,), ``mask_m``, ``mask_s``
     (C_out,) and ``density`` (1,) (the last three ``grad_req='null'``). ``collecting``:
     while not None (imperative mode only) the forward pass appends ``(pi, mean_hw relu(y),
-    mean_hw |y|)``, each (N, C_out), ``pi`` computed with all masks treated as 1 -- what
+    mean_hw |y|, h)``, each (N, C_out), ``pi`` computed with all masks treated as 1 (``h``: the
+    gate value before WTA) -- what
     :func:`gluon_transfer.afds.collect_gate_statistics` reads.
     """
 
     def __init__(self, in_channels, channels, density=0.9, enabled=True, init='identity', input_norm='none',
-                 **kwargs):
+                 wta_round='ceil', **kwargs):
         super().__init__(**kwargs)
         if init not in ('identity', 'random'):
             raise ConfigError("AFS gate init must be 'identity' or 'random', got %r" % (init,))
@@ -143,6 +177,7 @@ class AFSGate(HybridBlock):
             raise ConfigError('AFS gate input_norm must be one of %s, got %r' % (', '.join(GATE_INPUT_NORMS),
                                                                                  input_norm))
         self.input_norm = input_norm
+        self.wta_round = check_wta_round(wta_round)
         self.in_channels = int(in_channels)
         self.channels = int(channels)
         self.density = check_density(density)
@@ -212,12 +247,12 @@ class AFSGate(HybridBlock):
         h = self.gate_values(F, x)
         dyn = mask_m * mask_s
         if self.collecting is not None and F is mx.nd:
-            pi_all = h * wta_mask(F, h, mask_m.ones_like(), wta_density)
+            pi_all = h * wta_mask(F, h, mask_m.ones_like(), wta_density, self.wta_round)
             # per sample and channel: pi, and the H x W means of relu(y) and |y| (pi >= 0, so
             # pi * mean relu(y) is the mean of the gated channel after its ReLU)
             self.collecting.append((pi_all.astype('float32'), F.mean(F.relu(y), axis=(2, 3)).astype('float32'),
-                                    F.mean(F.abs(y), axis=(2, 3)).astype('float32')))
-        h = h * wta_mask(F, h, dyn, wta_density)
+                                    F.mean(F.abs(y), axis=(2, 3)).astype('float32'), h.astype('float32')))
+        h = h * wta_mask(F, h, dyn, wta_density, self.wta_round)
         static = F.broadcast_mul(F.ones_like(h), (mask_m * (1 - mask_s) * gamma).reshape((1, -1)))
         return F.broadcast_add(F.broadcast_mul(h, dyn.reshape((1, -1))), static)
 
@@ -228,8 +263,8 @@ class AFSGate(HybridBlock):
         return F.broadcast_mul(y, mult.reshape((0, 0, 1, 1)))
 
     def __repr__(self):
-        return '%s(%d -> %d, density=%g, enabled=%s)' % (type(self).__name__, self.in_channels, self.channels,
-                                                        self.density, self.enabled)
+        return '%s(%d -> %d, density=%g, wta_round=%s, enabled=%s)' % (
+            type(self).__name__, self.in_channels, self.channels, self.density, self.wta_round, self.enabled)
 
 
 class _UniformUnit(mx.init.Initializer):
