@@ -36,11 +36,11 @@ import math
 import mxnet as mx
 
 from .errors import ConfigError
+from .methods.base import DEFAULT_ITERS   # re-exported: the references' iteration budget
 
 __all__ = ['resolve_args', 'resolve_options', 'resolve_schedule', 'FineTune', 'main', 'run_stage', 'DEFAULT_ITERS',
            'DEFAULT_LR']
 
-DEFAULT_ITERS = 4500
 DEFAULT_LR = 0.01
 
 

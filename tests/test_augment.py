@@ -323,7 +323,7 @@ def test_cli_flags_reach_build_data():
     p = build_parser('imagenet', 'x')
     kw = augment_kwargs(p.parse_args(['--randaugment', '--random-erasing', '0.5', '--train-fraction', '0.3']))
     assert kw == dict(randaugment='rand-m9-mstd0.5', random_erasing=0.5, train_fraction=0.3,
-                      fraction_seed=0, pipeline='auto', pad_mode='constant')
+                      fraction_seed=0, pipeline='auto', pad_mode='constant', train_aug=None)
     kw = augment_kwargs(p.parse_args(['--randaugment', 'rand-m7-n3', '--data-pipeline', 'python']))
     assert kw['randaugment'] == 'rand-m7-n3' and kw['pipeline'] == 'python'
     assert augment_kwargs(p.parse_args([]))['randaugment'] is None

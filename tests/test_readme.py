@@ -270,6 +270,8 @@ def test_every_readme_command_runs_in_a_fresh_clone(clone):
     assert commands[:2] == [['make', 'demo'], ['make', 'test']], commands[:2]
     env = dict(os.environ, OMP_NUM_THREADS='1')
     env.pop('PYTHONPATH', None)          # the clone's own files, as a user's shell would have them
+    for k in ('MAKEFLAGS', 'MFLAGS', 'MAKELEVEL'):
+        env.pop(k, None)                 # under `make test`: a user's shell has no outer make
     stub = os.path.join(clone, '.readme_parse_stub.py')
     with open(stub, 'w') as f:
         f.write(PARSE_STUB)
@@ -277,7 +279,8 @@ def test_every_readme_command_runs_in_a_fresh_clone(clone):
     for argv in commands:
         what = ' '.join(argv)
         if argv[0] == 'make':
-            printed, _ = run(['make', '-n', '-o', '.venv/.installed', argv[1]], clone, env, what)
+            printed, _ = run(['make', '--no-print-directory', '-n', '-o', '.venv/.installed', argv[1]], clone, env,
+                             what)
             recipe = [shlex.split(line) for line in printed.stdout.splitlines() if line.strip()]
             assert recipe and all(r[0] == PY for r in recipe), printed.stdout
             if argv[1] == 'test':

@@ -121,7 +121,7 @@ def preset_schedule(args, num_train, num_devices=1):
     epochs ``S, 2S, ... < 2E`` (twice for ``E >= 4``). Options given on the command line
     (``--num-epochs``, ``--afs-phase1-epochs``, ``--lr-mode``, ``--lr-decay-epoch``,
     ``--lr-decay-period``) keep their values. Returns ``(E, decay epochs)``."""
-    from ..finetune import DEFAULT_ITERS
+    from .base import DEFAULT_ITERS
     from ..options import given
     seen = given(args)
     if not getattr(args, 'afds_preset', None):

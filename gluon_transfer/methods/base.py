@@ -39,6 +39,10 @@ import mxnet as mx
 from ..errors import CheckpointError, ConfigError
 from ..options import OwnedGroup, given
 
+# The references' iteration budget of a fine-tuning run (DELTA / L2-SP / AFA: 4500
+# iterations of batch 64; the AFDS reproduction: 4500 per phase of batch 48).
+DEFAULT_ITERS = 4500
+
 __all__ = ['Method', 'check_given', 'dataset_preset', 'train_records_file', 'count_train_records', 'copy_params',
            'finish_shapes', 'source_head_classes', 'load_source', 'build_target']
 
