@@ -18,16 +18,21 @@ from gluon_transfer.prune import prune_afs, verify_pruned
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _masked_net(density, rng, p_keep=0.6, p_dyn=0.5, gate_init='random'):
-    mx.random.seed(1)
-    net = AFSResNetV1b(layers=[1, 1, 1, 1], classes=10, density=density, gate_init=gate_init)
-    net.initialize(mx.init.Xavier())
-    net(mx.nd.zeros((1, 3, 32, 32)))
+def _randomise_bn(net, rng):
+    """Non-trivial BatchNorm running statistics and shifts, so folding them is tested."""
     for name, p in net.collect_params().items():
         if name.endswith('running_var'):
             p.set_data(mx.nd.array(rng.uniform(0.5, 1.5, p.shape)))
         elif name.endswith(('running_mean', 'beta')):
             p.set_data(mx.nd.array(rng.uniform(-0.1, 0.3, p.shape)))
+
+
+def _masked_net(density, rng, p_keep=0.6, p_dyn=0.5, gate_init='random'):
+    mx.random.seed(1)
+    net = AFSResNetV1b(layers=[1, 1, 1, 1], classes=10, density=density, gate_init=gate_init)
+    net.initialize(mx.init.Xavier())
+    net(mx.nd.zeros((1, 3, 32, 32)))
+    _randomise_bn(net, rng)
     for _, _, _, gate, _, _ in afs_gates(net):
         c = gate.channels
         gate.mask_m.set_data(mx.nd.array(rng.rand(c) < p_keep))
@@ -172,11 +177,7 @@ def _masked_basic(kind, density, rng, p_keep=0.6, p_dyn=0.5):
         net = AFSResNetV1b(layers=[1, 1, 1, 1], block='basic', classes=5, density=density, gate_init='random')
     net.initialize(mx.init.Xavier())
     net(mx.nd.zeros((1, 3, 32, 32)))
-    for name, p in net.collect_params().items():
-        if name.endswith('running_var'):
-            p.set_data(mx.nd.array(rng.uniform(0.5, 1.5, p.shape)))
-        elif name.endswith(('running_mean', 'beta')):
-            p.set_data(mx.nd.array(rng.uniform(-0.1, 0.3, p.shape)))
+    _randomise_bn(net, rng)
     for _, _, _, gate, _, _ in afs_gates(net):
         c = gate.channels
         m = (rng.rand(c) < p_keep).astype(np.float32)
