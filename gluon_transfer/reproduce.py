@@ -556,8 +556,8 @@ def _known_names():
 
 
 def check_run(run, names=None):
-    """Problems of one run that can be found without data: the trainer's parser rejects an
-    option, or a model / teacher / dataset / regularizer name is unknown. Returns a list of
+    """Problems of one run that can be found without data: the trainer's parser or its option
+    checks (values, options the chosen method does not take) reject an option, or a model / teacher / dataset / regularizer name is unknown. Returns a list of
     one-line messages (empty when fine); None when the script has no known parser."""
     try:
         args = parse_trainer_argv(run.script, run.argv)
@@ -565,11 +565,18 @@ def check_run(run, names=None):
         return [str(err)]
     if args is None:
         return None
-    from .cli import MODEL_ALIASES
+    from .cli import MODEL_ALIASES, validate_args
+    preset = TRAINERS[os.path.basename(run.script)]
+    try:                                   # the checks the trainer makes before it reads data
+        validate_args(args, preset)
+        if preset == 'transfer':
+            from .methods import select
+            select(args)
+    except ConfigError as err:
+        return ['%s rejects the options: %s' % (run.script, err)]
     from .registry import unknown_name_message
     models, datasets, regs = names or _known_names()
     problems = []
-    preset = TRAINERS[os.path.basename(run.script)]
     model = MODEL_ALIASES.get(preset, {}).get(args.model, args.model)
     if model not in models:
         problems.append(unknown_name_message('model', model, models))

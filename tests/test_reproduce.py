@@ -392,10 +392,12 @@ def test_dry_run_catches_a_flag_the_trainer_rejects(tmp_path, capsys):
         {'name': 'ok', 'script': 'train_cifar.py', 'options': {'--model': 'cifar_resnet20_v1', '--num-epochs': 1}},
         {'name': 'typo', 'script': 'train_cifar.py', 'options': {'--model': 'cifar_resnet20_v1', '--epochs': 1}},
         {'name': 'badtype', 'script': 'train_transfer.py', 'options': {'--max-iter': 'many'}},
-        {'name': 'badmodel', 'script': 'train_cifar.py', 'options': {'--model': 'cifar_resnet21_v1'}}],
+        {'name': 'badmodel', 'script': 'train_cifar.py', 'options': {'--model': 'cifar_resnet21_v1'}},
+        {'name': 'foreign', 'script': 'train_transfer.py', 'options': {'--reg': 'afd', '--alpha': 0.01}},
+        {'name': 'badvalue', 'script': 'train_cifar.py', 'options': {'--val-interval': 0}}],
         seeds=(0,))
     rc, text, err = run_main([path, '--out', str(tmp_path / 'o'), '--dry-run'], capsys)
-    assert rc == 2 and err.startswith('error: 3 run(s)')
+    assert rc == 2 and err.startswith('error: 5 run(s)')
     assert 'typo/seed0: train_cifar.py rejects the options: unrecognized arguments: --epochs 1' in err
     blocks = {}
     for line in text.splitlines():
@@ -408,7 +410,13 @@ def test_dry_run_catches_a_flag_the_trainer_rejects(tmp_path, capsys):
         'ok/seed0': [],
         'typo/seed0': ['train_cifar.py rejects the options: unrecognized arguments: --epochs 1'],
         'badtype/seed0': ["train_transfer.py rejects the options: argument --max-iter: invalid int value: 'many'"],
-        'badmodel/seed0': [blocks['badmodel/seed0'][0]]}
+        'badmodel/seed0': [blocks['badmodel/seed0'][0]],
+        'foreign/seed0': [blocks['foreign/seed0'][0]],
+        'badvalue/seed0': ["train_cifar.py rejects the options: --val-interval must be >= 1 "
+                           "(epochs between evaluations), got 0"]}
+    # the checks the trainer makes before reading data: an option the chosen method does not take
+    assert blocks['foreign/seed0'][0].startswith('train_transfer.py rejects the options: --alpha: not an option '
+                                                 'of --reg afd')
     assert blocks['badmodel/seed0'][0].startswith("unknown model 'cifar_resnet21_v1'; did you mean: cifar_resnet20_v1")
 
 
