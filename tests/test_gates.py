@@ -171,6 +171,46 @@ def test_gate_output_matches_numpy_formula(rng):
     assert gate.wta_density.grad_req == 'null'
 
 
+@pytest.mark.parametrize('shape', [(3, 6, 5, 5), (2, 16, 32, 32)])
+def test_gate_gradients_match_numpy(rng, shape):
+    """Training-mode gradients (the recorded imperative path uses its own GAP and
+    channel-scaling backward) against the hand-derived chain rule, all channels dynamic,
+    d = 1 (WTA keeps every channel):
+    h = relu(a), a = GAP(x) W^T + b, out = y * h; L = sum(out * G):
+    dL/dy = G * h, dL/dh = sum_hw G * y, dL/da = dL/dh * [a > 0], dL/dW = dL/da^T GAP(x),
+    dL/db = sum_n dL/da, dL/dx = (dL/da W) / (H W) at every position."""
+    n, cin, hh, ww = shape
+    cout = 8
+    gate = AFSGate(cin, cout, density=1.0, init='random')
+    gate.initialize()
+    x = rng.randn(n, cin, hh, ww).astype(np.float32)
+    y = rng.randn(n, cout, 6, 7).astype(np.float32)
+    G = rng.randn(n, cout, 6, 7).astype(np.float32)
+    W, b = gate.fc.weight.data().asnumpy(), gate.fc.bias.data().asnumpy()
+    g = x.astype(np.float64).mean(axis=(2, 3))
+    a = g @ W.T + b
+    h = _relu(a)
+    want_out = y * h[:, :, None, None]
+    dh = (G * y).sum(axis=(2, 3))
+    da = dh * (a > 0)
+    want = dict(y=G * h[:, :, None, None], W=da.T @ g, b=da.sum(axis=0),
+                x=np.broadcast_to(((da @ W) / (hh * ww))[:, :, None, None], x.shape))
+    for hybrid in (False, True):
+        if hybrid:
+            gate.hybridize()
+        xs, ys = mx.nd.array(x), mx.nd.array(y)
+        xs.attach_grad()
+        ys.attach_grad()
+        with mx.autograd.record():
+            out = gate(xs, ys)
+        out.backward(mx.nd.array(G))
+        np.testing.assert_allclose(out.asnumpy(), want_out, rtol=1e-5, atol=1e-5)
+        got = dict(y=ys.grad.asnumpy(), x=xs.grad.asnumpy(), W=gate.fc.weight.grad().asnumpy(),
+                   b=gate.fc.bias.grad().asnumpy())
+        for k in want:
+            np.testing.assert_allclose(got[k], want[k], rtol=1e-4, atol=1e-5, err_msg='%s (hybrid=%s)' % (k, hybrid))
+
+
 def _random_v1b(block=BottleneckV1b, classes=10, seed=0):
     mx.random.seed(seed)
     net = ResNetV1b(block, [1, 1, 1, 1], classes=classes, name_prefix='resnetv1b_')

@@ -233,11 +233,7 @@ class AFSGate(HybridBlock):
     def gate_values(self, F, x):
         """``h = relu(fc(GAP(x)))`` (``input_norm='l2'``: ``GAP(x)`` divided by its L2
         norm per sample first), (N, C_out)."""
-        # Global average pooling (oneDNN's Pooling, layout-native) rather than F.mean over
-        # (2, 3): same function, but in a hybridized inference graph the generic reduction
-        # of a oneDNN-blocked map cost as much as the convolutions (ResNet-50 with 48 gates,
-        # 224 px: the pruned export ran 1.45x faster with Pooling; training step unchanged).
-        g = F.Pooling(x, global_pool=True, pool_type='avg', kernel=(1, 1)).reshape((0, -1))
+        g = global_avg_pool(F, x)
         if self.input_norm == 'l2':
             g = F.broadcast_div(g, F.sqrt(F.sum(F.square(g), axis=1, keepdims=True)) + GATE_NORM_EPS)
         return F.relu(self.fc(g))
@@ -260,11 +256,71 @@ class AFSGate(HybridBlock):
         if not self.enabled:
             return y
         mult = self.multiplier(F, x, y, gamma, mask_m, mask_s, wta_density)
-        return F.broadcast_mul(y, mult.reshape((0, 0, 1, 1)))
+        return scale_channels(F, y, mult)
 
     def __repr__(self):
         return '%s(%d -> %d, density=%g, wta_round=%s, enabled=%s)' % (
             type(self).__name__, self.in_channels, self.channels, self.density, self.wta_round, self.enabled)
+
+
+def _recording(F):
+    """True while an imperative forward is recorded for a backward pass (training)."""
+    return F is mx.nd and mx.autograd.is_recording()
+
+
+def global_avg_pool(F, x):
+    """``GAP(x)``: the (N, C) means of an (N, C, H, W) map over H x W.
+
+    Two formulations of the same function, chosen by what is fast in MXNet 1.9.1 on CPU:
+
+    * inference and hybridized graphs: oneDNN's global average ``Pooling`` (layout-native:
+      in a hybridized inference graph the generic reduction ``F.mean`` over a oneDNN-blocked
+      map cost as much as the convolutions; ResNet-50 with 48 gates, 224 px: the pruned
+      export ran 1.45x faster with ``Pooling``);
+    * recorded imperative forwards (training): one matrix product, ``x`` as an
+      (N*C, H*W) matrix times the column ``1 / (H*W)``. Pooling's backward falls off
+      oneDNN's fast path for some shapes: on CIFAR ResNets' 16-channel 32 x 32 maps, batch
+      48, forward+backward took 73 ms with ``Pooling``, 5.7 ms with ``F.mean`` and 0.8 ms as
+      a product (bench/README.md, "AFS gates"), which made an AFS ResNet-20 train ~4x
+      slower than the plain network."""
+    if _recording(F):
+        n, c, h, w = x.shape
+        ones = mx.nd.full((1, h * w), 1.0 / (h * w), ctx=x.context, dtype=x.dtype)
+        return F.FullyConnected(x.reshape((-3, -1)), ones, no_bias=True, num_hidden=1,
+                                flatten=False).reshape((n, c))
+    return F.Pooling(x, global_pool=True, pool_type='avg', kernel=(1, 1)).reshape((0, -1))
+
+
+class _ChannelScale(mx.autograd.Function):
+    """``out = y * mult[:, :, None, None]`` with a hand-written backward:
+    ``dy = dout * mult[:, :, None, None]`` and ``dmult = sum_{h,w} dout * y``, the latter
+    as one element-wise product and one matrix product with a column of ones."""
+
+    def forward(self, y, mult):
+        self.save_for_backward(y, mult)
+        return mx.nd.broadcast_mul(y, mult.reshape((0, 0, 1, 1)))
+
+    def backward(self, dout):
+        y, mult = self.saved_tensors
+        n, c, h, w = y.shape
+        dy = mx.nd.broadcast_mul(dout, mult.reshape((0, 0, 1, 1)))
+        ones = mx.nd.ones((1, h * w), ctx=y.context, dtype=y.dtype)
+        dmult = mx.nd.FullyConnected((dout * y).reshape((-3, -1)), ones, no_bias=True, num_hidden=1,
+                                     flatten=False).reshape((n, c))
+        return dy, dmult
+
+
+def scale_channels(F, y, mult):
+    """``y * mult[:, :, None, None]`` for an (N, C, H, W) map and (N, C) multipliers.
+
+    In recorded imperative forwards (training) the backward is written by hand
+    (:class:`_ChannelScale`): MXNet's ``broadcast_mul`` backward computes the multipliers'
+    gradient ``sum_{h,w} dout * y`` with its generic reduction, 3-4x slower on the shapes of
+    a CIFAR ResNet (48 x 16 x 32 x 32, forward+backward: 29 ms vs 9 ms). Elsewhere (inference,
+    hybridized graphs) ``broadcast_mul``."""
+    if _recording(F):
+        return _ChannelScale()(y, mult)
+    return F.broadcast_mul(y, mult.reshape((0, 0, 1, 1)))
 
 
 class _UniformUnit(mx.init.Initializer):
