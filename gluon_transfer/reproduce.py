@@ -966,6 +966,12 @@ def write_png(plan, rows, path):
     return path
 
 
+def _evaluated(best):
+    """A metrics line's ``best_top1``, None before the first evaluation (the trainer starts
+    its best at -1)."""
+    return best if best is not None and best >= 0 else None
+
+
 def _paper_top1(paper):
     """The paper's number as top-1 %, or None (error % is converted: 100 - error)."""
     if not paper or paper.get('value') is None:
@@ -1146,7 +1152,7 @@ def run_one(run, resume, echo, verbose=False, heartbeat=60.0, poll=1.0):
                     last_epoch, last_print = rec.get('epoch'), time.time()
                     if not verbose:
                         echo('    epoch %s: val top-1 %s (best %s) | run time %s' % (
-                            rec.get('epoch'), _pct(rec.get('val_top1')), _pct(rec.get('best_top1')),
+                            rec.get('epoch'), _pct(rec.get('val_top1')), _pct(_evaluated(rec.get('best_top1'))),
                             _fmt_duration(time.time() - t0)))
         except KeyboardInterrupt:
             _stop(proc)

@@ -18,7 +18,7 @@ from gluon_transfer.errors import ConfigError, DataError
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 FAKE_TRAINER = r'''
-import argparse, json, os, signal, sys
+import argparse, json, os, signal, sys, time
 p = argparse.ArgumentParser()
 p.add_argument('--save-dir', required=True)
 p.add_argument('--resume')
@@ -32,6 +32,8 @@ p.add_argument('--phase1', type=int, default=None)   # write an AFDS-like report
 p.add_argument('--macs', default=None)               # baseline,expected
 p.add_argument('--flag', action='store_true')
 p.add_argument('--list', default=None)
+p.add_argument('--unevaluated', type=int, default=0)  # the first N epochs are not evaluated
+p.add_argument('--sleep', type=float, default=0.0)    # seconds after each epoch
 args = p.parse_args()
 d = args.save_dir
 os.makedirs(d, exist_ok=True)
@@ -54,12 +56,16 @@ best = -1.0
 for e in range(start, len(vals)):
     v = vals[e]
     with open(os.path.join(d, 'metrics.jsonl'), 'a') as f:
-        f.write(json.dumps({'epoch': e + 1, 'val_top1': v, 'val_top5': 1.0, 'time': 0.5, 'best_top1': v}) + '\n')
+        if e < args.unevaluated:
+            f.write(json.dumps({'epoch': e + 1, 'time': 0.5, 'best_top1': -1.0}) + '\n')
+        else:
+            f.write(json.dumps({'epoch': e + 1, 'val_top1': v, 'val_top5': 1.0, 'time': 0.5, 'best_top1': v}) + '\n')
     with open(os.path.join(d, 'checkpoint.json'), 'w') as f:
         json.dump({'epoch': e + 1}, f)
     with open(os.path.join(d, 'best.params'), 'w') as f:
         f.write('params of epoch %d' % (e + 1))
     print('epoch %d val %.4f' % (e + 1, v), flush=True)
+    time.sleep(args.sleep)
     if args.die_at and e + 1 == args.die_at and not args.resume:
         os.kill(os.getpid(), signal.SIGKILL)
 if args.phase1 is not None:
@@ -508,3 +514,16 @@ def test_prepare_requires_and_row_selection(tmp_path, fake, capsys):
     assert [r['row'] for r in res['rows']] == ['a', 'b']
     assert sorted((r['run'], r['state']) for r in res['runs']) == [
         ('a/seed0', 'finished'), ('a/seed1', 'new'), ('b/seed0', 'new'), ('b/seed1', 'finished')]
+
+
+def test_progress_lines_before_the_first_evaluation_show_no_best(tmp_path, fake):
+    """The trainer starts its best at -1; the heartbeat shows '-' until an epoch is evaluated."""
+    path = write_recipe(tmp_path, [{'name': 'a', 'script': fake,
+                                    'options': {'--vals': '0.5,0.6,0.7', '--unevaluated': 2, '--sleep': 0.4}}],
+                        seeds=(0,))
+    lines = []
+    plan = rp.plan_runs(rp.load_recipe(path), 'cpu', out=str(tmp_path / 'o'))
+    rp.execute_plan(plan, echo=lines.append, heartbeat=0.0, poll=0.05)
+    beats = [l.strip() for l in lines if l.strip().startswith('epoch ')]
+    assert beats and beats[0].startswith('epoch 1: val top-1 - (best -)'), beats
+    assert any(b.startswith('epoch 3: val top-1 70.00 (best 70.00)') for b in beats), beats
