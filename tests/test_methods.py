@@ -13,7 +13,8 @@ import pytest
 import mxnet as mx
 
 from gluon_transfer import cli
-from gluon_transfer.errors import ConfigError
+import gluon_transfer as gt
+from gluon_transfer.errors import CheckpointError, ConfigError
 from gluon_transfer.finetune import FineTune, main, resolve_args
 from gluon_transfer.registry import METHODS, REGULARIZERS
 
@@ -330,3 +331,28 @@ def test_delta_tool_writes_the_cache_and_train_transfer_reads_it(tmp_path, monke
     capsys.readouterr()
     assert main(common + ['--reg', 'delta', '--max-iter', '1', '--save-dir', str(tmp_path / 'run')]) == 0
     assert ('DELTA channel weights: %s' % written[0]) in (tmp_path / 'run' / 'train.log').read_text()
+
+
+def test_a_source_file_without_a_classifier_loads_as_a_backbone(tmp_path):
+    """tools/convert_torch.py --drop-head writes no classifier: such a file is a valid
+    --source-params (every backbone array loaded exactly); a file that misses a backbone
+    key is still refused, naming the key."""
+    from gluon_transfer.methods.base import load_source
+    mx.random.seed(3)
+    full = gt.get_model('cifar_resnet20_v1', classes=5)
+    full.initialize(mx.init.Xavier())
+    full(mx.nd.zeros((1, 3, 32, 32)))
+    arrays = {k: p.data() for k, p in full._collect_params_with_prefix().items()}
+    backbone = {k: v for k, v in arrays.items() if not k.startswith('output.')}
+    assert len(backbone) == len(arrays) - 2
+    path = str(tmp_path / 'backbone.params')
+    mx.nd.save(path, backbone)
+    net = load_source('cifar_resnet20_v1', mx.cpu(), path)
+    got = net._collect_params_with_prefix()
+    for k, v in backbone.items():
+        np.testing.assert_array_equal(got[k].data().asnumpy(), v.asnumpy())
+    broken = dict(backbone)
+    del broken['features.1.gamma']
+    mx.nd.save(path, broken)
+    with pytest.raises(CheckpointError, match="missing key 'features.1.gamma'"):
+        load_source('cifar_resnet20_v1', mx.cpu(), path)

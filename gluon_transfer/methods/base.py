@@ -34,6 +34,8 @@ Shared helpers (each exists once): :func:`dataset_preset`, :func:`train_records_
 :func:`finish_shapes`, :func:`source_head_classes`, :func:`load_source`,
 :func:`build_target`.
 """
+import os
+
 import mxnet as mx
 
 from ..errors import CheckpointError, ConfigError
@@ -288,16 +290,27 @@ def load_source(model, ctx, source_params=None, source_pretrained=False, model_k
     kw = dict(model_kwargs or {})
     ctx = list(ctx) if isinstance(ctx, (list, tuple)) else [ctx]
     if source_params:
-        classes = source_head_classes(model, source_params, kw) or 1000
-        net = get_model(model, classes=classes, **kw)
+        from ..losses.transfer_common import head_keys
+        from ..weights import read_params
+        classes = source_head_classes(model, source_params, kw)
+        net = get_model(model, classes=classes or 1000, **kw)
         net.initialize(ctx=ctx)
+        heads = set(head_keys(net))
+        # a file without any classifier key (tools/convert_torch.py --drop-head, a backbone):
+        # the source's head is never used (the target gets its own), so only it may be missing
+        headless = classes is None and not heads & set(read_params(source_params))
         try:
-            report = load_params(net, source_params, ctx=ctx)
+            report = load_params(net, source_params, ctx=ctx, strict=not headless, allow_missing=headless)
+            other = [k for k in report['missing'] if k not in heads]
+            if other:
+                raise CheckpointError('%s does not fit %s: missing key %r (%d missing in total)'
+                                      % (os.path.basename(source_params), type(net).__name__, other[0], len(other)))
         except CheckpointError as err:
             raise CheckpointError('--source-params %s is not a %s: %s' % (source_params, model, err)) from None
         if log:
-            log.info('source %s from %s: %s (classifier of %d classes, replaced)', model, source_params,
-                     describe_load(report), classes)
+            log.info('source %s from %s: %s (%s)', model, source_params, describe_load(report),
+                     'no classifier in the file: a backbone' if headless
+                     else 'classifier of %d classes, replaced' % classes)
     elif source_pretrained:
         net = get_model(model, pretrained=True, ctx=ctx[0], **kw)
         if len(ctx) > 1:
