@@ -55,6 +55,8 @@ SECTIONS = [
     ('gflops', 'bench_gflops.py', ['--quick'], [], 'achieved GFLOP/s vs matmul peak'),
     ('afds', 'bench_afds.py', ['--quick', '--fused'], ['--fused'],
      'pruned AFS ResNet-50 (tools/export.py --prune, fused graph): img/s vs removed MACs'),
+    ('afs-train', 'bench_afs_train.py', ['--quick'], [],
+     'AFS gates in training: gated vs plain CIFAR ResNet-20 step, the gate ops side by side'),
     ('dist', 'bench_dist.py', ['--steps', '10', '--warmup', '3'], [], 'dist_sync 1 vs 2 local workers'),
     ('torch', 'bench_torch.py', ['--quick'], ['--bf16'],
      'MXNet vs PyTorch from a separate environment (skipped without one), side by side'),

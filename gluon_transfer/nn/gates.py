@@ -281,7 +281,7 @@ def global_avg_pool(F, x):
       (N*C, H*W) matrix times the column ``1 / (H*W)``. Pooling's backward falls off
       oneDNN's fast path for some shapes: on CIFAR ResNets' 16-channel 32 x 32 maps, batch
       48, forward+backward took 73 ms with ``Pooling``, 5.7 ms with ``F.mean`` and 0.8 ms as
-      a product (bench/README.md, "AFS gates"), which made an AFS ResNet-20 train ~4x
+      a product (docs/benchmarks.md, "AFS gates in training"), which made an AFS ResNet-20 train ~4x
       slower than the plain network."""
     if _recording(F):
         n, c, h, w = x.shape
