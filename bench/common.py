@@ -1,4 +1,5 @@
-"""What the benchmarks share: the result-row schema of the suite and two timing helpers.
+"""What the benchmarks share: the result-row schema of the suite, timing helpers, and the
+runner that times each configuration in its own fresh process, rounds alternating.
 
 A row is ``{"section", "name", "value", "unit", "note"}``: one measured number (images/s,
 ms, bytes, GFLOP/s, a ratio with unit ``x``, a percentage with unit ``%``) and a short note
@@ -8,6 +9,8 @@ ms, bytes, GFLOP/s, a ratio with unit ``x``, a percentage with unit ``%``) and a
 import json
 import platform
 import os
+import statistics
+import subprocess
 import time
 
 ROW_KEYS = ('section', 'name', 'value', 'unit', 'note')
@@ -108,3 +111,48 @@ def matmul_peak_gflops(n=2048, iters=5):
         mx.nd.FullyConnected(x, w, num_hidden=n, no_bias=True).wait_to_read()
     rate = median_rate(run, 1, iters, warmup=1)
     return 2.0 * n ** 3 * rate / 1e9
+
+
+def run_json_process(cmd, timeout, cwd=None):
+    """Run ``cmd`` as a fresh process and return the JSON object it printed as its last stdout
+    line. A failure ends the benchmark with ``error: ...`` (the command and the last stderr line)."""
+    try:
+        res = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=cwd)
+    except subprocess.TimeoutExpired:
+        raise SystemExit('error: %s timed out after %d s' % (' '.join(cmd[:3]), timeout)) from None
+    if res.returncode:
+        last = [l for l in res.stderr.strip().splitlines() if l.strip()]
+        raise SystemExit('error: %s failed: %s' % (' '.join(cmd[:3]), last[-1] if last else 'exit %d' % res.returncode))
+    lines = res.stdout.strip().splitlines()
+    try:
+        return json.loads(lines[-1])
+    except (IndexError, ValueError):
+        raise SystemExit('error: %s printed no JSON result line' % ' '.join(cmd[:3])) from None
+
+
+def alternating_rounds(configs, rounds, command_of, timeout, key='images_per_sec', cwd=None, echo=print):
+    """Time every configuration in its own fresh process, ``rounds`` times, the configurations in
+    the same order within each round (so a change of machine load hits all of them alike, and
+    no two configurations share a process: hybridized graphs of different networks in one
+    process were seen slowing each other down). ``command_of(config)`` gives the command, which
+    must print a JSON object with ``key`` on its last stdout line (:func:`run_json_process`).
+    Returns ``{config: [value of each round]}``."""
+    samples = {}
+    for r in range(rounds):
+        for cfg in configs:
+            res = run_json_process(command_of(cfg), timeout, cwd=cwd)
+            samples.setdefault(cfg, []).append(float(res[key]))
+            if echo:
+                echo('round %d: %-60s %10.2f' % (r + 1, ' '.join(str(c) for c in cfg), res[key]))
+    return samples
+
+
+def spread(values):
+    """``(median, min, max)`` of a list of per-round values."""
+    return statistics.median(values), min(values), max(values)
+
+
+def thread_settings():
+    """The thread settings every speed figure must name (unset ones as 'unset')."""
+    return ', '.join('%s=%s' % (k, os.environ.get(k, 'unset'))
+                     for k in ('OMP_NUM_THREADS', 'MXNET_CPU_WORKER_NTHREADS'))

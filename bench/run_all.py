@@ -44,6 +44,9 @@ from bench.common import ROW_KEYS, cpu_name, row  # noqa: E402  (the row schema 
 SECTIONS = [
     ('precision', 'bench_precision.py', ['--quick'], [], 'bf16 AMP vs fp32: train/infer img/s, val accuracy, decision'),
     ('aff', 'bench_aff.py', ['--quick'], ['--rounds', '2'], 'AFF vs reference-style vs plain add, block, modes, deployment'),
+    ('aff-ratio', 'bench_aff_ratio.py', ['--quick'], ['--rounds', '2', '--iters', '3'],
+     'AFF/add time per network, training and inference, best mode each, each configuration its own '
+     'process (goal <= 1.15)'),
     ('engine', 'bench_engine.py', ['--iters', '5', '--rounds', '2'], [], 'engine vs minimal Gluon loop'),
     ('loader', 'bench_loader.py', ['--seconds', '3', '--skip-index', '--imagenet-train-batch', '4'],
      ['--skip-index', '--seconds', '5'], 'loader img/s vs training img/s per preset'),
