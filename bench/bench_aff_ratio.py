@@ -20,7 +20,11 @@ each other down; the configurations alternate within each round (``bench.common.
 shared with ``bench_torch.py``). Each process reports the median step rate of its timed steps;
 a value is the median over the rounds, a ratio is of those medians, and the per-round ratios
 give the spread (min-max). Thread settings (``OMP_NUM_THREADS``, ``MXNET_CPU_WORKER_NTHREADS``)
-are inherited by the workers and named in every row.
+are inherited by the workers and named in every row. Every ratio is given twice: by wall-clock
+time (what a user sees; the goal's number) and by process CPU time ("CPU time" rows), which
+on a machine shared with other jobs varies much less when each worker computes on one thread
+(``OMP_NUM_THREADS=1 MXNET_CPU_WORKER_NTHREADS=1``), because it leaves out the time spent
+waiting for a core.
 """
 import argparse
 import json
@@ -49,7 +53,7 @@ def worker(a):
     import mxnet as mx
     import gluon_transfer as gt
     from gluon_transfer.nn import fused
-    from bench.common import infer_fn, median_rate, train_step_fn
+    from bench.common import infer_fn, median_rates, train_step_fn
     _, model, kw, size, classes, _, _ = NETWORKS[a.net]
     mx.random.seed(0)
     net = gt.get_model(model, fusion=a.fusion, **kw)
@@ -57,8 +61,9 @@ def worker(a):
     if a.mode == 'hybrid':
         net.hybridize(static_alloc=True, static_shape=True)
     fn = train_step_fn(net, a.batch, size, classes) if a.what == 'train' else infer_fn(net, a.batch, size)
-    rate = median_rate(fn, a.batch, a.iters, warmup=a.warmup)
-    print(json.dumps({'images_per_sec': rate, 'kernel': bool(fused.load_kernel()) if a.fusion == 'aff' else None,
+    rate, cpu_rate, fastest = median_rates(fn, a.batch, a.iters, warmup=a.warmup)
+    print(json.dumps({'images_per_sec': rate, 'cpu_images_per_sec': cpu_rate, 'fastest_images_per_sec': fastest,
+                      'kernel': bool(fused.load_kernel()) if a.fusion == 'aff' else None,
                       'threads': thread_settings()}))
     return 0
 
@@ -68,11 +73,14 @@ def configurations(nets, whats):
     return [(n, w, f, m) for n in nets for w in whats for m in MODES for f in FUSIONS]
 
 
-def summarise(samples, batches, threads):
+def summarise(samples, batches, threads, clock='wall'):
     """``{(net, what, fusion, mode): [img/s per round]}`` -> suite rows: img/s of every
     configuration, the AFF/add time ratio in each mode and between the best modes (the goal's
-    number), with the spread of the per-round ratios."""
+    number), with the spread of the per-round ratios. ``clock='cpu'``: the rates are by
+    process CPU time (``bench.common.median_rates``); only the ratio rows are written, named
+    "CPU time"."""
     rows = []
+    time_name = 'time' if clock == 'wall' else 'CPU time'
     med = {k: spread(v)[0] for k, v in samples.items()}
     for net, what in sorted({k[:2] for k in samples}, key=lambda k: (list(NETWORKS).index(k[0]), k[1] != 'train')):
         label = NETWORKS[net][0]
@@ -80,7 +88,7 @@ def summarise(samples, batches, threads):
         for fusion in FUSIONS:
             for mode in MODES:
                 k = (net, what, fusion, mode)
-                if k in samples:
+                if k in samples and clock == 'wall':
                     m, lo, hi = spread(samples[k])
                     rows.append(row('aff-ratio', '%s %s, %s, %s' % (label, what, fusion, mode), m, 'img/s',
                                     'median of %d rounds (%.3g-%.3g), own process; %s' % (len(samples[k]), lo, hi,
@@ -89,7 +97,7 @@ def summarise(samples, batches, threads):
             a, d = samples.get((net, what, 'aff', mode)), samples.get((net, what, 'add', mode))
             if a and d:
                 per = [di / ai for ai, di in zip(a, d)]
-                rows.append(row('aff-ratio', 'AFF/add time, %s %s, %s' % (label, what, mode),
+                rows.append(row('aff-ratio', 'AFF/add %s, %s %s, %s' % (time_name, label, what, mode),
                                 med[(net, what, 'add', mode)] / med[(net, what, 'aff', mode)], 'x',
                                 'rounds %.3g-%.3g; %s' % (min(per), max(per), setup)))
         best = {}
@@ -101,7 +109,7 @@ def summarise(samples, batches, threads):
             a, d = samples[(net, what, 'aff', best['aff'])], samples[(net, what, 'add', best['add'])]
             ratio = med[(net, what, 'add', best['add'])] / med[(net, what, 'aff', best['aff'])]
             per = [di / ai for ai, di in zip(a, d)]
-            rows.append(row('aff-ratio', 'AFF/add time, %s %s, best modes' % (label, what), ratio, 'x',
+            rows.append(row('aff-ratio', 'AFF/add %s, %s %s, best modes' % (time_name, label, what), ratio, 'x',
                             'goal <= %.2f: %s; AFF %s, add %s; rounds %.3g-%.3g; %s'
                             % (GOAL, 'met' if ratio <= GOAL else 'missed', best['aff'], best['add'], min(per),
                                max(per), setup)))
@@ -146,9 +154,11 @@ def main(argv=None):
         net, what, fusion, mode = cfg
         return [sys.executable, os.path.abspath(__file__), '--worker', '--net', net, '--what', what, '--fusion', fusion,
                 '--mode', mode, '--batch', str(batches[net]), '--iters', str(a.iters), '--warmup', str(a.warmup)]
-    samples = alternating_rounds(configurations(nets, whats), a.rounds, command_of, a.timeout, cwd=ROOT,
-                                 echo=lambda s: print(s + ' img/s', flush=True))
-    rows = summarise(samples, batches, threads)
+    got = alternating_rounds(configurations(nets, whats), a.rounds, command_of, a.timeout, cwd=ROOT,
+                             key=('images_per_sec', 'cpu_images_per_sec'),
+                             echo=lambda s: print(s + ' img/s (wall, CPU time)', flush=True))
+    rows = summarise({k: v['images_per_sec'] for k, v in got.items()}, batches, threads)
+    rows += summarise({k: v['cpu_images_per_sec'] for k, v in got.items()}, batches, threads, clock='cpu')
     print()
     print('| measurement | value | unit | note |')
     print('|---|---|---|---|')

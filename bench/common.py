@@ -71,6 +71,26 @@ def median_rate(fn, images, iters, warmup=2):
     return images / times[len(times) // 2]
 
 
+def median_rates(fn, images, iters, warmup=2):
+    """``(wall, cpu, fastest)``: the median images/s of ``fn()`` over ``iters`` calls after
+    ``warmup``, by wall-clock time and by this process's CPU time (user + system, all its
+    threads), and the images/s of the fastest call by wall clock (load from other jobs only
+    ever adds time, so the fastest call is the one least disturbed). With
+    one compute thread (``OMP_NUM_THREADS=1``, ``MXNET_CPU_WORKER_NTHREADS=1``) the CPU time
+    leaves out the time the process waited for a core, so on a machine shared with other jobs
+    CPU-time ratios vary much less than wall-clock ones (they still include cache and memory
+    contention); the wall-clock rate is what a user sees."""
+    for _ in range(warmup):
+        fn()
+    wall, cpu = [], []
+    for _ in range(iters):
+        t, c = time.perf_counter(), time.process_time()
+        fn()
+        cpu.append(time.process_time() - c)
+        wall.append(time.perf_counter() - t)
+    return images / statistics.median(wall), images / statistics.median(cpu), images / min(wall)
+
+
 def train_step_fn(net, batch, size, classes=10, ctx=None):
     """A closure running one forward + backward + SGD-momentum update of ``net`` on a fixed
     random batch (waited for): the plain training step the suite compares against."""
@@ -136,15 +156,20 @@ def alternating_rounds(configs, rounds, command_of, timeout, key='images_per_sec
     no two configurations share a process: hybridized graphs of different networks in one
     process were seen slowing each other down). ``command_of(config)`` gives the command, which
     must print a JSON object with ``key`` on its last stdout line (:func:`run_json_process`).
-    Returns ``{config: [value of each round]}``."""
+    Returns ``{config: [value of each round]}``, or with a tuple of keys
+    ``{config: {key: [value of each round]}}``."""
+    keys = key if isinstance(key, tuple) else (key,)
     samples = {}
     for r in range(rounds):
         for cfg in configs:
             res = run_json_process(command_of(cfg), timeout, cwd=cwd)
-            samples.setdefault(cfg, []).append(float(res[key]))
+            got = samples.setdefault(cfg, {k: [] for k in keys})
+            for k in keys:
+                got[k].append(float(res[k]))
             if echo:
-                echo('round %d: %-60s %10.2f' % (r + 1, ' '.join(str(c) for c in cfg), res[key]))
-    return samples
+                echo('round %d: %-60s %s' % (r + 1, ' '.join(str(c) for c in cfg),
+                                             ' '.join('%10.2f' % res[k] for k in keys)))
+    return samples if isinstance(key, tuple) else {cfg: v[key] for cfg, v in samples.items()}
 
 
 def spread(values):

@@ -47,6 +47,9 @@ def test_alternating_rounds_one_process_each(tmp_path):
     got = common.alternating_rounds(configs, 2, lambda c: [sys.executable, '-c', code, c[0]], 60, echo=None)
     assert got == {('a',): [1.0, 1.0], ('bbb',): [3.0, 3.0]}
     assert log.read_text().split() == ['a', 'bbb', 'a', 'bbb']      # alternating, one process per call
+    both = common.alternating_rounds(configs, 1, lambda c: [sys.executable, "-c", code, c[0]], 60, echo=None,
+                                     key=("images_per_sec",))
+    assert both == {("a",): {"images_per_sec": [1.0]}, ("bbb",): {"images_per_sec": [3.0]}}
 
 
 def test_runner_errors_name_the_command():
@@ -64,3 +67,19 @@ def test_bad_options_and_suite_listing(tmp_path):
     assert 'aff-ratio' in [s[0] for s in run_all.SECTIONS]
     assert bench_aff_ratio.configurations(['aff32'], ['train'])[:2] == [
         ('aff32', 'train', 'aff', 'imperative'), ('aff32', 'train', 'add', 'imperative')]
+
+
+def test_cpu_time_rows_are_ratios_only():
+    s = {('aff32', 'infer', 'aff', 'hybrid'): [8.0, 10.0], ('aff32', 'infer', 'add', 'hybrid'): [10.0, 12.0]}
+    rows = bench_aff_ratio.summarise(s, {'aff32': 16}, '', clock='cpu')
+    assert {r['unit'] for r in rows} == {'x'}
+    names = {r['name']: r['value'] for r in rows}
+    assert abs(names['AFF/add CPU time, AFF-ResNet-32 infer, best modes'] - 11.0 / 9.0) < 1e-12
+
+
+def test_median_rates_counts_cpu_time_not_sleep():
+    import time
+    wall, cpu, fastest = common.median_rates(lambda: time.sleep(0.05), 10, 3, warmup=0)
+    assert 150 < wall < 210          # 10 images per ~0.05 s of wall clock
+    assert cpu > 4 * wall            # sleeping uses (almost) no CPU time
+    assert fastest >= wall
