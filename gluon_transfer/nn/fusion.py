@@ -94,29 +94,30 @@ def _ms_cam(F, local_att, global_att, z):
     return F.Activation(F.elemwise_add(local, F.broadcast_like(global_att(z), local)), act_type='sigmoid')
 
 
-def _plain_layout(F, a, like):
-    """``a`` unchanged in value, as an array in MXNet's plain (N, C, H, W) layout.
+def _plain_layout(F, a):
+    """``a`` (N, C, H, W) as (N, C, H*W) in MXNet's plain layout, same values.
 
     Convolution and BatchNorm outputs on CPU are in oneDNN's blocked layout, and MXNet hands
-    external-library operators (``gt_aff_fuse``) plain copies of such inputs, made anew in the
-    forward and again in the backward pass; with three blocked inputs that conversion cost
-    several times the kernel itself (profile in docs/benchmarks.md). A reshape to (N, C, H*W)
-    and back converts once, as an ordinary graph node whose output the backward pass reuses:
-    the fused kernels' share of an AFF-ResNet-32 training step fell from 91 to 29 ms (+26 ms
-    for the reshapes). The backward of both reshapes passes the gradient through unchanged."""
-    return F.reshape_like(F.reshape(a, shape=(0, 0, -1)), like)
+    external-library operators (``gt_aff_fuse``, ``gt_global_mean``) plain copies of such
+    inputs, made anew in the forward and again in the backward pass; with three blocked inputs
+    that conversion cost several times the kernel itself (profile in docs/benchmarks.md). A
+    reshape converts once, as an ordinary graph node whose output the backward pass reuses
+    (its backward passes the gradient through unchanged); the kernels take (N, C, H*W)."""
+    return F.reshape(a, shape=(0, 0, -1))
 
 
 def _fused_tail(F, x, y, local_att, global_att, z, scale):
     """``scale * (y + M(z) * (x - y))`` with the kernels of nn/fused.py: the global pooling
     (``gt_global_mean``) and the tail (``gt_aff_fuse``: sigmoid of local + broadcast global
     logits, then the weighted sum) are one pass each; same math as the composition. The
-    kernel's full-size inputs go through :func:`_plain_layout` first."""
-    g = getattr(F, fused.MEAN_OP)(z)  # the kernel's pooling instead of global_att[0] (same values)
+    kernels' full-size inputs go through :func:`_plain_layout` first, the result is reshaped
+    back to ``z``'s shape."""
+    g = getattr(F, fused.MEAN_OP)(_plain_layout(F, z))  # the kernel's pooling instead of global_att[0]
     for blk in list(global_att._children.values())[1:]:
         g = blk(g)
-    return getattr(F, fused.OP_NAME)(_plain_layout(F, x, z), _plain_layout(F, y, z),
-                                     _plain_layout(F, local_att(z), z), g, scale=scale)
+    out = getattr(F, fused.OP_NAME)(_plain_layout(F, x), _plain_layout(F, y), _plain_layout(F, local_att(z)), g,
+                                    scale=scale)
+    return F.reshape_like(out, z)
 
 
 class DirectAdd(HybridBlock):
