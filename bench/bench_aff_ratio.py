@@ -110,8 +110,8 @@ def summarise(samples, batches, threads, clock='wall'):
             ratio = med[(net, what, 'add', best['add'])] / med[(net, what, 'aff', best['aff'])]
             per = [di / ai for ai, di in zip(a, d)]
             rows.append(row('aff-ratio', 'AFF/add %s, %s %s, best modes' % (time_name, label, what), ratio, 'x',
-                            'goal <= %.2f: %s; AFF %s, add %s; rounds %.3g-%.3g; %s'
-                            % (GOAL, 'met' if ratio <= GOAL else 'missed', best['aff'], best['add'], min(per),
+                            'goal <= %.2f: %s (%.3f); AFF %s, add %s; rounds %.3g-%.3g; %s'
+                            % (GOAL, 'met' if ratio <= GOAL else 'missed', ratio, best['aff'], best['add'], min(per),
                                max(per), setup)))
     return rows
 
