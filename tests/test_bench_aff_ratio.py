@@ -83,3 +83,14 @@ def test_median_rates_counts_cpu_time_not_sleep():
     assert 150 < wall < 210          # 10 images per ~0.05 s of wall clock
     assert cpu > 4 * wall            # sleeping uses (almost) no CPU time
     assert fastest >= wall
+
+
+def test_profile_categories():
+    from bench.profile_ops import category
+    want = {'_backward_Convolution': 'convolution', 'gt_aff_fuse': 'fused AFF kernels',
+            '_backward_gt_global_mean': 'fused AFF kernels', 'multi_sgd_mom_update': 'optimizer update',
+            '_backward_BatchNorm': 'BatchNorm', 'Reshape': 'reorders / copies', 'reshape_like': 'reorders / copies',
+            'add_n': 'activation / elementwise', 'broadcast_add': 'activation / elementwise',
+            '_backward_Pooling': 'pooling / reductions', 'mean': 'pooling / reductions',
+            'DeleteVariable': 'engine bookkeeping', 'log_softmax': 'loss / softmax', 'SomethingNew': 'other'}
+    assert {k: category(k) for k in want} == want
