@@ -106,17 +106,17 @@ def _plain_layout(F, a):
     return F.reshape(a, shape=(0, 0, -1))
 
 
-def _fused_tail(F, x, y, local_att, global_att, z, scale):
+def _fused_tail(F, xp, yp, local_att, global_att, z, scale):
     """``scale * (y + M(z) * (x - y))`` with the kernels of nn/fused.py: the global pooling
     (``gt_global_mean``) and the tail (``gt_aff_fuse``: sigmoid of local + broadcast global
-    logits, then the weighted sum) are one pass each; same math as the composition. The
-    kernels' full-size inputs go through :func:`_plain_layout` first, the result is reshaped
-    back to ``z``'s shape."""
+    logits, then the weighted sum) are one pass each; same math as the composition. ``xp``,
+    ``yp`` are ``x``, ``y`` through :func:`_plain_layout` (made once per block: iAFF's two
+    steps share them), as are the kernels' other full-size inputs; the result is reshaped back
+    to ``z``'s shape."""
     g = getattr(F, fused.MEAN_OP)(_plain_layout(F, z))  # the kernel's pooling instead of global_att[0]
     for blk in list(global_att._children.values())[1:]:
         g = blk(g)
-    out = getattr(F, fused.OP_NAME)(_plain_layout(F, x), _plain_layout(F, y), _plain_layout(F, local_att(z)), g,
-                                    scale=scale)
+    out = getattr(F, fused.OP_NAME)(xp, yp, _plain_layout(F, local_att(z)), g, scale=scale)
     return F.reshape_like(out, z)
 
 
@@ -182,7 +182,7 @@ class AFF(HybridBlock):
     def hybrid_forward(self, F, x, y):
         z = F.elemwise_add(x, y)
         if fused.kernel_active(F, x, self.local_att[0].weight):
-            return _fused_tail(F, x, y, self.local_att, self.global_att, z, 2.0)
+            return _fused_tail(F, _plain_layout(F, x), _plain_layout(F, y), self.local_att, self.global_att, z, 2.0)
         w = _ms_cam(F, self.local_att, self.global_att, z)
         return F.elemwise_add(y, F.elemwise_mul(w, F.elemwise_sub(x, y))) * 2
 
@@ -222,8 +222,9 @@ class iAFF(HybridBlock):  # noqa: N801  (the paper's name)
 
     def hybrid_forward(self, F, x, y):
         if fused.kernel_active(F, x, self.local_att[0].weight):
-            xi = _fused_tail(F, x, y, self.local_att, self.global_att, F.elemwise_add(x, y), 1.0)
-            return _fused_tail(F, x, y, self.local_att2, self.global_att2, xi, 1.0)
+            xp, yp = _plain_layout(F, x), _plain_layout(F, y)
+            xi = _fused_tail(F, xp, yp, self.local_att, self.global_att, F.elemwise_add(x, y), 1.0)
+            return _fused_tail(F, xp, yp, self.local_att2, self.global_att2, xi, 1.0)
         d = F.elemwise_sub(x, y)  # reused by both steps
         w1 = _ms_cam(F, self.local_att, self.global_att, F.elemwise_add(x, y))
         xi = F.elemwise_add(y, F.elemwise_mul(w1, d))
