@@ -35,7 +35,7 @@ import sys
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, ROOT)
-from bench.common import add_json_arg, row, write_rows  # noqa: E402
+from bench.common import add_json_arg, alternating_rounds, row, write_rows  # noqa: E402
 
 ENV_VAR = 'GLUON_TRANSFER_TORCH_PYTHON'
 NETWORKS = {'cifar_resnet56_v1': (32, 32, 10), 'resnet50_v1b': (224, 16, 1000)}   # size, batch, classes
@@ -75,14 +75,6 @@ def find_torch_python(arg):
     if res.returncode:
         return None, '%s cannot import torch' % path
     return path, res.stdout.strip()
-
-
-def run_one(cmd, timeout):
-    res = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
-    if res.returncode:
-        last = [l for l in res.stderr.strip().splitlines() if l.strip()]
-        raise SystemExit('error: %s failed: %s' % (' '.join(cmd[:3]), last[-1] if last else 'exit %d' % res.returncode))
-    return json.loads(res.stdout.strip().splitlines()[-1])
 
 
 def configurations(models, whats, bf16):
@@ -165,14 +157,12 @@ def main(argv=None):
                 json.dump({'skipped': info}, f)
         return 0
     print('PyTorch %s from %s; MXNet from %s' % (info, torch_python, sys.executable))
-    samples = {}
-    for r in range(a.rounds):
-        for fw, model, what, variant in configurations(models, a.what.split(','), a.bf16):
-            batch = a.batch or NETWORKS[model][1]
-            res = run_one(command(fw, model, what, variant, torch_python, batch, a.iters, a.warmup), a.timeout)
-            samples.setdefault((fw, model, what, variant), []).append(res['images_per_sec'])
-            print('round %d: %-7s %-18s %-5s %-13s %8.1f img/s' % (r + 1, fw, model, what, variant,
-                                                                   res['images_per_sec']), flush=True)
+
+    def command_of(cfg):
+        fw, model, what, variant = cfg
+        return command(fw, model, what, variant, torch_python, a.batch or NETWORKS[model][1], a.iters, a.warmup)
+    samples = alternating_rounds(configurations(models, a.what.split(','), a.bf16), a.rounds, command_of,
+                                 a.timeout, cwd=ROOT, echo=lambda s: print(s + ' img/s', flush=True))
     rows = summarise(samples)
     print()
     print('| measurement | value | unit |')

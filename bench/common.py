@@ -1,4 +1,5 @@
-"""What the benchmarks share: the result-row schema of the suite and two timing helpers.
+"""What the benchmarks share: the result-row schema of the suite, timing helpers, and the
+runner that times each configuration in its own fresh process, rounds alternating.
 
 A row is ``{"section", "name", "value", "unit", "note"}``: one measured number (images/s,
 ms, bytes, GFLOP/s, a ratio with unit ``x``, a percentage with unit ``%``) and a short note
@@ -8,6 +9,8 @@ ms, bytes, GFLOP/s, a ratio with unit ``x``, a percentage with unit ``%``) and a
 import json
 import platform
 import os
+import statistics
+import subprocess
 import time
 
 ROW_KEYS = ('section', 'name', 'value', 'unit', 'note')
@@ -68,6 +71,26 @@ def median_rate(fn, images, iters, warmup=2):
     return images / times[len(times) // 2]
 
 
+def median_rates(fn, images, iters, warmup=2):
+    """``(wall, cpu, fastest)``: the median images/s of ``fn()`` over ``iters`` calls after
+    ``warmup``, by wall-clock time and by this process's CPU time (user + system, all its
+    threads), and the images/s of the fastest call by wall clock (load from other jobs only
+    ever adds time, so the fastest call is the one least disturbed). With
+    one compute thread (``OMP_NUM_THREADS=1``, ``MXNET_CPU_WORKER_NTHREADS=1``) the CPU time
+    leaves out the time the process waited for a core, so on a machine shared with other jobs
+    CPU-time ratios vary much less than wall-clock ones (they still include cache and memory
+    contention); the wall-clock rate is what a user sees."""
+    for _ in range(warmup):
+        fn()
+    wall, cpu = [], []
+    for _ in range(iters):
+        t, c = time.perf_counter(), time.process_time()
+        fn()
+        cpu.append(time.process_time() - c)
+        wall.append(time.perf_counter() - t)
+    return images / statistics.median(wall), images / statistics.median(cpu), images / min(wall)
+
+
 def train_step_fn(net, batch, size, classes=10, ctx=None):
     """A closure running one forward + backward + SGD-momentum update of ``net`` on a fixed
     random batch (waited for): the plain training step the suite compares against."""
@@ -108,3 +131,53 @@ def matmul_peak_gflops(n=2048, iters=5):
         mx.nd.FullyConnected(x, w, num_hidden=n, no_bias=True).wait_to_read()
     rate = median_rate(run, 1, iters, warmup=1)
     return 2.0 * n ** 3 * rate / 1e9
+
+
+def run_json_process(cmd, timeout, cwd=None):
+    """Run ``cmd`` as a fresh process and return the JSON object it printed as its last stdout
+    line. A failure ends the benchmark with ``error: ...`` (the command and the last stderr line)."""
+    try:
+        res = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=cwd)
+    except subprocess.TimeoutExpired:
+        raise SystemExit('error: %s timed out after %d s' % (' '.join(cmd[:3]), timeout)) from None
+    if res.returncode:
+        last = [l for l in res.stderr.strip().splitlines() if l.strip()]
+        raise SystemExit('error: %s failed: %s' % (' '.join(cmd[:3]), last[-1] if last else 'exit %d' % res.returncode))
+    lines = res.stdout.strip().splitlines()
+    try:
+        return json.loads(lines[-1])
+    except (IndexError, ValueError):
+        raise SystemExit('error: %s printed no JSON result line' % ' '.join(cmd[:3])) from None
+
+
+def alternating_rounds(configs, rounds, command_of, timeout, key='images_per_sec', cwd=None, echo=print):
+    """Time every configuration in its own fresh process, ``rounds`` times, the configurations in
+    the same order within each round (so a change of machine load hits all of them alike, and
+    no two configurations share a process: hybridized graphs of different networks in one
+    process were seen slowing each other down). ``command_of(config)`` gives the command, which
+    must print a JSON object with ``key`` on its last stdout line (:func:`run_json_process`).
+    Returns ``{config: [value of each round]}``, or with a tuple of keys
+    ``{config: {key: [value of each round]}}``."""
+    keys = key if isinstance(key, tuple) else (key,)
+    samples = {}
+    for r in range(rounds):
+        for cfg in configs:
+            res = run_json_process(command_of(cfg), timeout, cwd=cwd)
+            got = samples.setdefault(cfg, {k: [] for k in keys})
+            for k in keys:
+                got[k].append(float(res[k]))
+            if echo:
+                echo('round %d: %-60s %s' % (r + 1, ' '.join(str(c) for c in cfg),
+                                             ' '.join('%10.2f' % res[k] for k in keys)))
+    return samples if isinstance(key, tuple) else {cfg: v[key] for cfg, v in samples.items()}
+
+
+def spread(values):
+    """``(median, min, max)`` of a list of per-round values."""
+    return statistics.median(values), min(values), max(values)
+
+
+def thread_settings():
+    """The thread settings every speed figure must name (unset ones as 'unset')."""
+    return ', '.join('%s=%s' % (k, os.environ.get(k, 'unset'))
+                     for k in ('OMP_NUM_THREADS', 'MXNET_CPU_WORKER_NTHREADS'))

@@ -18,7 +18,8 @@ in docs/benchmarks.md (or FILE) with the table and the command that produced it.
 
 ``--quick`` took 3.5 minutes on the 2 shared cores without the AFF section (plus about 3
 minutes once, when bench_precision.py trains its cached float32 checkpoint; bench_aff.py
---quick adds its own few minutes); the full run takes about 10-15 minutes.
+--quick adds its own few minutes, bench_aff_ratio.py --quick about 4 minutes on one thread);
+the full run takes about 10-15 minutes, plus 10-13 for the aff-ratio section.
 Speed is measured, never asserted: numbers from a shared machine vary by +-15 %; compare
 the ratios, which are measured side by side within one section.
 """
@@ -44,6 +45,9 @@ from bench.common import ROW_KEYS, cpu_name, row  # noqa: E402  (the row schema 
 SECTIONS = [
     ('precision', 'bench_precision.py', ['--quick'], [], 'bf16 AMP vs fp32: train/infer img/s, val accuracy, decision'),
     ('aff', 'bench_aff.py', ['--quick'], ['--rounds', '2'], 'AFF vs reference-style vs plain add, block, modes, deployment'),
+    ('aff-ratio', 'bench_aff_ratio.py', ['--quick'], ['--rounds', '2', '--iters', '3', '--warmup', '1'],
+     'AFF/add time per network, training and inference, best mode each, each configuration its own '
+     'process (goal <= 1.15)'),
     ('engine', 'bench_engine.py', ['--iters', '5', '--rounds', '2'], [], 'engine vs minimal Gluon loop'),
     ('loader', 'bench_loader.py', ['--seconds', '3', '--skip-index', '--imagenet-train-batch', '4'],
      ['--skip-index', '--seconds', '5'], 'loader img/s vs training img/s per preset'),

@@ -349,3 +349,35 @@ def test_concurrent_builders_build_once(tmp_path, monkeypatch):
     for t in threads:
         t.join(30)
     assert len(builds) == 1 and len(results) == 2 and results[0] == results[1] == builds[0]
+
+
+@needs_kernel
+def test_ops_take_flattened_maps():
+    """(N, C, H*W) inputs (what the fusion blocks pass, see fusion._plain_layout) give the same
+    numbers as (N, C, H, W): checked against numpy; g stays (N, C, 1, 1)."""
+    rng = np.random.RandomState(4)
+    x, y, l = (rng.normal(0, 2, size=(2, 3, 20)).astype(np.float32) for _ in range(3))
+    g = rng.normal(size=(2, 3, 1, 1)).astype(np.float32)
+    nd = [mx.nd.array(a) for a in (x, y, l, g)]
+    for a in nd:
+        a.attach_grad()
+    dout = rng.normal(size=x.shape)
+    with autograd.record():
+        out = getattr(mx.nd, fused.OP_NAME)(*nd, scale=2.0)
+    out.backward(mx.nd.array(dout))
+    w = np_sigmoid(l.astype(np.float64) + g[:, :, :, 0])
+    assert out.shape == x.shape
+    np.testing.assert_allclose(out.asnumpy(), 2 * (y + w * (x - y)), rtol=1e-5, atol=1e-5)
+    dl = 2 * dout * (x - y) * w * (1 - w)
+    np.testing.assert_allclose(nd[2].grad.asnumpy(), dl, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(nd[3].grad.asnumpy(), dl.sum(axis=2)[:, :, None, None], rtol=1e-4, atol=1e-5)
+    z = mx.nd.array(x)
+    z.attach_grad()
+    with autograd.record():
+        m = getattr(mx.nd, fused.MEAN_OP)(z)
+    m.backward(mx.nd.ones((2, 3, 1, 1)))
+    assert m.shape == (2, 3, 1, 1)
+    np.testing.assert_allclose(m.asnumpy()[:, :, 0, 0], x.astype(np.float64).mean(axis=2), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(z.grad.asnumpy(), np.full(x.shape, 1 / 20.0), rtol=1e-6)
+    with pytest.raises(mx.base.MXNetError, match='g of shape'):
+        getattr(mx.nd, fused.OP_NAME)(*nd[:3], mx.nd.zeros((2, 3, 2)), scale=2.0).wait_to_read()

@@ -1,6 +1,7 @@
 // Fused AFF fusion tail for MXNet's external operator library interface (mx.library.load).
 //
-// gt_aff_fuse(x, y, l, g; scale) with x, y, l of shape (N, C, H, W) and g of shape (N, C, 1, 1):
+// gt_aff_fuse(x, y, l, g; scale) with x, y, l of one shape (N, C, H, W) -- or (N, C, H*W), any
+// (N, C, ...) -- and g of shape (N, C, 1, 1) (any (N, C, 1, ..., 1)); the output has x's shape:
 //
 //     w   = sigmoid(l + g)            (g broadcast over H x W)
 //     out = scale * (y + w * (x - y)) (= scale * (x * w + y * (1 - w)))
@@ -25,13 +26,17 @@ static float get_scale(const std::unordered_map<std::string, std::string>& attrs
   return it == attrs.end() ? 1.0f : static_cast<float>(std::atof(it->second.c_str()));
 }
 
-// exp(-a) as 2^t, t = -a*log2(e) clamped to [-126, 126]: 2^round(t) from the exponent bits times a
-// degree-7 Taylor polynomial of 2^f on |f| <= 1/2 (truncation error < 1e-8, below float
-// rounding). Plain arithmetic, so the loops vectorise; libm's scalar expf call does not.
+// exp(-a) as 2^t, t = -a*log2(e) clamped to [-126, 126]: 2^n, n = t rounded to the nearest
+// integer, from the exponent bits, times a degree-7 Taylor polynomial of 2^f, f = t - n,
+// |f| <= 1/2 (truncation error < 1e-8, below float rounding). Plain arithmetic, so the loops
+// vectorise; libm's scalar expf call does not, and neither does std::floor (GCC keeps it a
+// scalar call without -ffast-math: the loops ran 8x slower), so n is rounded by adding and
+// subtracting 1.5 * 2^23 (exact round-to-nearest for |t| < 2^22; this file is never compiled
+// with -ffast-math, which could fold the two away).
 static inline float sigm(float a) {
   float t = -a * 1.4426950408889634f;
   t = t < -126.0f ? -126.0f : (t > 126.0f ? 126.0f : t);
-  const float n = std::floor(t + 0.5f);
+  const float n = (t + 12582912.0f) - 12582912.0f;
   const float f = t - n;
   float p = 1.5252733804059840e-05f;
   p = p * f + 1.5403530393381608e-04f;
@@ -133,12 +138,14 @@ MXReturnValue fuse_shape(const std::unordered_map<std::string, std::string>& att
                          std::vector<std::vector<unsigned int> >* in_shapes,
                          std::vector<std::vector<unsigned int> >* out_shapes) {
   const std::vector<unsigned int>& a = (*in_shapes)[0];
-  if (a.size() != 4 || (*in_shapes)[1] != a || (*in_shapes)[2] != a) {
-    MX_ERROR_MSG << "gt_aff_fuse needs x, y, l of one (N, C, H, W) shape";
+  if (a.size() < 3 || (*in_shapes)[1] != a || (*in_shapes)[2] != a) {
+    MX_ERROR_MSG << "gt_aff_fuse needs x, y, l of one (N, C, H, W) or (N, C, H*W) shape";
     return MX_FAIL;
   }
   const std::vector<unsigned int>& g = (*in_shapes)[3];
-  if (g.size() != 4 || g[0] != a[0] || g[1] != a[1] || g[2] != 1 || g[3] != 1) {
+  bool g_ok = g.size() >= 2 && g[0] == a[0] && g[1] == a[1];
+  for (size_t i = 2; g_ok && i < g.size(); ++i) g_ok = g[i] == 1;
+  if (!g_ok) {
     MX_ERROR_MSG << "gt_aff_fuse needs g of shape (N, C, 1, 1)";
     return MX_FAIL;
   }
@@ -153,7 +160,7 @@ REGISTER_OP(gt_aff_fuse)
 .setForward(fuse_forward, "cpu")
 .setBackward(fuse_backward, "cpu");
 
-// gt_global_mean(z): (N, C, H, W) -> (N, C, 1, 1), the mean over H x W (the MS-CAM global
+// gt_global_mean(z): (N, C, H, W) or (N, C, H*W) -> (N, C, 1, 1), the mean over H x W (the MS-CAM global
 // branch's pooling). MXNet's Pooling backward on oneDNN-layout input and its generic ``mean``
 // reduction are both slow on CPU (docs/benchmarks.md); this is one read pass forward and one write
 // pass backward (dz = dm / (H*W) broadcast).
@@ -208,8 +215,8 @@ MXReturnValue mean_shape(const std::unordered_map<std::string, std::string>& att
                          std::vector<std::vector<unsigned int> >* in_shapes,
                          std::vector<std::vector<unsigned int> >* out_shapes) {
   const std::vector<unsigned int>& a = (*in_shapes)[0];
-  if (a.size() != 4) {
-    MX_ERROR_MSG << "gt_global_mean needs an (N, C, H, W) input";
+  if (a.size() < 3) {
+    MX_ERROR_MSG << "gt_global_mean needs an (N, C, H, W) or (N, C, H*W) input";
     return MX_FAIL;
   }
   (*out_shapes)[0] = {a[0], a[1], 1, 1};

@@ -94,14 +94,30 @@ def _ms_cam(F, local_att, global_att, z):
     return F.Activation(F.elemwise_add(local, F.broadcast_like(global_att(z), local)), act_type='sigmoid')
 
 
-def _fused_tail(F, x, y, local_att, global_att, z, scale):
+def _plain_layout(F, a):
+    """``a`` (N, C, H, W) as (N, C, H*W) in MXNet's plain layout, same values.
+
+    Convolution and BatchNorm outputs on CPU are in oneDNN's blocked layout, and MXNet hands
+    external-library operators (``gt_aff_fuse``, ``gt_global_mean``) plain copies of such
+    inputs, made anew in the forward and again in the backward pass; with three blocked inputs
+    that conversion cost several times the kernel itself (profile in docs/benchmarks.md). A
+    reshape converts once, as an ordinary graph node whose output the backward pass reuses
+    (its backward passes the gradient through unchanged); the kernels take (N, C, H*W)."""
+    return F.reshape(a, shape=(0, 0, -1))
+
+
+def _fused_tail(F, xp, yp, local_att, global_att, z, scale):
     """``scale * (y + M(z) * (x - y))`` with the kernels of nn/fused.py: the global pooling
     (``gt_global_mean``) and the tail (``gt_aff_fuse``: sigmoid of local + broadcast global
-    logits, then the weighted sum) are one pass each; same math as the composition."""
-    g = getattr(F, fused.MEAN_OP)(z)  # the kernel's pooling instead of global_att[0] (same values)
+    logits, then the weighted sum) are one pass each; same math as the composition. ``xp``,
+    ``yp`` are ``x``, ``y`` through :func:`_plain_layout` (made once per block: iAFF's two
+    steps share them), as are the kernels' other full-size inputs; the result is reshaped back
+    to ``z``'s shape."""
+    g = getattr(F, fused.MEAN_OP)(_plain_layout(F, z))  # the kernel's pooling instead of global_att[0]
     for blk in list(global_att._children.values())[1:]:
         g = blk(g)
-    return getattr(F, fused.OP_NAME)(x, y, local_att(z), g, scale=scale)
+    out = getattr(F, fused.OP_NAME)(xp, yp, _plain_layout(F, local_att(z)), g, scale=scale)
+    return F.reshape_like(out, z)
 
 
 class DirectAdd(HybridBlock):
@@ -166,7 +182,7 @@ class AFF(HybridBlock):
     def hybrid_forward(self, F, x, y):
         z = F.elemwise_add(x, y)
         if fused.kernel_active(F, x, self.local_att[0].weight):
-            return _fused_tail(F, x, y, self.local_att, self.global_att, z, 2.0)
+            return _fused_tail(F, _plain_layout(F, x), _plain_layout(F, y), self.local_att, self.global_att, z, 2.0)
         w = _ms_cam(F, self.local_att, self.global_att, z)
         return F.elemwise_add(y, F.elemwise_mul(w, F.elemwise_sub(x, y))) * 2
 
@@ -206,8 +222,9 @@ class iAFF(HybridBlock):  # noqa: N801  (the paper's name)
 
     def hybrid_forward(self, F, x, y):
         if fused.kernel_active(F, x, self.local_att[0].weight):
-            xi = _fused_tail(F, x, y, self.local_att, self.global_att, F.elemwise_add(x, y), 1.0)
-            return _fused_tail(F, x, y, self.local_att2, self.global_att2, xi, 1.0)
+            xp, yp = _plain_layout(F, x), _plain_layout(F, y)
+            xi = _fused_tail(F, xp, yp, self.local_att, self.global_att, F.elemwise_add(x, y), 1.0)
+            return _fused_tail(F, xp, yp, self.local_att2, self.global_att2, xi, 1.0)
         d = F.elemwise_sub(x, y)  # reused by both steps
         w1 = _ms_cam(F, self.local_att, self.global_att, F.elemwise_add(x, y))
         xi = F.elemwise_add(y, F.elemwise_mul(w1, d))
