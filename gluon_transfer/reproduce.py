@@ -1023,17 +1023,29 @@ def write_reports(plan, runner_command=None, log=None):
 
 
 # ---------------------------------------------------------------------- execution
-class Lock:
-    """``OUT/.reproduce.lock`` holding the runner's pid: two runners never work on the
-    same output folder. A lock whose process is gone is taken over."""
+LOCK_WAIT_S = 600.0      # how long a runner waits for another one's prepare step or report write
 
-    def __init__(self, out):
-        self.path = os.path.join(out, '.reproduce.lock')
+
+class Lock:
+    """A lock file holding the pid of the runner that owns it; a lock whose process is gone
+    is taken over. ``Lock(out)``: ``OUT/.reproduce.lock``, held briefly by a runner while it
+    runs the prepare steps or writes the reports. ``Lock.for_run(run)``: ``OUT/ROW/.seedN.lock``,
+    held while a runner trains that run -- so several runners can work on one output folder
+    at once, each on the runs no other runner holds."""
+
+    def __init__(self, out, name='.reproduce.lock', what=None):
+        self.path = os.path.join(out, name)
+        self.what = what or arg_path(out)
         self.held = False
 
-    def __enter__(self):
+    @classmethod
+    def for_run(cls, run):
+        return cls(os.path.dirname(run.folder), '.%s.lock' % os.path.basename(run.folder), what=run.key)
+
+    def try_acquire(self):
+        """Take the lock: None when taken, else the pid of the live runner holding it."""
         os.makedirs(os.path.dirname(self.path), exist_ok=True)
-        for _ in range(2):
+        for _ in range(3):
             try:
                 fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
             except FileExistsError:
@@ -1043,15 +1055,32 @@ class Lock:
                 except (OSError, ValueError):
                     pid = 0
                 if pid and pid != os.getpid() and _alive(pid):
-                    raise ConfigError('another reproduce run (pid %d) works on %s; wait for it or give another '
-                                      '--out' % (pid, arg_path(os.path.dirname(self.path))))
-                os.remove(self.path)
+                    return pid
+                try:
+                    os.remove(self.path)
+                except FileNotFoundError:
+                    pass
                 continue
             with os.fdopen(fd, 'w') as f:
                 f.write('%d\n' % os.getpid())
             self.held = True
-            return self
+            return None
         raise ConfigError('cannot take the lock %s' % self.path)
+
+    def acquire(self, wait_s=0.0, poll=0.2):
+        """Take the lock, waiting up to ``wait_s`` seconds for another runner to release it;
+        ConfigError naming that runner otherwise."""
+        deadline = time.time() + float(wait_s)
+        while True:
+            pid = self.try_acquire()
+            if pid is None:
+                return self
+            if time.time() >= deadline:
+                raise ConfigError('another reproduce run (pid %d) holds %s; wait for it' % (pid, self.what))
+            time.sleep(poll)
+
+    def __enter__(self):
+        return self.acquire()
 
     def __exit__(self, *exc):
         if self.held and os.path.exists(self.path):
@@ -1151,8 +1180,8 @@ def run_one(run, resume, echo, verbose=False, heartbeat=60.0, poll=1.0):
                 if rec and rec.get('epoch') != last_epoch and time.time() - last_print >= heartbeat:
                     last_epoch, last_print = rec.get('epoch'), time.time()
                     if not verbose:
-                        echo('    epoch %s: val top-1 %s (best %s) | run time %s' % (
-                            rec.get('epoch'), _pct(rec.get('val_top1')), _pct(_evaluated(rec.get('best_top1'))),
+                        echo('    %s epoch %s: val top-1 %s (best %s) | run time %s' % (
+                            run.key, rec.get('epoch'), _pct(rec.get('val_top1')), _pct(_evaluated(rec.get('best_top1'))),
                             _fmt_duration(time.time() - t0)))
         except KeyboardInterrupt:
             _stop(proc)
@@ -1258,8 +1287,14 @@ def prepare_steps(plan, echo, blocked=()):
 def execute_plan(plan, echo=print, verbose=False, heartbeat=60.0, runner_command=None, poll=1.0):
     """Run every run of the plan that is not finished (resume the interrupted ones), in
     order; write the reports after each finished run and at the end. Returns a dict of
-    run key -> final state ('finished', 'failed', 'blocked', 'foreign', 'changed')."""
-    from .engine.checkpoint import atomic_write_json, jsonable
+    run key -> final state ('finished', 'failed', 'blocked', 'foreign', 'changed',
+    'running elsewhere').
+
+    Several runners may work on one output folder at once (start the same command again,
+    e.g. in another terminal, when one run does not keep every core busy): a runner trains
+    a run only while it holds that run's lock (:meth:`Lock.for_run`), skips the runs another
+    live runner holds, and takes the folder's lock for the prepare steps and each report
+    write (waiting up to ``LOCK_WAIT_S`` for the other runner)."""
     os.makedirs(plan.out, exist_ok=True)
     outcome = {}
     progress = Progress(plan, echo)
@@ -1276,69 +1311,105 @@ def execute_plan(plan, echo=print, verbose=False, heartbeat=60.0, runner_command
             progress.add(run, states[run.key][1].get('wall_time_s'))
     todo = {run.name for run in plan.runs if states[run.key][0] in ('new', 'interrupted')}
     if todo:
-        prepare_steps(plan, echo, blocked=set(missing) | ({r['name'] for r in plan.rows} - todo))
+        with Lock(plan.out).acquire(wait_s=LOCK_WAIT_S):
+            prepare_steps(plan, echo, blocked=set(missing) | ({r['name'] for r in plan.rows} - todo))
     for i, run in enumerate(plan.runs):
         state, detail = states[run.key]
         if state == 'finished':
             outcome[run.key] = 'finished'
             continue
+        _execute_run(plan, run, i, state, detail, states, outcome, missing, progress, echo, verbose,
+                     heartbeat, poll, runner_command)
+    with Lock(plan.out).acquire(wait_s=LOCK_WAIT_S):
+        write_reports(plan.full, runner_command, log=echo)
+    return outcome
+
+
+def _execute_run(plan, run, i, state, detail, states, outcome, missing, progress, echo, verbose, heartbeat, poll,
+                 runner_command):
+    """One step of :func:`execute_plan`: refuse, block, or train ``run`` and record its outcome."""
+    from .engine.checkpoint import atomic_write_json, jsonable
+    if state in ('foreign', 'changed'):
+        echo('refused %s: %s' % (run.key, detail))
+        outcome[run.key] = state
+        return
+    if run.name in missing:
+        echo('blocked %s: needs %s -- %s' % (run.key, missing[run.name][0]['path'], missing[run.name][0]['help']))
+        outcome[run.key] = 'blocked'
+        return
+    bad = [d for d in run.deps if outcome.get('%s/seed%d' % d) != 'finished']     # deps come first
+    if bad:
+        echo('blocked %s: it needs the finished run%s %s' % (run.key, 's' if len(bad) > 1 else '',
+                                                           ', '.join('%s/seed%d' % d for d in bad)))
+        outcome[run.key] = 'blocked'
+        return
+    run_lock = Lock.for_run(run)
+    holder = run_lock.try_acquire()
+    if holder is not None:
+        echo('skipped %s: another runner (pid %d) is training it' % (run.key, holder))
+        outcome[run.key] = 'running elsewhere'
+        return
+    try:
+        state, detail = states[run.key] = run_state(run)      # another runner may have finished it
+        if state == 'finished':
+            progress.done += 1
+            progress.add(run, detail.get('wall_time_s'))
+            outcome[run.key] = 'finished'
+            return
         if state in ('foreign', 'changed'):
             echo('refused %s: %s' % (run.key, detail))
             outcome[run.key] = state
-            continue
-        if run.name in missing:
-            echo('blocked %s: needs %s -- %s' % (run.key, missing[run.name][0]['path'], missing[run.name][0]['help']))
-            outcome[run.key] = 'blocked'
-            continue
-        bad = [d for d in run.deps if outcome.get('%s/seed%d' % d) != 'finished']     # deps come first
-        if bad:
-            echo('blocked %s: it needs the finished run%s %s' % (run.key, 's' if len(bad) > 1 else '',
-                                                               ', '.join('%s/seed%d' % d for d in bad)))
-            outcome[run.key] = 'blocked'
-            continue
-        remaining = [r for r in plan.runs[i:] if states[r.key][0] in ('new', 'interrupted')]
-        progress.line(i, run, state, remaining)
-        fresh = state == 'new'
+            return
+        _train_run(plan, run, i, state, states, outcome, progress, echo, verbose, heartbeat, poll, runner_command)
+    finally:
+        run_lock.__exit__()
+
+
+def _train_run(plan, run, i, state, states, outcome, progress, echo, verbose, heartbeat, poll, runner_command):
+    """Train ``run`` (this runner holds its lock), collect its result, write the reports."""
+    from .engine.checkpoint import atomic_write_json, jsonable
+    remaining = [r for r in plan.runs[i:] if states[r.key][0] in ('new', 'interrupted')]
+    progress.line(i, run, state, remaining)
+    fresh = state == 'new'
+    try:
+        rc, duration = run_one(run, resume=not fresh, echo=echo, verbose=verbose, heartbeat=heartbeat, poll=poll)
+    except KeyboardInterrupt:
+        if fresh:
+            _set_aside_if_unstarted(run, echo)
+        raise
+    ledger = _read_json(run.ledger_path) or {}
+    if rc == 0:
+        attempts = ledger.get('attempts', [])
+        first = max([j for j, a in enumerate(attempts) if not a.get('resume')] or [0])
+        attempts = attempts[first:]        # since the last fresh start
+        wall = sum(a.get('duration_s') or 0.0 for a in attempts)
         try:
-            rc, duration = run_one(run, resume=not fresh, echo=echo, verbose=verbose, heartbeat=heartbeat, poll=poll)
-        except KeyboardInterrupt:
-            if fresh:
-                _set_aside_if_unstarted(run, echo)
-            raise
-        ledger = _read_json(run.ledger_path) or {}
-        if rc == 0:
-            attempts = ledger.get('attempts', [])
-            first = max([j for j, a in enumerate(attempts) if not a.get('resume')] or [0])
-            attempts = attempts[first:]        # since the last fresh start
-            wall = sum(a.get('duration_s') or 0.0 for a in attempts)
-            try:
-                result = collect_result(run, plan, wall_time_s=wall, attempts=len(attempts))
-            except DataError as err:
-                echo('failed %s: %s' % (run.key, err))
-                outcome[run.key] = 'failed'
-                continue
-            result_path = os.path.join(run.folder, RESULT)
-            if os.path.exists(result_path):        # never overwrite (another writer got there first)
-                echo('kept %s: %s appeared meanwhile' % (run.key, arg_path(result_path)))
-            else:
-                atomic_write_json(result_path, jsonable(result))
-            progress.done += 1
-            progress.add(run, wall)
-            outcome[run.key] = 'finished'
-            echo('finished %s in %s: best val top-1 %s (epoch %d), final %s' % (
-                run.key, _fmt_duration(duration), _pct(result['best_val_top1']), result['best_epoch'],
-                _pct(result['final_val_top1'])))
-            write_reports(plan.full, runner_command)
-        else:
+            result = collect_result(run, plan, wall_time_s=wall, attempts=len(attempts))
+        except DataError as err:
+            echo('failed %s: %s' % (run.key, err))
             outcome[run.key] = 'failed'
-            tail = (ledger.get('attempts') or [{}])[-1].get('tail', '').strip().splitlines()
-            echo('failed %s (exit %s after %s); log: %s%s' % (run.key, rc, _fmt_duration(duration),
-                                                              arg_path(run.log_path),
-                                                              ('\n    ' + '\n    '.join(tail[-3:])) if tail else ''))
-            if fresh:
-                _set_aside_if_unstarted(run, echo)
-    write_reports(plan.full, runner_command, log=echo)
-    return outcome
+            return
+        result_path = os.path.join(run.folder, RESULT)
+        if os.path.exists(result_path):        # never overwrite (another writer got there first)
+            echo('kept %s: %s appeared meanwhile' % (run.key, arg_path(result_path)))
+        else:
+            atomic_write_json(result_path, jsonable(result))
+        progress.done += 1
+        progress.add(run, wall)
+        outcome[run.key] = 'finished'
+        echo('finished %s in %s: best val top-1 %s (epoch %d), final %s' % (
+            run.key, _fmt_duration(duration), _pct(result['best_val_top1']), result['best_epoch'],
+            _pct(result['final_val_top1'])))
+        with Lock(plan.out).acquire(wait_s=LOCK_WAIT_S):
+            write_reports(plan.full, runner_command)
+    else:
+        outcome[run.key] = 'failed'
+        tail = (ledger.get('attempts') or [{}])[-1].get('tail', '').strip().splitlines()
+        echo('failed %s (exit %s after %s); log: %s%s' % (run.key, rc, _fmt_duration(duration),
+                                                          arg_path(run.log_path),
+                                                          ('\n    ' + '\n    '.join(tail[-3:])) if tail else ''))
+        if fresh:
+            _set_aside_if_unstarted(run, echo)
 
 
 # ---------------------------------------------------------------------- command line
@@ -1432,15 +1503,14 @@ def main(argv=None):
         if args.report_only:
             if not os.path.isdir(plan.out):
                 raise ConfigError('nothing to report: %s does not exist' % arg_path(plan.out))
-            with Lock(plan.out):
+            with Lock(plan.out).acquire(wait_s=LOCK_WAIT_S):
                 rows_ = write_reports(plan.full, runner_command, log=print)
             for r in rows_:
                 print('  %-16s %s  n=%d' % (r['row'], _fmt_mean_std(r['best_mean'], r['best_std']), r['n']))
             return 0
-        with Lock(plan.out):
-            print('%s (%s scale): %d runs in %s' % (recipe['title'], args.scale, len(plan.runs), arg_path(plan.out)))
-            outcome = execute_plan(plan, echo=lambda s: print(s, flush=True), verbose=args.verbose,
-                                   heartbeat=args.heartbeat, runner_command=runner_command)
+        print('%s (%s scale): %d runs in %s' % (recipe['title'], args.scale, len(plan.runs), arg_path(plan.out)))
+        outcome = execute_plan(plan, echo=lambda s: print(s, flush=True), verbose=args.verbose,
+                               heartbeat=args.heartbeat, runner_command=runner_command)
         bad = {k: v for k, v in outcome.items() if v != 'finished'}
         print('%d of %d runs finished%s' % (len(outcome) - len(bad), len(outcome),
                                             '; not finished: %s' % ', '.join('%s (%s)' % kv for kv in bad.items())

@@ -8,6 +8,8 @@ train_cifar.py on the bundled sample for a few iterations."""
 import json
 import os
 import shlex
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -282,16 +284,40 @@ def test_dependency_gets_the_finished_run(tmp_path, fake, capsys):
     assert '[1/3 done]' in text and 'ETA' in text
 
 
-def test_lock_refuses_a_second_runner(tmp_path, fake, capsys):
-    path = write_recipe(tmp_path, [{'name': 'r', 'script': fake, 'options': {}}], seeds=(0,))
+def test_a_run_held_by_another_live_runner_is_skipped(tmp_path, fake, capsys, monkeypatch):
+    path = write_recipe(tmp_path, [{'name': 'r', 'script': fake, 'options': {}}], seeds=(0, 1))
     out = tmp_path / 'out'
-    out.mkdir()
-    (out / '.reproduce.lock').write_text('%d\n' % os.getppid())       # a live process
-    rc, _, err = run_main([str(path), '--out', str(out)], capsys)
-    assert rc == 2 and 'another reproduce run (pid %d)' % os.getppid() in err
-    (out / '.reproduce.lock').write_text('999999999\n')                # a dead one is taken over
+    (out / 'r').mkdir(parents=True)
+    (out / 'r' / '.seed0.lock').write_text('%d\n' % os.getppid())       # a live process trains r/seed0
+    rc, text, _ = run_main([str(path), '--out', str(out)], capsys)
+    assert rc == 1 and 'skipped r/seed0: another runner (pid %d) is training it' % os.getppid() in text
+    assert not (out / 'r' / 'seed0').exists() and (out / 'r' / 'seed1' / 'result.json').exists()
+    assert 'r/seed0 (running elsewhere)' in text
+    (out / 'r' / '.seed0.lock').write_text('999999999\n')              # a dead one is taken over
     assert run_main([str(path), '--out', str(out)], capsys)[0] == 0
-    assert not (out / '.reproduce.lock').exists()
+    assert (out / 'r' / 'seed0' / 'result.json').exists() and not (out / 'r' / '.seed0.lock').exists()
+    # the folder lock (prepare steps, report writes) held by a live runner: wait, then a one-line error
+    monkeypatch.setattr(rp, 'LOCK_WAIT_S', 0.3)
+    (out / '.reproduce.lock').write_text('%d\n' % os.getppid())
+    rc, _, err = run_main([str(path), '--out', str(out), '--report-only'], capsys)
+    assert rc == 2 and 'another reproduce run (pid %d) holds' % os.getppid() in err
+
+
+def test_two_runners_share_one_output_folder(tmp_path, fake):
+    """Two runners started together on one folder: every run is trained exactly once."""
+    path = write_recipe(tmp_path, [{'name': 'a', 'script': fake, 'options': {'--vals': '0.5,0.6', '--sleep': 0.3}},
+                                   {'name': 'b', 'script': fake, 'options': {'--vals': '0.4,0.7', '--sleep': 0.3}}],
+                        seeds=(0, 1))
+    out = tmp_path / 'out'
+    cmd = [sys.executable, os.path.join(REPO, 'tools', 'reproduce.py'), path, '--out', str(out)]
+    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for _ in range(2)]
+    texts = [p.communicate(timeout=120)[0] for p in procs]
+    for key in ('a/seed0', 'a/seed1', 'b/seed0', 'b/seed1'):
+        assert len(argv_log(str(out / key))) == 1, (key, texts)
+        assert (out / key / 'result.json').exists()
+    assert sum(l.startswith('finished ') for t in texts for l in t.splitlines()) == 4, texts
+    report = read_json(str(out / 'results.json'))
+    assert sorted(r['row'] for r in report['rows'] if r['n'] == 2) == ['a', 'b']
 
 
 # ---------------------------------------------------------------------- results
@@ -524,6 +550,6 @@ def test_progress_lines_before_the_first_evaluation_show_no_best(tmp_path, fake)
     lines = []
     plan = rp.plan_runs(rp.load_recipe(path), 'cpu', out=str(tmp_path / 'o'))
     rp.execute_plan(plan, echo=lines.append, heartbeat=0.0, poll=0.05)
-    beats = [l.strip() for l in lines if l.strip().startswith('epoch ')]
-    assert beats and beats[0].startswith('epoch 1: val top-1 - (best -)'), beats
-    assert any(b.startswith('epoch 3: val top-1 70.00 (best 70.00)') for b in beats), beats
+    beats = [l.strip() for l in lines if ' epoch ' in l and l.startswith('    ')]
+    assert beats and beats[0].startswith('a/seed0 epoch 1: val top-1 - (best -)'), beats
+    assert any(b.startswith('a/seed0 epoch 3: val top-1 70.00 (best 70.00)') for b in beats), beats
