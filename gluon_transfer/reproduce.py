@@ -1327,12 +1327,9 @@ def execute_plan(plan, echo=print, verbose=False, heartbeat=60.0, runner_command
 
 def _execute_run(plan, run, i, state, detail, states, outcome, missing, progress, echo, verbose, heartbeat, poll,
                  runner_command):
-    """One step of :func:`execute_plan`: refuse, block, or train ``run`` and record its outcome."""
-    from .engine.checkpoint import atomic_write_json, jsonable
-    if state in ('foreign', 'changed'):
-        echo('refused %s: %s' % (run.key, detail))
-        outcome[run.key] = state
-        return
+    """One step of :func:`execute_plan`: block, skip (another runner holds it), refuse or
+    train ``run`` and record its outcome. The lock comes before the refusal: a folder that
+    another runner has just created holds files but no checkpoint yet."""
     if run.name in missing:
         echo('blocked %s: needs %s -- %s' % (run.key, missing[run.name][0]['path'], missing[run.name][0]['help']))
         outcome[run.key] = 'blocked'

@@ -287,11 +287,15 @@ def test_dependency_gets_the_finished_run(tmp_path, fake, capsys):
 def test_a_run_held_by_another_live_runner_is_skipped(tmp_path, fake, capsys, monkeypatch):
     path = write_recipe(tmp_path, [{'name': 'r', 'script': fake, 'options': {}}], seeds=(0, 1))
     out = tmp_path / 'out'
-    (out / 'r').mkdir(parents=True)
+    (out / 'r' / 'seed0').mkdir(parents=True)
+    (out / 'r' / 'seed0' / 'train.log').write_text('just started\n')    # no checkpoint yet
     (out / 'r' / '.seed0.lock').write_text('%d\n' % os.getppid())       # a live process trains r/seed0
     rc, text, _ = run_main([str(path), '--out', str(out)], capsys)
     assert rc == 1 and 'skipped r/seed0: another runner (pid %d) is training it' % os.getppid() in text
-    assert not (out / 'r' / 'seed0').exists() and (out / 'r' / 'seed1' / 'result.json').exists()
+    assert 'refused' not in text and (out / 'r' / 'seed1' / 'result.json').exists()
+    assert os.listdir(str(out / 'r' / 'seed0')) == ['train.log']
+    (out / 'r' / 'seed0' / 'train.log').unlink()
+    (out / 'r' / 'seed0').rmdir()
     assert 'r/seed0 (running elsewhere)' in text
     (out / 'r' / '.seed0.lock').write_text('999999999\n')              # a dead one is taken over
     assert run_main([str(path), '--out', str(out)], capsys)[0] == 0
