@@ -30,12 +30,12 @@ import time
 def build(name):
     import torch.nn as nn
 
-    class Basic(nn.Module):
-        def __init__(self, cin, cout, stride):
+    class Residual(nn.Module):
+        """relu(body(x) + shortcut(x)); the shortcut is a 1x1 conv + BN where the shape changes."""
+
+        def __init__(self, body, cin, cout, stride):
             super().__init__()
-            self.body = nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout),
-                                      nn.ReLU(inplace=True), nn.Conv2d(cout, cout, 3, 1, 1, bias=False),
-                                      nn.BatchNorm2d(cout))
+            self.body = nn.Sequential(*body)
             self.down = None
             if stride != 1 or cin != cout:
                 self.down = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
@@ -45,21 +45,15 @@ def build(name):
             r = x if self.down is None else self.down(x)
             return self.relu(self.body(x) + r)
 
-    class Bottleneck(nn.Module):
-        def __init__(self, cin, mid, stride):
-            super().__init__()
-            cout = mid * 4
-            self.body = nn.Sequential(nn.Conv2d(cin, mid, 1, bias=False), nn.BatchNorm2d(mid), nn.ReLU(inplace=True),
-                                      nn.Conv2d(mid, mid, 3, stride, 1, bias=False), nn.BatchNorm2d(mid),
-                                      nn.ReLU(inplace=True), nn.Conv2d(mid, cout, 1, bias=False), nn.BatchNorm2d(cout))
-            self.down = None
-            if stride != 1 or cin != cout:
-                self.down = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
-            self.relu = nn.ReLU(inplace=True)
+    def Basic(cin, cout, stride):
+        return Residual([nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
+                         nn.Conv2d(cout, cout, 3, 1, 1, bias=False), nn.BatchNorm2d(cout)], cin, cout, stride)
 
-        def forward(self, x):
-            r = x if self.down is None else self.down(x)
-            return self.relu(self.body(x) + r)
+    def Bottleneck(cin, mid, stride):
+        cout = mid * 4
+        return Residual([nn.Conv2d(cin, mid, 1, bias=False), nn.BatchNorm2d(mid), nn.ReLU(inplace=True),
+                         nn.Conv2d(mid, mid, 3, stride, 1, bias=False), nn.BatchNorm2d(mid), nn.ReLU(inplace=True),
+                         nn.Conv2d(mid, cout, 1, bias=False), nn.BatchNorm2d(cout)], cin, cout, stride)
 
     if name.startswith('cifar_resnet') and name.endswith('_v1'):
         depth = int(name[len('cifar_resnet'):-len('_v1')])
