@@ -216,13 +216,7 @@ def _random_v1b(block=BottleneckV1b, classes=10, seed=0):
     net = ResNetV1b(block, [1, 1, 1, 1], classes=classes, name_prefix='resnetv1b_')
     net.initialize(mx.init.Xavier())
     net(mx.nd.zeros((1, 3, 32, 32)))
-    rng = np.random.RandomState(seed)
-    for name, p in net.collect_params().items():      # non-trivial BN statistics
-        if name.endswith('running_var'):
-            p.set_data(mx.nd.array(rng.uniform(0.5, 1.5, p.shape)))
-        elif name.endswith(('running_mean', 'beta')):
-            p.set_data(mx.nd.array(rng.uniform(-0.2, 0.2, p.shape)))
-    return net
+    return _bn_stats(net, np.random.RandomState(seed))
 
 
 @pytest.mark.parametrize('kw', [dict(gates=False, density=0.9), dict(density=1.0, gate_init='identity')])
