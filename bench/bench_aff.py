@@ -50,7 +50,7 @@ with warnings.catch_warnings():
     from gluon_transfer.nn.fusion import AFF, DirectAdd
     import aff_reference  # noqa: F401  (registers fusions aff_ref / iaff_ref)
     from aff_reference import RefAFF
-    from bench.common import add_json_arg, row, write_rows
+    from bench.common import add_json_arg, round_robin, row, write_rows
 
 SECTIONS = ('block', 'cifar', 'imagenet', 'mode', 'deploy', 'groups')
 DEFAULT_SECTIONS = SECTIONS[:-1]  # 'groups' only on request
@@ -61,20 +61,6 @@ VARIANTS = {'ours': ('aff', True), 'ours-composition': ('aff', False), 'referenc
 
 def _ctx_for(kernel):
     return contextlib.nullcontext() if kernel else fused.disabled()
-
-
-def timed(fns, warmup, rounds):
-    """``{name: fn}`` -> ``{name: median seconds}``; warm-up of each, then round-robin rounds."""
-    for fn in fns.values():
-        for _ in range(warmup):
-            fn()
-    times = {name: [] for name in fns}
-    for _ in range(rounds):
-        for name, fn in fns.items():
-            t = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - t)
-    return {name: float(np.median(ts)) for name, ts in times.items()}
 
 
 def train_step_fn(net, x, y, kernel=True):
@@ -149,7 +135,7 @@ def bench_block(rows, warmup, rounds):
             fwd[name], fwdbwd[name] = f, fb
         mode = 'hybrid' if hybrid else 'imperative'
         for what, fns in (('forward', fwd), ('forward+backward', fwdbwd)):
-            t = timed(fns, warmup + 1, rounds + 2)
+            t = round_robin(fns, warmup + 1, rounds + 2)
             for name in fns:
                 rows.add('block', 'AFF block %s, %s, %s, %s' % (shape, what, mode, name) if name != 'plain add' else
                          'plain add %s, %s, %s' % (shape, what, mode), t[name] * 1e3, 'ms', name)
@@ -172,7 +158,7 @@ def bench_cifar(rows, warmup, rounds, quick):
         for what in ('train', 'inference'):
             fns = {name: (train_step_fn(net, x, y, kernel) if what == 'train' else infer_fn(net, x, kernel))
                    for name, (net, kernel) in nets.items()}
-            t = timed(fns, warmup, rounds)
+            t = round_robin(fns, warmup, rounds)
             for name in fns:
                 rate = batch / t[name]
                 best[(what, name)] = max(best.get((what, name), 0), rate)
@@ -200,7 +186,7 @@ def bench_groups(rows, warmup, rounds):
             for mode in ('imperative', 'hybrid'):
                 net = _net('cifar_aff_resnet', mode, blocks=5, channel_times=4, fusion=fu, classes=100)
                 fns[(fu, mode)] = train_step_fn(net, x, y)
-        t = timed(fns, warmup, rounds)
+        t = round_robin(fns, warmup, rounds)
         label = {'aff': 'ours', 'aff_ref': 'reference-style', 'add': 'plain add'}
         for (fu, mode), v in t.items():
             rows.add('groups', 'AFF-ResNet-32 train, %s, %s (group %s)' % (label[fu], mode, '+'.join(group)),
@@ -222,7 +208,7 @@ def bench_imagenet(rows, warmup, rounds, quick):
             'AFF-ResNet-50 reference-style': _net('aff_resnet', 'hybrid', num_layers=50, fusion='aff_ref'),
             'AFF-ResNet-50 imperative': _net('aff_resnet', 'imperative', num_layers=50, fusion='aff')}
     fns = {name: train_step_fn(net, x, y) for name, net in nets.items()}
-    t = timed(fns, warmup, rounds)
+    t = round_robin(fns, warmup, rounds)
     for name in fns:
         rows.add('imagenet', '%s train, %s, batch %d, 224' % (name.replace(' imperative', ''),
                                                                'imperative' if 'imperative' in name else 'hybrid',
@@ -242,7 +228,7 @@ def bench_mode(rows, warmup, rounds, quick):
     for name, kw in models:
         fns = {mode: train_step_fn(_net(name, mode, **kw), x, y10)
                for mode in ('imperative', 'hybrid', 'hybrid-dynamic')}
-        t = timed(fns, warmup, rounds)
+        t = round_robin(fns, warmup, rounds)
         for mode in fns:
             rows.add('mode', '%s train, %s' % (name, {'hybrid': 'hybrid static', 'hybrid-dynamic':
                                                       'hybridize() (no static alloc)'}.get(mode, mode)),
@@ -272,7 +258,7 @@ def bench_deploy(rows, warmup, rounds):
             nets['fused'].optimize_for(x, backend='MKLDNN', static_alloc=True, static_shape=True)
         want = nets['imperative'](x).asnumpy()
         diff = float(np.abs(nets['fused'](x).asnumpy() - want).max())
-        t = timed({mode: infer_fn(net, x) for mode, net in nets.items()}, warmup, rounds)
+        t = round_robin({mode: infer_fn(net, x) for mode, net in nets.items()}, warmup, rounds)
         for mode in nets:
             label = {'fused': "optimize_for('MKLDNN') (export default)", 'hybrid': 'hybrid static'}.get(mode, mode)
             rows.add('deploy', '%s inference, %s' % (name, label), batch / t[mode], 'img/s',

@@ -34,7 +34,7 @@ import sys
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, ROOT)
-from bench.common import add_json_arg, alternating_rounds, row, spread, thread_settings, write_rows  # noqa: E402
+from bench.common import add_json_arg, alternating_rounds, markdown_rows, row, spread, thread_settings, write_rows  # noqa: E402
 
 GOAL = 1.15
 # name -> (label, model name, keyword arguments, image size, classes, batch, quick batch)
@@ -160,10 +160,7 @@ def main(argv=None):
     rows = summarise({k: v['images_per_sec'] for k, v in got.items()}, batches, threads)
     rows += summarise({k: v['cpu_images_per_sec'] for k, v in got.items()}, batches, threads, clock='cpu')
     print()
-    print('| measurement | value | unit | note |')
-    print('|---|---|---|---|')
-    for r in rows:
-        print('| %s | %.3g | %s | %s |' % (r['name'], r['value'], r['unit'], r['note']))
+    print(markdown_rows(rows))
     write_rows(a.json, rows)
     return 0
 

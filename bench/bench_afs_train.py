@@ -21,9 +21,7 @@ ratios are of those medians):
 """
 import argparse
 import os
-import statistics
 import sys
-import time
 import warnings
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -32,27 +30,13 @@ sys.path.insert(0, os.path.dirname(HERE))
 with warnings.catch_warnings():
     warnings.simplefilter('ignore', DeprecationWarning)
     import mxnet as mx
-    from mxnet import autograd, gluon
+    from mxnet import autograd
     import gluon_transfer as gt
     from gluon_transfer.nn.gates import global_avg_pool, scale_channels
-    from bench.common import add_json_arg, cpu_name, row, write_rows
+    from bench.common import add_json_arg, cpu_name, markdown_rows, round_robin, row, train_step_fn, write_rows
 
 SHAPES = [(48, 16, 32, 32), (48, 32, 16, 16), (48, 64, 8, 8)]
-
-
-def round_robin(fns, rounds, warmup=2):
-    """Median seconds per call of each ``fns[name]()`` (which must wait for its results),
-    timed one call of each per round."""
-    for f in fns.values():
-        for _ in range(warmup):
-            f()
-    times = {k: [] for k in fns}
-    for _ in range(rounds):
-        for k, f in fns.items():
-            t = time.perf_counter()
-            f()
-            times[k].append(time.perf_counter() - t)
-    return {k: statistics.median(v) for k, v in times.items()}
+WARMUP = 2          # untimed calls of each variant before the timed rounds
 
 
 def _fwd_bwd(fn, *arrays):
@@ -82,7 +66,7 @@ def ops_rows(rounds):
             'gap_gate': _fwd_bwd(lambda a: global_avg_pool(mx.nd, a), x.copy()),
             'scale_bmul': _fwd_bwd(lambda a, b: mx.nd.broadcast_mul(a, b.reshape((0, 0, 1, 1))), x.copy(), m.copy()),
             'scale_gate': _fwd_bwd(lambda a, b: scale_channels(mx.nd, a, b), x.copy(), m.copy()),
-        }, rounds)
+        }, WARMUP, rounds)
         for k in ('gap_pool', 'gap_gate', 'scale_bmul', 'scale_gate'):
             rows.append(row('afs-train', 'ops %s %s' % (tag, k), 1000 * res[k], 'ms', 'batch 48, forward+backward'))
         rows.append(row('afs-train', 'ops %s GAP Pooling / matrix product' % tag, res['gap_pool'] / res['gap_gate'],
@@ -95,23 +79,12 @@ def ops_rows(rounds):
 def _train_step(model, batch):
     net = gt.get_model(model, classes=10)
     net.initialize(mx.init.Xavier())
-    x = mx.nd.random.uniform(shape=(batch, 3, 32, 32))
-    y = mx.nd.array([i % 10 for i in range(batch)])
-    trainer = gluon.Trainer(net.collect_params(), 'sgd', {'learning_rate': 0.01, 'momentum': 0.9})
-    loss = gluon.loss.SoftmaxCrossEntropyLoss()
-
-    def step():
-        with autograd.record():
-            out = loss(net(x), y)
-        out.backward()
-        trainer.step(batch)
-        out.wait_to_read()
-    return step
+    return train_step_fn(net, batch, 32, classes=10)
 
 
 def net_rows(rounds, batch=48):
     res = round_robin({'plain': _train_step('cifar_resnet20_v1', batch),
-                       'afs': _train_step('afs_cifar_resnet20_v1', batch)}, rounds)
+                       'afs': _train_step('afs_cifar_resnet20_v1', batch)}, WARMUP, rounds)
     return [row('afs-train', 'net cifar_resnet20_v1 train', batch / res['plain'], 'img/s', 'batch %d, imperative' % batch),
             row('afs-train', 'net afs_cifar_resnet20_v1 train', batch / res['afs'], 'img/s',
                 'batch %d, imperative, every gate on, d = 0.9' % batch),
@@ -137,9 +110,7 @@ def main(argv=None):
         rows += net_rows(rounds)
     print('AFS gates in training, %s, %d rounds, OMP_NUM_THREADS=%s\n' % (cpu_name(), rounds,
                                                                         os.environ.get('OMP_NUM_THREADS', 'unset')))
-    print('| name | value | unit | note |\n|---|---:|---|---|')
-    for r in rows:
-        print('| %s | %.3g | %s | %s |' % (r['name'], r['value'], r['unit'], r['note']))
+    print(markdown_rows(rows))
     write_rows(args.json, rows)
     return 0
 

@@ -71,6 +71,29 @@ def median_rate(fn, images, iters, warmup=2):
     return images / times[len(times) // 2]
 
 
+def round_robin(fns, warmup, rounds):
+    """``{name: fn}`` -> ``{name: median seconds per call}``: ``warmup`` untimed calls of each,
+    then ``rounds`` rounds of one timed call of each (every ``fn`` must wait for its results),
+    so load from other jobs hits all of them alike."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    times = {name: [] for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            t = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t)
+    return {name: float(statistics.median(ts)) for name, ts in times.items()}
+
+
+def markdown_rows(rows):
+    """Suite rows as a Markdown table (measurement = name, value, unit, note), one string."""
+    lines = ['| measurement | value | unit | note |', '|---|---|---|---|']
+    lines += ['| %s | %.3g | %s | %s |' % (r['name'], r['value'], r['unit'], r['note']) for r in rows]
+    return '\n'.join(lines)
+
+
 def median_rates(fn, images, iters, warmup=2):
     """``(wall, cpu, fastest)``: the median images/s of ``fn()`` over ``iters`` calls after
     ``warmup``, by wall-clock time and by this process's CPU time (user + system, all its
