@@ -557,8 +557,9 @@ def _known_names():
 
 def check_run(run, names=None):
     """Problems of one run that can be found without data: the trainer's parser or its option
-    checks (values, options the chosen method does not take) reject an option, or a model / teacher / dataset / regularizer name is unknown. Returns a list of
-    one-line messages (empty when fine); None when the script has no known parser."""
+    checks (values, options the chosen method does not take) reject an option, or a model /
+    teacher / dataset / regularizer name is unknown. Returns a list of one-line messages
+    (empty when fine); None when the script has no known parser."""
     try:
         args = parse_trainer_argv(run.script, run.argv)
     except ConfigError as err:
@@ -1079,13 +1080,16 @@ class Lock:
                 raise ConfigError('another reproduce run (pid %d) holds %s; wait for it' % (pid, self.what))
             time.sleep(poll)
 
+    def release(self):
+        if self.held and os.path.exists(self.path):
+            os.remove(self.path)
+        self.held = False
+
     def __enter__(self):
         return self.acquire()
 
     def __exit__(self, *exc):
-        if self.held and os.path.exists(self.path):
-            os.remove(self.path)
-        self.held = False
+        self.release()
 
 
 def _alive(pid):
@@ -1314,19 +1318,17 @@ def execute_plan(plan, echo=print, verbose=False, heartbeat=60.0, runner_command
         with Lock(plan.out).acquire(wait_s=LOCK_WAIT_S):
             prepare_steps(plan, echo, blocked=set(missing) | ({r['name'] for r in plan.rows} - todo))
     for i, run in enumerate(plan.runs):
-        state, detail = states[run.key]
-        if state == 'finished':
+        if states[run.key][0] == 'finished':
             outcome[run.key] = 'finished'
             continue
-        _execute_run(plan, run, i, state, detail, states, outcome, missing, progress, echo, verbose,
-                     heartbeat, poll, runner_command)
+        _execute_run(plan, run, i, states, outcome, missing, progress, echo, verbose, heartbeat, poll,
+                     runner_command)
     with Lock(plan.out).acquire(wait_s=LOCK_WAIT_S):
         write_reports(plan.full, runner_command, log=echo)
     return outcome
 
 
-def _execute_run(plan, run, i, state, detail, states, outcome, missing, progress, echo, verbose, heartbeat, poll,
-                 runner_command):
+def _execute_run(plan, run, i, states, outcome, missing, progress, echo, verbose, heartbeat, poll, runner_command):
     """One step of :func:`execute_plan`: block, skip (another runner holds it), refuse or
     train ``run`` and record its outcome. The lock comes before the refusal: a folder that
     another runner has just created holds files but no checkpoint yet."""
@@ -1359,7 +1361,7 @@ def _execute_run(plan, run, i, state, detail, states, outcome, missing, progress
             return
         _train_run(plan, run, i, state, states, outcome, progress, echo, verbose, heartbeat, poll, runner_command)
     finally:
-        run_lock.__exit__()
+        run_lock.release()
 
 
 def _train_run(plan, run, i, state, states, outcome, progress, echo, verbose, heartbeat, poll, runner_command):
