@@ -291,14 +291,14 @@ def load_source(model, ctx, source_params=None, source_pretrained=False, model_k
     ctx = list(ctx) if isinstance(ctx, (list, tuple)) else [ctx]
     if source_params:
         from ..losses.transfer_common import head_keys
-        from ..weights import read_params
         classes = source_head_classes(model, source_params, kw)
         net = get_model(model, classes=classes or 1000, **kw)
         net.initialize(ctx=ctx)
         heads = set(head_keys(net))
-        # a file without any classifier key (tools/convert_torch.py --drop-head, a backbone):
-        # the source's head is never used (the target gets its own), so only it may be missing
-        headless = classes is None and not heads & set(read_params(source_params))
+        # a file without a classifier (tools/convert_torch.py --drop-head, a backbone): the
+        # source's head is never used (the target gets its own), so only it may be missing
+        # (a stray head bias still fails the load: its shape differs from the placeholder's)
+        headless = classes is None
         try:
             report = load_params(net, source_params, ctx=ctx, strict=not headless, allow_missing=headless)
             other = [k for k in report['missing'] if k not in heads]

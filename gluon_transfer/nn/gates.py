@@ -268,6 +268,14 @@ def _recording(F):
     return F is mx.nd and mx.autograd.is_recording()
 
 
+def _sum_hw(x, scale=1.0):
+    """``scale * sum_{h,w} x``, (N, C), of an (N, C, H, W) NDArray as one matrix product: ``x``
+    as an (N*C, H*W) matrix times a column of ``scale``s."""
+    n, c, h, w = x.shape
+    col = mx.nd.full((1, h * w), scale, ctx=x.context, dtype=x.dtype)
+    return mx.nd.FullyConnected(x.reshape((-3, -1)), col, no_bias=True, num_hidden=1, flatten=False).reshape((n, c))
+
+
 def global_avg_pool(F, x):
     """``GAP(x)``: the (N, C) means of an (N, C, H, W) map over H x W.
 
@@ -281,13 +289,10 @@ def global_avg_pool(F, x):
       (N*C, H*W) matrix times the column ``1 / (H*W)``. Pooling's backward falls off
       oneDNN's fast path for some shapes: on CIFAR ResNets' 16-channel 32 x 32 maps, batch
       48, forward+backward took 73 ms with ``Pooling``, 5.7 ms with ``F.mean`` and 0.8 ms as
-      a product (docs/benchmarks.md, "AFS gates in training"), which made an AFS ResNet-20 train ~4x
-      slower than the plain network."""
+      a product (docs/benchmarks.md, "AFS gates in training"), which made an AFS ResNet-20
+      train ~4x slower than the plain network."""
     if _recording(F):
-        n, c, h, w = x.shape
-        ones = mx.nd.full((1, h * w), 1.0 / (h * w), ctx=x.context, dtype=x.dtype)
-        return F.FullyConnected(x.reshape((-3, -1)), ones, no_bias=True, num_hidden=1,
-                                flatten=False).reshape((n, c))
+        return _sum_hw(x, 1.0 / (x.shape[2] * x.shape[3]))
     return F.Pooling(x, global_pool=True, pool_type='avg', kernel=(1, 1)).reshape((0, -1))
 
 
@@ -302,12 +307,7 @@ class _ChannelScale(mx.autograd.Function):
 
     def backward(self, dout):
         y, mult = self.saved_tensors
-        n, c, h, w = y.shape
-        dy = mx.nd.broadcast_mul(dout, mult.reshape((0, 0, 1, 1)))
-        ones = mx.nd.ones((1, h * w), ctx=y.context, dtype=y.dtype)
-        dmult = mx.nd.FullyConnected((dout * y).reshape((-3, -1)), ones, no_bias=True, num_hidden=1,
-                                     flatten=False).reshape((n, c))
-        return dy, dmult
+        return mx.nd.broadcast_mul(dout, mult.reshape((0, 0, 1, 1))), _sum_hw(dout * y)
 
 
 def scale_channels(F, y, mult):
