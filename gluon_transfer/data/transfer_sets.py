@@ -25,6 +25,7 @@ import numpy as np
 
 from ..errors import ConfigError, DataError
 from ..registry import Registry
+from ..weights import file_sha1
 from .pack import IMAGE_EXTS
 
 __all__ = ['SplitSpec', 'PREPARERS', 'read_split', 'check_images', 'prepare_dataset', 'fraction_name',
@@ -561,14 +562,6 @@ LAYOUTS = {'stanford_dogs': DOGS_LAYOUT, 'mit_indoor67': INDOOR_LAYOUT, 'caltech
 DEFAULT_RESIZE = 320
 
 
-def _sha1(path, chunk=1 << 20):
-    import hashlib
-    h = hashlib.sha1()
-    with open(path, 'rb') as f:
-        for block in iter(lambda: f.read(chunk), b''):
-            h.update(block)
-    return h.hexdigest()
-
 
 def _write_if_changed(path, text):
     try:
@@ -785,7 +778,7 @@ def prepare_dataset(name, src_dir, out_dir, resize=DEFAULT_RESIZE, quality=95, w
             write_record_subset(info, pos, os.path.join(out_dir, stem))
             subsets[stem] = {'fraction': frac, 'seed': seed, 'records': int(len(pos)), 'rec': stem + '.rec'}
     for entry in list(report.values()) + list(subsets.values()):
-        entry['rec_sha1'] = _sha1(os.path.join(out_dir, entry['rec']))
+        entry['rec_sha1'] = file_sha1(os.path.join(out_dir, entry['rec']))
     counts = collections.OrderedDict([('classes', spec.num_classes)] + [(k, len(v)) for k, v in spec.splits.items()])
     manifest = collections.OrderedDict([
         ('name', name), ('protocol', spec.protocol), ('source_dir', src_dir),
@@ -795,7 +788,7 @@ def prepare_dataset(name, src_dir, out_dir, resize=DEFAULT_RESIZE, quality=95, w
             ('found', counts), ('published', spec.expected or None),
             ('checked', bool(check_counts and spec.expected))])),
         ('split_files', collections.OrderedDict(
-            (os.path.relpath(p, spec.root), _sha1(p)) for p in spec.split_files)),
+            (os.path.relpath(p, spec.root), file_sha1(p)) for p in spec.split_files)),
         ('options', dict(reader_options, resize=resize, quality=quality if resize else None, seed=seed,
                          val_fraction=val_fraction, val_per_class=val_per_class, skip_corrupt=skip_corrupt)),
         ('complete', True), ('seconds', round(time.time() - t0, 2))])
