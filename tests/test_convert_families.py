@@ -3,7 +3,6 @@ written by tests/pth_writer.py (zip and legacy layouts) with random weights and 
 BatchNorm statistics; expected logits from the independent numpy forwards of
 tests/numpy_torchvision.py (eval mode, float64)."""
 import collections
-import importlib.util
 import os
 
 import numpy as np
@@ -17,6 +16,7 @@ from gluon_transfer.weights import load_params
 
 import numpy_torchvision as T
 import pth_writer
+from tool_helpers import load_tool
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MEAN = np.array([0.485, 0.456, 0.406]).reshape(1, 3, 1, 1)
@@ -30,10 +30,7 @@ def gen():
 
 @pytest.fixture(scope='module')
 def tool():
-    spec = importlib.util.spec_from_file_location('convert_tool', os.path.join(ROOT, 'tools', 'convert_torch.py'))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_tool('convert_torch')
 
 
 def _net(arch, path, classes, allow_missing=False):

@@ -1,7 +1,6 @@
 """Reading .pth files without torch (restricted unpickler) and the functional-zoo ->
 GluonCV key maps, checked against numpy forwards of the folded source networks."""
 import collections
-import importlib.util
 import os
 import pickle
 import struct
@@ -18,6 +17,7 @@ from gluon_transfer.weights import load_params
 
 import numpy_ref as R
 import pth_writer
+from tool_helpers import load_tool
 
 FIX = os.path.join(os.path.dirname(__file__), 'fixtures')
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -259,9 +259,7 @@ def test_key_map_errors(gen):
 
 
 def test_tool_main(tmp_path, gen, capsys):
-    spec = importlib.util.spec_from_file_location('convert_tool', os.path.join(ROOT, 'tools', 'convert_torch.py'))
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
+    tool = load_tool('convert_torch')
     assert tool.main([os.path.join(FIX, 'malicious.pth'), str(tmp_path / 'x.params')]) == 2
     assert 'refusing to load' in capsys.readouterr().err
     assert not (tmp_path / 'x.params').exists()
@@ -307,9 +305,7 @@ def test_declared_sizes_are_checked_before_allocating(tmp_path, capsys):
     pth_writer.save_zip({'w': pth_writer.Declared(arr, size=(10, 11), stride=(11, 1))}, str(far))
     with pytest.raises(CheckpointError, match=r"tensor 'w' reaches element 109 of a storage of 100"):
         read_pth(str(far))
-    spec = importlib.util.spec_from_file_location('convert_tool', os.path.join(ROOT, 'tools', 'convert_torch.py'))
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
+    tool = load_tool('convert_torch')
     assert tool.main([str(legacy), str(tmp_path / 'out.params')]) == 2
     err = capsys.readouterr().err
     assert err.startswith('error: ') and err.count('\n') == 1 and "'layer1.weight'" in err

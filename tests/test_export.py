@@ -11,15 +11,9 @@ import mxnet as mx
 import gluon_transfer as gt
 from gluon_transfer.errors import ConfigError
 from gluon_transfer.export import export_onnx, export_symbol, parse_shape
+from tool_helpers import load_tool
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def load_tool(name):
-    spec = importlib.util.spec_from_file_location('tool_' + name, os.path.join(ROOT, 'tools', name + '.py'))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def small_net(fusion='iaff', features=('stage2', 'stage1')):

@@ -6,7 +6,6 @@ folder."""
 import glob
 import json
 import os
-import sys
 
 import numpy as np
 import pytest
@@ -19,6 +18,7 @@ from gluon_transfer.finetune import FineTune, main, resolve_args
 from gluon_transfer.registry import METHODS, REGULARIZERS
 
 from data_helpers import write_rec
+from tool_helpers import load_tool
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -173,17 +173,9 @@ def test_afds_best_checkpoint_is_chosen_in_phase_2_only(tmp_path, rng):
         np.testing.assert_array_equal(stored[name + '.mask_s'].asnumpy(), s)
 
 
-def _export_tool():
-    sys.path.insert(0, os.path.join(ROOT, 'tools'))
-    try:
-        import export as export_tool
-    finally:
-        sys.path.pop(0)
-    return export_tool
-
 
 def test_export_prune_refuses_a_network_without_masks(tmp_path, capsys):
-    export_tool = _export_tool()
+    export_tool = load_tool('export')
     net = _afs_net()                                 # every mask 1: the network before the mask update
     params = str(tmp_path / 'phase1.params')
     net.save_parameters(params)
@@ -315,11 +307,7 @@ def test_delta_tool_writes_the_cache_and_train_transfer_reads_it(tmp_path, monke
     common = ['--model', 'resnet18_v1b', '--source-params', str(tmp_path / 'source.params'), '--data-dir',
               str(tmp_path / 'data'), '--input-size', '32', '--batch-size', '4', '-j', '1', '--taps',
               'layer1.1.conv2', '--log-interval', '0']
-    sys.path.insert(0, os.path.join(ROOT, 'tools'))
-    try:
-        import delta_channel_weights as tool
-    finally:
-        sys.path.pop(0)
+    tool = load_tool('delta_channel_weights')
     assert tool.main(common + ['--head-epochs', '1', '--num-batches', '1', '--save-dir', str(tmp_path / 'cw')]) == 0
     written = glob.glob(str(tmp_path / 'cache' / 'delta' / 'resnet18_v1b-*.json'))
     assert len(written) == 1

@@ -1,22 +1,19 @@
 """tools/plot_metrics.py: a PNG of loss, top-1 and lr per epoch for one or several runs, read
 from each run folder's metrics.jsonl; one-line errors for missing or broken input."""
-import importlib.util
 import json
 import os
 import struct
 
 import numpy as np
 import pytest
+from tool_helpers import load_tool
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(scope='module')
 def tool():
-    spec = importlib.util.spec_from_file_location('plot_metrics', os.path.join(ROOT, 'tools', 'plot_metrics.py'))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_tool('plot_metrics')
 
 
 def write_run(folder, rows):

@@ -2,7 +2,6 @@
 dynamic channel is left, symbol export and ``tools/export.py --prune``."""
 import json
 import os
-import sys
 import warnings
 
 import numpy as np
@@ -14,6 +13,7 @@ from gluon_transfer.export import export_symbol
 from gluon_transfer.macs import afs_macs, count_macs
 from gluon_transfer.models.afs_resnet import AFSResNetV1b, afs_gates
 from gluon_transfer.prune import prune_afs, verify_pruned
+from tool_helpers import load_tool
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -92,20 +92,11 @@ def test_prune_rejects_plain_networks():
         prune_afs(resnet50_v1b())
 
 
-def _export_tool():
-    """tools/export.py as a module (its main() is called in-process)."""
-    sys.path.insert(0, os.path.join(ROOT, 'tools'))
-    try:
-        import export
-    finally:
-        sys.path.pop(0)
-    return export
-
 def test_export_tool_prune(tmp_path, rng, capsys):
     net = _masked_net(1.0, rng)
     params = str(tmp_path / 'afs.params')
     net.save_parameters(params)
-    export_tool = _export_tool()
+    export_tool = load_tool('export')
     out = str(tmp_path / 'exp' / 'afs')
     rc = export_tool.main(['--model', 'afs_resnet_v1b', '--kw', 'layers=[1,1,1,1]', '--kw', 'gate_init="random"',
                            '--classes', '10', '--params', params, '--input-shape', '2,3,32,32', '--out', out,
@@ -147,7 +138,7 @@ def test_export_tool_reads_recorded_gate_norm(tmp_path, rng, capsys):
     net.save_parameters(params)
     with open(str(tmp_path / 'run-0003.json'), 'w') as f:
         json.dump({'afds': {'gate_input_norm': 'l2', 'phase': 2}}, f)
-    export_tool = _export_tool()
+    export_tool = load_tool('export')
     out = str(tmp_path / 'exp' / 'afs')
     common = ['--model', 'afs_resnet_v1b', '--kw', 'layers=[1,1,1,1]', '--kw', 'density=0.5', '--classes', '10',
               '--params', params, '--input-shape', '2,3,32,32', '--no-optimize']
@@ -217,7 +208,7 @@ def test_export_tool_prunes_a_cifar_basic_block_network(tmp_path, rng, capsys):
     net = _masked_basic('cifar', 0.8, rng, p_dyn=0.0)
     params = str(tmp_path / 'afs.params')
     net.save_parameters(params)
-    export_tool = _export_tool()
+    export_tool = load_tool('export')
     out = str(tmp_path / 'exp' / 'afs')
     rc = export_tool.main(['--model', 'afs_cifar_resnet_v1', '--kw', 'layers=[1,1,1]', '--classes', '5',
                            '--params', params, '--input-shape', '2,3,32,32', '--out', out, '--prune'])

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from gluon_transfer import cli
+from tool_helpers import load_tool
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -300,14 +301,6 @@ def snapshot(d):
             with open(os.path.join(root, f), 'rb') as fh:
                 out[os.path.relpath(os.path.join(root, f), d)] = fh.read()
     return out
-
-
-def load_tool(name):
-    import importlib.util
-    spec = importlib.util.spec_from_file_location('tool_' + name, os.path.join(ROOT, 'tools', name + '.py'))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def test_each_run_gets_a_new_folder_and_latest_follows(cifar_dir, tmp_path, monkeypatch, capsys):

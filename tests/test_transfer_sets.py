@@ -16,6 +16,7 @@ from gluon_transfer.data.pack import CorruptImagesError
 from gluon_transfer.data.transfer_sets import prepare_dataset, PREPARERS, OFFICIAL_COUNTS, carve_validation
 from gluon_transfer.errors import ConfigError, DataError
 from gluon_transfer.registry import DATASETS
+from tool_helpers import load_tool
 
 _RNG = np.random.RandomState(0)
 
@@ -432,12 +433,7 @@ def test_train_fraction_cache(tmp_path, monkeypatch):
 
 
 def _tool():
-    import importlib.util
-    spec = importlib.util.spec_from_file_location(
-        'prepare_dataset', os.path.join(os.path.dirname(__file__), '..', 'tools', 'prepare_dataset.py'))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_tool('prepare_dataset')
 
 
 def test_cli(tmp_path, capsys, monkeypatch):

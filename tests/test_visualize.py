@@ -5,7 +5,6 @@ colour bars with the label that says what the colour means, and refuses random w
 missing images unless ``--random``. The drawn values are checked against properties of the
 math (at(x) has unit L2 norm, MS-CAM weights lie in (0, 1), AST weights average to 1), not
 against the tools' own code."""
-import importlib.util
 import json
 import os
 import struct
@@ -15,16 +14,10 @@ import pytest
 import mxnet as mx
 
 import gluon_transfer as gt
+from tool_helpers import load_tool
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SAMPLE_VAL = os.path.join(ROOT, 'data', 'cifar10_sample', 'val.rec')
-
-
-def load_tool(name):
-    spec = importlib.util.spec_from_file_location('vis_' + name, os.path.join(ROOT, 'tools', name + '.py'))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def png_size(path):
