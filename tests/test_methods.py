@@ -20,7 +20,6 @@ from gluon_transfer.registry import METHODS, REGULARIZERS
 from data_helpers import write_rec
 from tool_helpers import load_tool
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _parse(argv, preset='transfer'):

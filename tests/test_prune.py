@@ -1,7 +1,6 @@
 """Pruned export of AFS networks: equal outputs, reduced widths, plain ConvBN when no
 dynamic channel is left, symbol export and ``tools/export.py --prune``."""
 import json
-import os
 import warnings
 
 import numpy as np
@@ -15,7 +14,6 @@ from gluon_transfer.models.afs_resnet import AFSResNetV1b, afs_gates
 from gluon_transfer.prune import prune_afs, verify_pruned
 from tool_helpers import load_tool
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _randomise_bn(net, rng):
