@@ -86,15 +86,15 @@ def test_engine_step_matches_hand_computed_sgd():
     assert h['train_loss'] == pytest.approx(float(-log_softmax(z)[np.arange(6), labels].mean()), rel=1e-5)
 
 
-def _fit(tmp_path, name, epochs, resume=None, net=None, mode='hybrid'):
+def _fit(tmp_path, name, epochs, resume=None, net=None, mode='hybrid', iters=None, **kw):
     net = net or tiny_net(bn=True)
     cfg = FitConfig(num_epochs=3, lr=0.2, lr_mode='cosine', warmup_epochs=1, wd=1e-4, momentum=0.9,
-                    mode=mode, seed=7, log_interval=2)
+                    mode=mode, seed=7, log_interval=2, **kw)
     ckpt = CheckpointManager(str(tmp_path / name), 'toy', save_frequency=0)
     eng = Engine(net, Classify(), [mx.cpu()], cfg, tiny_data(), tiny_data(shuffle=False), num_classes=3,
                  checkpoint=ckpt, metrics_path=str(tmp_path / name / 'metrics.jsonl'), run_info={'model': 'toy'})
     if resume is None:     # stop after `epochs` of the 3-epoch schedule (a resume must keep the schedule)
-        eng.cfg.max_iters = epochs * len(eng.train_data)
+        eng.cfg.max_iters = iters or epochs * len(eng.train_data)
     eng.fit(resume=resume)
     return eng
 
@@ -114,6 +114,39 @@ def test_resume_is_exact(tmp_path, mode):
     # a resume into another folder starts its metrics with the resumed run's epochs
     assert [l['epoch'] for l in lines] == [1, 2, 3]
     assert lines[0] == json.loads((tmp_path / 'part' / 'metrics.jsonl').read_text().splitlines()[0])
+
+
+@pytest.mark.parametrize('stop,kw', [(4, {}), (5, {'mixup_alpha': 0.4, 'label_smoothing': 0.1})])
+def test_resume_continues_an_epoch_stopped_part_way(tmp_path, stop, kw):
+    """--max-iter 4 or 5 with 3 iterations per epoch stops inside epoch 2; the resume trains
+    that epoch's remaining iterations (the same batches, augmentation and mixup draws) instead
+    of skipping to epoch 3, so it ends where an uninterrupted run ends."""
+    full = _fit(tmp_path, 'full', 3, **kw)
+    part = _fit(tmp_path, 'part', None, iters=stop, **kw)
+    assert len(part.lr_trace) == stop
+    resumed = _fit(tmp_path, 'resumed', 3, resume=str(tmp_path / 'part'), net=tiny_net(bn=True), **kw)
+    assert full.lr_trace == part.lr_trace + resumed.lr_trace       # 9 iterations in all, none twice
+    a, b = params_of(full.net), params_of(resumed.net)
+    for k in a:
+        np.testing.assert_allclose(a[k], b[k], rtol=1e-5, atol=1e-6, err_msg=k)
+    lines = [json.loads(l) for l in (tmp_path / 'resumed' / 'metrics.jsonl').read_text().splitlines()]
+    assert [l['epoch'] for l in lines] == [1, 2, 3]
+    assert (lines[1]['first_iteration'], lines[1]['iterations']) == (stop - 3 + 1, 6 - stop)
+    assert 'first_iteration' not in lines[2] and lines[2]['iterations'] == 3
+
+
+def test_resume_of_a_run_stopped_part_way_with_the_same_budget_trains_nothing(tmp_path):
+    """The same --max-iter again: nothing left to train, the partial epoch's line is kept."""
+    _fit(tmp_path, 'part', None, iters=4)
+    before = (tmp_path / 'part' / 'metrics.jsonl').read_text()
+    ckpt = CheckpointManager(str(tmp_path / 'part'), 'toy', save_frequency=0)
+    eng = Engine(tiny_net(bn=True), Classify(), [mx.cpu()],
+                 FitConfig(num_epochs=3, lr=0.2, lr_mode='cosine', warmup_epochs=1, wd=1e-4, momentum=0.9,
+                           seed=7, max_iters=4), tiny_data(), tiny_data(shuffle=False), num_classes=3,
+                 checkpoint=ckpt, metrics_path=str(tmp_path / 'part' / 'metrics.jsonl'), run_info={'model': 'toy'})
+    eng.fit(resume=str(tmp_path / 'part'))
+    assert eng.lr_trace == [] and eng.global_step == 4
+    assert (tmp_path / 'part' / 'metrics.jsonl').read_text() == before
 
 
 def test_checkpoint_pointer_survives_crash_during_save(tmp_path):

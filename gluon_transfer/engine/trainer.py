@@ -39,7 +39,8 @@ checkpoint's (``--num-epochs``, ``--lr``, ``--lr-mode``, decay and warm-up setti
 number of iterations per epoch), naming both values, unless ``cfg.allow_schedule_change``
 (``--allow-schedule-change``), which continues with the new schedule at the checkpoint's
 global step and logs the change as a warning. ``max_iters`` is not part of the schedule: a
-run stopped with ``--max-iter`` continues without it. A resume also repairs a missing
+run stopped with ``--max-iter`` continues without it, from the iteration where it stopped
+(an epoch stopped part-way is continued, not skipped). A resume also repairs a missing
 ``best.params`` and trims ``metrics.jsonl`` to the checkpoint's epoch (see
 ``engine/checkpoint.py``).
 """
@@ -166,6 +167,7 @@ class Engine:
             cfg.lr_decay, cfg.lr_decay_epochs, cfg.target_lr, cfg.poly_power)
         self.global_step = 0
         self.start_epoch = 0
+        self.skip_iters = 0       # iterations of start_epoch already trained (a resume mid-epoch)
         self.saved_epoch = 0        # epochs completed at the latest checkpoint this run can resume from
         self.best_top1 = -1.0
         self.best_epoch = None
@@ -247,6 +249,7 @@ class Engine:
             raise CheckpointError('cannot resume: checkpoint is at epoch %d but --num-epochs is %d'
                                   % (self.start_epoch, self.cfg.num_epochs))
         self._check_schedule(path, meta)
+        self._continue_partial_epoch(path, meta)
         if self.is_writer and self.ckpt is not None:
             if repair_best(d, meta, self.ckpt.prefix, dst_dir=self.ckpt.save_dir, log=self.log) == 'lost':
                 self.best_top1, self.best_epoch = -1.0, None
@@ -256,6 +259,27 @@ class Engine:
                 self.log.info('%s: dropped %d line(s) past epoch %d (epochs trained again now)',
                               self.metrics_path, dropped, self.start_epoch)
         self.log.info('resumed from %s: %d epochs done, step %d', path, self.start_epoch, self.global_step)
+
+    def _continue_partial_epoch(self, path, meta):
+        """A checkpoint written when ``max_iters`` stopped an epoch part-way (``--max-iter``
+        not a multiple of the epoch) holds ``k`` of that epoch's iterations. If this ``fit``
+        trains further, the epoch is continued rather than skipped: ``start_epoch`` goes back
+        to it and its first ``k`` batches are drawn from the loader (the same batches, the same
+        augmentation and mixup draws) but not trained on (``self.skip_iters``), so the result
+        equals an uninterrupted run. Its metrics line is then rewritten for the iterations
+        trained after the resume (``first_iteration``). Not done when the number of iterations
+        per epoch changed (``--allow-schedule-change``): the next epoch starts, as before."""
+        ipe = self.iters_per_epoch
+        saved_ipe = meta.get('iters_per_epoch')
+        epoch = self.start_epoch
+        if not epoch or not ipe or saved_ipe is None or int(saved_ipe) != ipe:
+            return
+        done = self.global_step - (epoch - 1) * ipe
+        total_iters = self.cfg.max_iters or self.cfg.num_epochs * ipe
+        if 0 < done < ipe and self.global_step < total_iters:
+            self.start_epoch, self.skip_iters = epoch - 1, done
+            self.log.info('%s: epoch %d stopped after %d of its %d iterations (--max-iter): continuing it at '
+                          'iteration %d', path, epoch, done, ipe, done + 1)
 
     def _check_schedule(self, path, meta):
         """Refuse (or, with ``cfg.allow_schedule_change``, warn about) a resume whose LR
@@ -358,9 +382,14 @@ class Engine:
         t0 = tic = time.time()
         lr = self.schedule(self.global_step)
         iters_done = 0
+        skip, self.skip_iters = self.skip_iters, 0
         for i, batch in enumerate(self.train_data):
             if self.global_step >= total_iters or i >= n_batches:
                 break
+            if i < skip:              # trained before the resume: keep the mixup draws in step
+                if self._mixup is not None:
+                    self._mixup.lam(epoch, rng)
+                continue
             lr = self.schedule(self.global_step)
             self.trainer.set_learning_rate(lr)
             self.lr_trace.append(lr)
@@ -416,6 +445,8 @@ class Engine:
                  'terms': {k: _to_float(v) / seen for k, v in sorted(term_sums.items())},
                  'images_per_sec': seen / max(elapsed, 1e-9), 'time': elapsed, 'global_step': self.global_step,
                  'iterations': iters_done}
+        if skip:
+            stats['first_iteration'] = skip + 1
         return stats
 
     def _scaled_update(self, scale, batch):
@@ -532,7 +563,10 @@ class Engine:
         line and, when ``save`` (an evaluation epoch), write the best file and the checkpoint."""
         terms = ' '.join('%s=%.4f' % kv for kv in stats['terms'].items())
         partial = ''
-        if stats.get('iterations', self.iters_per_epoch) < self.iters_per_epoch:
+        first = stats.get('first_iteration', 1)
+        if first > 1:
+            partial = ' (iterations %d-%d: continued after a resume)' % (first, first + stats['iterations'] - 1)
+        elif stats.get('iterations', self.iters_per_epoch) < self.iters_per_epoch:
             partial = ' (partial: %d of %d iterations, --max-iter reached)' % (stats['iterations'], self.iters_per_epoch)
         msg = '[Epoch %d/%d]%s train: loss=%.4f acc=%.4f%s' % (
             epoch + 1, self.cfg.num_epochs, partial, stats['train_loss'], stats['train_acc'],
