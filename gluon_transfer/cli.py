@@ -136,6 +136,12 @@ def build_parser(preset, description):
     g.add_argument('--params', default=None, help='initialise the network from this .params file (checked)')
     g.add_argument('--init', default=d['init'], choices=['xavier', 'msra'],
                    help='initializer for parameters not loaded from a file')
+    if preset != 'transfer':      # a fine-tuned network starts from its source's fusion weights
+        g.add_argument('--aff-init', default='reference', choices=['reference', 'neutral'],
+                       help='AFF/iAFF networks trained from scratch: how the fusion weights start. reference: as '
+                            'open-aff (every MS-CAM BatchNorm gamma 1: a random per-element mixture of the two '
+                            'inputs); neutral: the last BN gamma of each attention branch 0, so every weight starts '
+                            'at 0.5 (AFF = x + y), which trains much faster in the first epochs')
     add_model_options(g)
 
     g = p.add_argument_group('data')
@@ -514,6 +520,10 @@ def build_network(args, num_classes, ctx, log):
     except TypeError as err:
         raise ConfigError('model %r does not accept %s: %s' % (args.model, sorted(kwargs), err)) from None
     init = mx.init.Xavier() if args.init == 'xavier' else mx.init.MSRAPrelu()
+    if getattr(args, 'aff_init', 'reference') == 'neutral':
+        from .nn.fusion import neutral_gate_init
+        log.info('--aff-init neutral: %d attention-branch BN gammas start at 0 (fusion weights 0.5)',
+                 neutral_gate_init(net))
     net.initialize(init, ctx=ctx)
     if args.params:
         log.info('initialising from %s: %s', args.params, describe_load(load_params(net, args.params, ctx=ctx)))

@@ -8,7 +8,7 @@ from mxnet import autograd
 
 from gluon_transfer.errors import ConfigError
 from gluon_transfer.nn import fused
-from gluon_transfer.nn.fusion import AFF, MSCAM, DirectAdd, create_fusion, iAFF
+from gluon_transfer.nn.fusion import AFF, MSCAM, DirectAdd, create_fusion, iAFF, neutral_gate_init
 from gluon_transfer.registry import FUSIONS
 
 EPS = 1e-5
@@ -190,3 +190,77 @@ def test_names_aliases_and_errors():
         create_fusion('aff', 8, 16)
     # int(C // r) inter channels, as the reference (C=24, r=16 -> 1)
     assert create_fusion('aff', 24, 16).local_att[0].weight.shape == (1, 24, 1, 1)
+
+
+# ---- --aff-init neutral ---------------------------------------------------------------------
+
+@pytest.mark.parametrize('train', [False, True])
+@pytest.mark.parametrize('kind', ['aff', 'iaff'])
+def test_neutral_init_starts_every_weight_at_one_half(kind, train):
+    """Zero gamma in the last BN of each branch: w = sigmoid(0) = 0.5, so AFF = x + y and
+    iAFF = (x + y) / 2 (numpy), in training and inference mode, kernel or composition."""
+    block = (AFF if kind == 'aff' else iAFF)(C, R)
+    assert neutral_gate_init(block) == (2 if kind == 'aff' else 4)
+    block.initialize(mx.init.Xavier())
+    x, y = inputs()
+    for w in block.attention_weights(mx.nd.array(x), mx.nd.array(y)):
+        np.testing.assert_array_equal(w.asnumpy(), 0.5)
+    for ctx in (contextlib.nullcontext(), fused.disabled()):
+        with ctx:
+            got = run(block, [x, y], train)
+        np.testing.assert_allclose(got, (x + y) * (1.0 if kind == 'aff' else 0.5), rtol=1e-6, atol=1e-6)
+    gammas = {k: p.data().asnumpy() for k, p in block._collect_params_with_prefix().items() if k.endswith('gamma')}
+    zero = {k for k, v in gammas.items() if not v.any()}
+    want = {'local_att.4.gamma', 'global_att.5.gamma'}
+    if kind == 'iaff':
+        want |= {'local_att2.4.gamma', 'global_att2.5.gamma'}
+    assert zero == want and all((v == 1).all() for k, v in gammas.items() if k not in want)
+
+
+def test_neutral_init_aff_network_equals_the_plain_add_network():
+    """A whole CIFAR AFF ResNet with --aff-init neutral computes what the same network with
+    plain adds computes (shared weights), and its gammas still train."""
+    from gluon_transfer import get_model
+    aff = get_model('cifar_aff_resnet', fusion='aff', blocks=1, channel_times=1, classes=3)
+    neutral_gate_init(aff)
+    aff.initialize(mx.init.Xavier())
+    add = get_model('cifar_aff_resnet', fusion='add', blocks=1, channel_times=1, classes=3)
+    add.initialize()
+    src = aff._collect_params_with_prefix()
+    for k, p in add._collect_params_with_prefix().items():
+        p.set_data(src[k].data())
+    x = mx.nd.array(np.random.RandomState(2).normal(size=(4, 3, 8, 8)).astype(np.float32))
+    np.testing.assert_allclose(aff(x).asnumpy(), add(x).asnumpy(), rtol=1e-5, atol=1e-5)   # inference
+    with autograd.record():
+        out = aff(x)
+        loss = out.sum()
+        ref = add(x)
+    loss.backward()
+    np.testing.assert_allclose(out.asnumpy(), ref.asnumpy(), rtol=1e-5, atol=1e-5)            # training
+    g = aff._collect_params_with_prefix()['features.2.0.attention.local_att.4.gamma'].grad().asnumpy()
+    assert np.abs(g).max() > 0
+
+
+def test_neutral_init_without_fusion_blocks_is_an_error():
+    with pytest.raises(ConfigError, match='no AFF or iAFF fusion block'):
+        neutral_gate_init(DirectAdd())
+
+
+def test_aff_init_option_of_the_trainers():
+    """train_cifar/train_imagenet --aff-init neutral zeroes the 4 gammas of every iAFF block
+    (3 stages x 1 block here); other networks are refused; train_transfer has no such option
+    (a fine-tuned network starts from its source's weights)."""
+    import logging
+    from gluon_transfer import cli
+    log = logging.getLogger('test')
+    args = cli.build_parser('cifar', 'x').parse_args(['--model', 'cifar_aff_resnet', '--fusion', 'iaff', '--blocks',
+                                                      '1', '--channel-times', '1', '--aff-init', 'neutral'])
+    net = cli.build_network(args, 10, [mx.cpu()], log)
+    zero = [k for k, p in net._collect_params_with_prefix().items() if k.endswith('gamma') and not p.data().asnumpy().any()]
+    assert len(zero) == 12 and all('.attention.' in k for k in zero)
+    assert cli.build_parser('imagenet', 'x').parse_args(['--aff-init', 'neutral']).aff_init == 'neutral'
+    plain = cli.build_parser('cifar', 'x').parse_args(['--model', 'cifar_resnet20_v1', '--aff-init', 'neutral'])
+    with pytest.raises(ConfigError, match='--aff-init neutral: the network has no AFF or iAFF fusion block'):
+        cli.build_network(plain, 10, [mx.cpu()], log)
+    with pytest.raises(SystemExit):
+        cli.build_parser('transfer', 'x').parse_args(['--aff-init', 'neutral'])

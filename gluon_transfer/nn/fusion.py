@@ -35,7 +35,8 @@ from ..errors import ConfigError
 from . import fused
 from ..registry import FUSIONS, unknown_name_message
 
-__all__ = ['DirectAdd', 'MSCAM', 'AFF', 'iAFF', 'create_fusion', 'FUSION_ALIASES', 'canonical_fusion']
+__all__ = ['DirectAdd', 'MSCAM', 'AFF', 'iAFF', 'create_fusion', 'FUSION_ALIASES', 'canonical_fusion',
+           'neutral_gate_init']
 
 # Reference (open-aff ``askc_type``) names -> our names.
 FUSION_ALIASES = {'DirectAdd': 'add', 'ASKCFuse': 'aff', 'ResGlobLocaforGlobLocaCha': 'iaff'}
@@ -252,3 +253,43 @@ def create_fusion(name, channels, r=4, **kwargs):
     ``DirectAdd``, ``ASKCFuse``, ``ResGlobLocaforGlobLocaCha``. The block is called as
     ``block(x, y)`` with ``x`` the residual branch and ``y`` the shortcut."""
     return FUSIONS.get(canonical_fusion(name))(channels, r, **kwargs)
+
+
+def neutral_gate_init(net):
+    """Make every MS-CAM of ``net`` start at ``w = sigmoid(0) = 0.5``: the gamma of the last
+    BatchNorm of each local and global branch (``local_att.4``, ``global_att.5`` and iAFF's
+    ``local_att2.4``, ``global_att2.5``) is initialised to zero instead of one, so both
+    branches output their beta (zero) until training moves gamma. An AFF block then starts
+    as the plain add ``x + y`` exactly, an iAFF block as ``(x + y) / 2``; only the
+    initialiser changes (parameter names, shapes and the trained model's math do not).
+
+    The reference initialises these BatchNorms like any other (gamma 1), so each fusion starts
+    as a random per-element mixture of ``x`` and ``y`` (the logits are BN-normalised, w spread
+    over (0, 1)). On CIFAR-10 that start slowed early training a lot: ResNet-20 after one
+    epoch at lr 0.1, training accuracy 28 % (AFF, reference init) vs 45 % (plain add) vs
+    46 % (AFF, this init); see docs/aff.md.
+
+    Call before ``net.initialize`` (it sets the parameters' initialisers); parameters loaded
+    from a file afterwards keep their values. Returns the number of gammas set; raises
+    ConfigError when ``net`` has no AFF/iAFF block."""
+    import mxnet as mx
+    n = 0
+    for block in _fusion_blocks(net):
+        branches = [(block.local_att, 4), (block.global_att, 5)]
+        if isinstance(block, iAFF):
+            branches += [(block.local_att2, 4), (block.global_att2, 5)]
+        for seq, idx in branches:
+            seq[idx].gamma.init = mx.init.Zero()
+            n += 1
+    if not n:
+        raise ConfigError('--aff-init neutral: the network has no AFF or iAFF fusion block '
+                          '(use it with --fusion aff or iaff)')
+    return n
+
+
+def _fusion_blocks(block):
+    if isinstance(block, (AFF, iAFF)):
+        yield block
+        return
+    for child in block._children.values():
+        yield from _fusion_blocks(child)
