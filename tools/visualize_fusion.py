@@ -36,21 +36,6 @@ import vis_common  # noqa: E402
 W_LABEL = 'w: weight of x (residual branch); 1 - w goes to y (shortcut)'
 
 
-def fusion_blocks(net):
-    """``[(structural path, block)]`` of every AFF/iAFF block, in network order."""
-    from gluon_transfer.nn.fusion import AFF, iAFF
-    found = []
-
-    def walk(block, path):
-        for name, child in block._children.items():
-            sub = '%s.%s' % (path, name) if path else name
-            if isinstance(child, (AFF, iAFF)):
-                found.append((sub, child))
-            walk(child, sub)
-    walk(net, '')
-    return found
-
-
 def build_parser():
     from gluon_transfer import cli
     p = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
@@ -113,6 +98,7 @@ def build_figure(argv=None):
     net.initialize(mx.init.Xavier(), ctx=mx.cpu())
     if args.params:
         load_params(net, args.params)
+    from gluon_transfer.nn.fusion import fusion_blocks
     blocks = fusion_blocks(net)
     if not blocks:
         raise ConfigError('%s has no AFF/iAFF block to show (fusion add?)' % args.model)

@@ -36,7 +36,7 @@ from . import fused
 from ..registry import FUSIONS, unknown_name_message
 
 __all__ = ['DirectAdd', 'MSCAM', 'AFF', 'iAFF', 'create_fusion', 'FUSION_ALIASES', 'canonical_fusion',
-           'neutral_gate_init']
+           'neutral_gate_init', 'fusion_blocks']
 
 # Reference (open-aff ``askc_type``) names -> our names.
 FUSION_ALIASES = {'DirectAdd': 'add', 'ASKCFuse': 'aff', 'ResGlobLocaforGlobLocaCha': 'iaff'}
@@ -274,7 +274,7 @@ def neutral_gate_init(net):
     ConfigError when ``net`` has no AFF/iAFF block."""
     import mxnet as mx
     n = 0
-    for block in _fusion_blocks(net):
+    for _, block in fusion_blocks(net):
         branches = [(block.local_att, 4), (block.global_att, 5)]
         if isinstance(block, iAFF):
             branches += [(block.local_att2, 4), (block.global_att2, 5)]
@@ -287,9 +287,17 @@ def neutral_gate_init(net):
     return n
 
 
-def _fusion_blocks(block):
-    if isinstance(block, (AFF, iAFF)):
-        yield block
-        return
-    for child in block._children.values():
-        yield from _fusion_blocks(child)
+def fusion_blocks(net):
+    """``[(structural path, block)]`` of every AFF/iAFF block of ``net``, in network order."""
+    found = []
+
+    def walk(block, path):
+        for name, child in block._children.items():
+            sub = '%s.%s' % (path, name) if path else name
+            if isinstance(child, (AFF, iAFF)):
+                found.append((sub, child))
+            walk(child, sub)
+    if isinstance(net, (AFF, iAFF)):
+        found.append(('', net))
+    walk(net, '')
+    return found
