@@ -275,8 +275,7 @@ class Engine:
         if not epoch or not ipe or saved_ipe is None or int(saved_ipe) != ipe:
             return
         done = self.global_step - (epoch - 1) * ipe
-        total_iters = self.cfg.max_iters or self.cfg.num_epochs * ipe
-        if 0 < done < ipe and self.global_step < total_iters:
+        if 0 < done < ipe and self.global_step < self.total_iters():
             self.start_epoch, self.skip_iters = epoch - 1, done
             self.log.info('%s: epoch %d stopped after %d of its %d iterations (--max-iter): continuing it at '
                           'iteration %d', path, epoch, done, ipe, done + 1)
@@ -331,7 +330,7 @@ class Engine:
         elif resume_params or resume_states or resume_epoch:
             self.resume_files(resume_params, resume_states, resume_epoch)
         cfg = self.cfg
-        total_iters = cfg.max_iters or cfg.num_epochs * self.iters_per_epoch
+        total_iters = self.total_iters()
         for epoch in range(self.start_epoch, cfg.num_epochs):
             if self.global_step >= total_iters:
                 break
@@ -342,6 +341,10 @@ class Engine:
                 stats.update(('val_' + k, v) for k, v in self.evaluate(self.val_data).items())
             self._end_epoch(epoch, stats, save=save)
         return self.history
+
+    def total_iters(self):
+        """Iterations this ``fit`` trains up to (global step): ``max_iters``, else every epoch's."""
+        return self.cfg.max_iters or self.cfg.num_epochs * self.iters_per_epoch
 
     def is_evaluation_epoch(self, epoch, total_iters):
         """Whether the (0-based) ``epoch`` just trained is evaluated and checkpointed: every
