@@ -15,6 +15,12 @@ cover (Python, the engine's scheduling, waiting). ``--json PATH`` writes the cat
 operators. The profiler itself adds overhead per operator: compare profiles with each other,
 not with ``bench_aff_ratio.py``'s rates.
 
+``--torch-python PATH`` (or the variable ``GLUON_TRANSFER_TORCH_PYTHON``; a separate
+environment with PyTorch, never this project's) also profiles the same network, batch and step
+in PyTorch (``bench/torch_side.py --profile``: NCHW float32, the operators' self CPU time, the
+same thread count) and prints the two frameworks' categories side by side; for the networks
+``torch_side.py`` defines (``cifar_resnet<6n+2>_v1``, ``resnet50_v1b``).
+
 ``--model``: ``aff32`` (AFF-ResNet-32, CIFAR-100 config: blocks 5, channel-times 4, 32 px),
 ``aff50`` (AFF-ResNet-50, 224 px), ``block`` (one AFF fusion block on a (N, 64, 32, 32) pair,
 forward + backward, no update), or any model name of ``gluon_transfer.get_model`` /
@@ -134,6 +140,38 @@ def profile(a):
     return desc, wall, ops, cats
 
 
+def torch_profile(a, torch_python):
+    """PyTorch's profile of the same step (torch_side.py --profile), parsed; raises SystemExit on failure."""
+    import subprocess
+    env = dict(os.environ)
+    if os.environ.get('OMP_NUM_THREADS'):
+        env['BENCH_THREADS'] = os.environ['OMP_NUM_THREADS']
+    cmd = [torch_python, os.path.join(HERE, 'torch_side.py'), '--model', a.model, '--batch', str(a.batch),
+           '--what', a.what, '--iters', str(a.steps), '--warmup', str(a.warmup), '--profile']
+    res = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if res.returncode:
+        tail = (res.stderr.strip().splitlines() or ['no output'])[-1]
+        raise SystemExit('error: the PyTorch profile failed: %s' % tail)
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def side_by_side(wall, total, cats, tp):
+    """Markdown lines: MXNet's and PyTorch's ms per step by category."""
+    t_total = sum(v[0] for v in tp['operators'].values())
+    names = sorted(set(cats) | set(tp['categories']), key=lambda c: -(cats.get(c, [0])[0]))
+    lines = ['| category | MXNet ms/step | PyTorch ms/step | MXNet - PyTorch |', '|---|---|---|---|']
+    for c in names:
+        m = cats.get(c, [0.0])[0]
+        t = tp['categories'].get(c, [0.0])[0]
+        lines.append('| %s | %.1f | %.1f | %+.1f |' % (c, m, t, m - t))
+    lines.append('| all operators | %.1f | %.1f | %+.1f |' % (total, t_total, total - t_total))
+    lines.append('| not in operators | %.1f | %.1f | %+.1f |' % (wall - total, tp['wall_ms'] - t_total,
+                                                                 (wall - total) - (tp['wall_ms'] - t_total)))
+    lines.append('| wall | %.1f | %.1f | %+.1f (MXNet / PyTorch time %.2f) |'
+                 % (wall, tp['wall_ms'], wall - tp['wall_ms'], wall / tp['wall_ms']))
+    return lines
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument('--model', default='aff32')
@@ -145,9 +183,21 @@ def main(argv=None):
     p.add_argument('--warmup', type=int, default=2)
     p.add_argument('--top', type=int, default=15, help='list the N most expensive operators')
     p.add_argument('--json', default=None, metavar='PATH', help='also write the categories and operators to PATH')
+    p.add_argument('--torch-python', default=None, metavar='PATH',
+                   help='a separate Python with PyTorch: also profile the same step in PyTorch, side by side '
+                        '(default: $GLUON_TRANSFER_TORCH_PYTHON when set)')
     a = p.parse_args(argv)
     if a.steps < 1 or a.batch < 1 or a.warmup < 0:
         raise SystemExit('error: --steps and --batch must be >= 1, --warmup >= 0')
+    torch_python = None
+    if a.torch_python or os.environ.get('GLUON_TRANSFER_TORCH_PYTHON'):
+        from bench.bench_torch import find_torch_python
+        import re
+        if not (re.match(r'^cifar_resnet\d+_v1$', a.model) or a.model == 'resnet50_v1b'):
+            raise SystemExit('error: --torch-python profiles cifar_resnet<6n+2>_v1 and resnet50_v1b, not %r' % a.model)
+        torch_python, why = find_torch_python(a.torch_python)
+        if torch_python is None:
+            raise SystemExit('error: ' + why)
     if a.mode == 'hybrid':
         os.environ.setdefault('MXNET_EXEC_BULK_EXEC_TRAIN', '0')
         os.environ.setdefault('MXNET_EXEC_BULK_EXEC_INFERENCE', '0')
@@ -173,10 +223,18 @@ def main(argv=None):
         print('|---|---|---|---|')
         for name, (ms, cnt) in sorted(ops.items(), key=lambda kv: -kv[1][0])[:a.top]:
             print('| %s | %s | %.1f | %d |' % (name, category(name), ms, round(cnt)))
+    tp = None
+    if torch_python:
+        tp = torch_profile(a, torch_python)
+        print()
+        print('Side by side with PyTorch %s (NCHW float32, %d thread(s), self CPU time of its operators):'
+              % (tp['version'], tp['threads']))
+        print()
+        print('\n'.join(side_by_side(wall, total, cats, tp)))
     if a.json:
         with open(a.json, 'w') as f:
             json.dump({'description': desc, 'wall_ms': wall, 'operators': ops, 'categories': cats,
-                       'threads': thread_settings(), 'cpu': cpu_name()}, f, indent=1)
+                       'threads': thread_settings(), 'cpu': cpu_name(), 'pytorch': tp}, f, indent=1)
     return 0
 
 

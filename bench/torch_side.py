@@ -15,6 +15,10 @@ from their definitions, so that the comparison uses the same architectures as Gl
 * ResNet-50 v1b (torchvision's ResNet-50 "v1.5"): 7x7/2 conv + BN + ReLU + 3x3/2 max pool,
   bottleneck stages of 3, 4, 6, 3 blocks (stride on the 3x3 conv), 1000-way linear layer.
 
+``--profile`` times the ``--iters`` steps under ``torch.profiler`` instead and prints, in the
+same JSON, the operators' self CPU time per step grouped into the categories of
+``bench/profile_ops.py`` (which prints both frameworks side by side with ``--torch-python``).
+
 A training step is forward, cross-entropy, backward and an SGD update (momentum 0.9, weight
 decay 1e-4), on a fixed random batch, like ``bench.common.train_step_fn`` on the MXNet side.
 ``--dtype bfloat16`` runs the forward under CPU autocast (bf16 matmuls/convolutions, fp32
@@ -25,6 +29,53 @@ import json
 import os
 import sys
 import time
+
+
+# (category, predicate on a lower-cased aten/autograd event name), tried in order; the names
+# match bench/profile_ops.py's MXNet categories
+CATEGORIES = [
+    ('engine bookkeeping', lambda n: n.startswith('autograd::engine') or n.startswith('torch::autograd')),
+    ('optimizer update', lambda n: '_foreach_' in n or 'optimizer' in n or 'sgd' in n),
+    ('convolution', lambda n: 'conv' in n or n in ('aten::addmm', 'aten::mm', 'aten::linear', 'addmmbackward0',
+                                                    'aten::matmul', 'aten::t')),
+    ('BatchNorm', lambda n: 'batch_norm' in n or 'batchnorm' in n),
+    ('pooling / reductions', lambda n: 'pool' in n or n in ('aten::mean', 'aten::sum', 'meanbackward1',
+                                                             'aten::sum_to_size')),
+    ('loss / softmax', lambda n: any(k in n for k in ('softmax', 'nll', 'cross_entropy'))),
+    ('reorders / copies', lambda n: any(k in n for k in ('copy', 'reorder', 'to_dense', 'to_mkldnn', 'contiguous',
+                                                          'reshape', 'view', 'transpose', 'expand', 'clone',
+                                                          'as_strided'))),
+    ('activation / elementwise', lambda n: any(k in n for k in ('relu', 'clamp', 'threshold', 'add', 'mul', 'div', 'sub',
+                                                                 'neg', 'fill', 'zero'))),
+]
+
+
+def category(name):
+    n = name.lower()
+    for cat, pred in CATEGORIES:
+        if pred(n):
+            return cat
+    return 'other'
+
+
+def profile_steps(step, steps):
+    """(wall ms per step, {operator: [self CPU ms per step, calls per step]}) of ``steps`` steps."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        t = time.perf_counter()
+        for _ in range(steps):
+            step()
+        wall = (time.perf_counter() - t) / steps * 1e3
+    ops = {}
+    for e in prof.key_averages():
+        if e.key.startswith('ProfilerStep'):
+            continue
+        o = ops.setdefault(e.key, [0.0, 0.0])
+        o[0] += e.self_cpu_time_total / 1e3 / steps
+        o[1] += e.count / steps
+    del torch
+    return wall, ops
 
 
 def build(name):
@@ -87,6 +138,8 @@ def main(argv=None):
     p.add_argument('--dtype', choices=('float32', 'bfloat16'), default='float32')
     p.add_argument('--iters', type=int, default=10)
     p.add_argument('--warmup', type=int, default=3)
+    p.add_argument('--profile', action='store_true',
+                   help='profile the --iters steps: self CPU ms per step of every operator and category')
     a = p.parse_args(argv)
     import torch
     torch.manual_seed(0)
@@ -116,6 +169,16 @@ def main(argv=None):
                 net(x)
     for _ in range(a.warmup):
         step()
+    if a.profile:
+        wall, ops = profile_steps(step, a.iters)
+        cats = {}
+        for name, (ms, cnt) in ops.items():
+            c = cats.setdefault(category(name), [0.0, 0.0])
+            c[0] += ms
+            c[1] += cnt
+        print(json.dumps({'framework': 'pytorch', 'version': torch.__version__, 'threads': torch.get_num_threads(),
+                          'wall_ms': wall, 'operators': ops, 'categories': cats}))
+        return 0
     times = []
     for _ in range(a.iters):
         t = time.perf_counter()

@@ -61,3 +61,52 @@ def test_orchestration_with_a_stand_in_torch_python(tmp_path):
     assert all(v > 0 for v in mx_rates)
     assert rows['pytorch cifar_resnet56_v1 infer nchw img/s']['value'] == 100.0
     assert abs(rows['MXNet/PyTorch cifar_resnet56_v1 infer']['value'] - max(mx_rates) / 100.0) < 1e-9
+
+
+def test_torch_profile_categories_match_mxnet_names():
+    """torch_side.py sorts aten/autograd events into profile_ops.py's category names."""
+    from bench import torch_side
+    from bench.profile_ops import CATEGORIES
+    want = {'aten::mkldnn_convolution': 'convolution', 'aten::convolution_backward': 'convolution',
+            'aten::addmm': 'convolution', 'aten::native_batch_norm': 'BatchNorm',
+            'aten::native_batch_norm_backward': 'BatchNorm', 'aten::relu_': 'activation / elementwise', 'aten::clamp_min_': 'activation / elementwise',
+            'aten::threshold_backward': 'activation / elementwise', 'aten::add_': 'activation / elementwise',
+            'aten::_foreach_add_': 'optimizer update', 'Optimizer.step#SGD.step': 'optimizer update',
+            'aten::adaptive_avg_pool2d': 'pooling / reductions', 'aten::mean': 'pooling / reductions',
+            'aten::_log_softmax': 'loss / softmax', 'aten::nll_loss_forward': 'loss / softmax',
+            'aten::copy_': 'reorders / copies', 'aten::view': 'reorders / copies',
+            'autograd::engine::evaluate_function: ConvolutionBackward0': 'engine bookkeeping',
+            'aten::empty': 'other'}
+    assert {k: torch_side.category(k) for k in want} == want
+    assert set(want.values()) - {'other'} <= {c for c, _ in CATEGORIES}
+
+
+def test_profile_side_by_side_with_a_stand_in_torch_python(tmp_path, capsys):
+    """profile_ops.py --torch-python: both frameworks' categories in one table; the PyTorch
+    numbers are the stand-in's, so its rows and differences are checked against them."""
+    from bench import profile_ops
+    fake = tmp_path / 'python'
+    answer = {'framework': 'pytorch', 'version': '9.9.9', 'threads': 1, 'wall_ms': 50.0,
+              'operators': {'aten::mkldnn_convolution': [30.0, 3], 'aten::native_batch_norm': [10.0, 3]},
+              'categories': {'convolution': [30.0, 3], 'BatchNorm': [10.0, 3]}}
+    fake.write_text('#!/bin/sh\nif [ "$1" = "-c" ]; then echo 9.9.9; exit 0; fi\necho \'%s\'\n' % json.dumps(answer))
+    fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
+    out = tmp_path / 'prof.json'
+    assert profile_ops.main(['--model', 'cifar_resnet20_v1', '--batch', '2', '--steps', '1', '--warmup', '0',
+                             '--torch-python', str(fake), '--json', str(out), '--top', '0']) == 0
+    text = capsys.readouterr().out
+    rec = json.loads(out.read_text())
+    conv = rec['categories']['convolution'][0]
+    line = [l for l in text.splitlines() if l.startswith('| convolution |')][-1]
+    assert line == '| convolution | %.1f | 30.0 | %+.1f |' % (conv, conv - 30.0)
+    total = sum(v[0] for v in rec['operators'].values())
+    assert '| all operators | %.1f | 40.0 | %+.1f |' % (total, total - 40.0) in text
+    assert '| not in operators | %.1f | 10.0 |' % (rec['wall_ms'] - total) in text
+    assert rec['pytorch']['version'] == '9.9.9'
+
+
+def test_profile_side_by_side_refuses_networks_pytorch_lacks(tmp_path):
+    import pytest
+    from bench import profile_ops
+    with pytest.raises(SystemExit, match='cifar_resnet<6n\\+2>_v1 and resnet50_v1b, not .aff32'):
+        profile_ops.main(['--model', 'aff32', '--torch-python', str(tmp_path / 'nope')])
