@@ -45,8 +45,8 @@ CATEGORIES = [
     ('reorders / copies', lambda n: any(k in n for k in ('copy', 'reorder', 'to_dense', 'to_mkldnn', 'contiguous',
                                                           'reshape', 'view', 'transpose', 'expand', 'clone',
                                                           'as_strided'))),
-    ('activation / elementwise', lambda n: any(k in n for k in ('relu', 'clamp', 'threshold', 'add', 'mul', 'div', 'sub',
-                                                                 'neg', 'fill', 'zero'))),
+    ('activation / elementwise', lambda n: any(k in n for k in ('relu', 'clamp', 'threshold', 'add', 'mul', 'div',
+                                                                 'sub', 'neg', 'fill', 'zero'))),
 ]
 
 

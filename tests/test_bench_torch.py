@@ -69,7 +69,8 @@ def test_torch_profile_categories_match_mxnet_names():
     from bench.profile_ops import CATEGORIES
     want = {'aten::mkldnn_convolution': 'convolution', 'aten::convolution_backward': 'convolution',
             'aten::addmm': 'convolution', 'aten::native_batch_norm': 'BatchNorm',
-            'aten::native_batch_norm_backward': 'BatchNorm', 'aten::relu_': 'activation / elementwise', 'aten::clamp_min_': 'activation / elementwise',
+            'aten::native_batch_norm_backward': 'BatchNorm', 'aten::relu_': 'activation / elementwise',
+            'aten::clamp_min_': 'activation / elementwise',
             'aten::threshold_backward': 'activation / elementwise', 'aten::add_': 'activation / elementwise',
             'aten::_foreach_add_': 'optimizer update', 'Optimizer.step#SGD.step': 'optimizer update',
             'aten::adaptive_avg_pool2d': 'pooling / reductions', 'aten::mean': 'pooling / reductions',
