@@ -592,13 +592,18 @@ def check_run(run, names=None):
     return problems
 
 
+def _count(n, noun):
+    """'1 run', '2 runs'."""
+    return '%d %s%s' % (n, noun, '' if n == 1 else 's')
+
+
 def dry_run(plan, out=sys.stdout, check=True):
     """Print every run's command (and the prepare steps still to do) and check each run's
     options against its trainer's parser. Returns the list of problems."""
     w = out.write
     scale = plan.scale
-    w('# %s -- %s scale: %d runs (%d rows)\n' % (plan.recipe['title'], plan.scale_name, len(plan.runs),
-                                                  len(plan.rows)))
+    w('# %s -- %s scale: %s (%s)\n' % (plan.recipe['title'], plan.scale_name, _count(len(plan.runs), 'run'),
+                                       _count(len(plan.rows), 'row')))
     w('# run from %s; the runner uses %s\n' % (REPO_ROOT, sys.executable))
     if scale.get('estimate'):
         w('# estimate: %s\n' % scale['estimate'])
@@ -623,7 +628,7 @@ def dry_run(plan, out=sys.stdout, check=True):
                 problems.append('%s: %s' % (run.key, p))
                 w('#   PROBLEM: %s\n' % p)
     if check:
-        w('# %d runs, options %s\n' % (len(plan.runs), 'OK' if not problems else '%d problem(s)' % len(problems)))
+        w('# %s, options %s\n' % (_count(len(plan.runs), 'run'), 'OK' if not problems else '%d problem(s)' % len(problems)))
     return problems
 
 
@@ -1507,7 +1512,8 @@ def main(argv=None):
             for r in rows_:
                 print('  %-16s %s  n=%d' % (r['row'], _fmt_mean_std(r['best_mean'], r['best_std']), r['n']))
             return 0
-        print('%s (%s scale): %d runs in %s' % (recipe['title'], args.scale, len(plan.runs), arg_path(plan.out)))
+        print('%s (%s scale): %s in %s' % (recipe['title'], args.scale, _count(len(plan.runs), 'run'),
+                                          arg_path(plan.out)))
         outcome = execute_plan(plan, echo=lambda s: print(s, flush=True), verbose=args.verbose,
                                heartbeat=args.heartbeat, runner_command=runner_command)
         bad = {k: v for k, v in outcome.items() if v != 'finished'}
