@@ -23,7 +23,8 @@ the median over the rounds of each process's median step rate. Configurations:
   (``--bf16``; MXNet's bfloat16 AMP is measured by the ``precision`` section).
 
 Rows: images/s of each framework and configuration, and the ratio MXNet / PyTorch (NCHW
-float32), the number the project's speed goals are stated in.
+float32), the number the project's speed goals are stated in (training: >= 0.8, marked met or
+missed in the row's note).
 """
 import argparse
 import json
@@ -38,6 +39,8 @@ sys.path.insert(0, ROOT)
 from bench.common import add_json_arg, alternating_rounds, row, write_rows  # noqa: E402
 
 ENV_VAR = 'GLUON_TRANSFER_TORCH_PYTHON'
+# the speed goal: MXNet training at least this fraction of PyTorch's (NCHW float32) images/s
+TRAIN_GOAL = 0.8
 NETWORKS = {'cifar_resnet56_v1': (32, 32, 10), 'resnet50_v1b': (224, 16, 1000)}   # size, batch, classes
 
 
@@ -111,8 +114,11 @@ def summarise(samples):
                                 'median of %d rounds, each its own process' % len(samples[k])))
         ref = med.get(('pytorch', model, what, 'nchw'))
         if ref:
-            rows.append(row('torch', 'MXNet/PyTorch %s %s' % (model, what), mx_best[0] / ref, 'x',
-                            'best MXNet mode (%s) / PyTorch NCHW float32, side by side' % mx_best[1]))
+            ratio = mx_best[0] / ref
+            goal = ('goal >= %.2f: %s (%.3f); ' % (TRAIN_GOAL, 'met' if ratio >= TRAIN_GOAL else 'missed', ratio)
+                    if what == 'train' else '')
+            rows.append(row('torch', 'MXNet/PyTorch %s %s' % (model, what), ratio, 'x',
+                            '%sbest MXNet mode (%s) / PyTorch NCHW float32, side by side' % (goal, mx_best[1])))
         cl = med.get(('pytorch', model, what, 'channels_last'))
         if cl:
             rows.append(row('torch', 'MXNet/PyTorch-channels_last %s %s' % (model, what), mx_best[0] / cl, 'x',

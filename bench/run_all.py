@@ -62,7 +62,7 @@ SECTIONS = [
     ('afs-train', 'bench_afs_train.py', ['--quick'], [],
      'AFS gates in training: gated vs plain CIFAR ResNet-20 step, the gate ops side by side'),
     ('dist', 'bench_dist.py', ['--steps', '10', '--warmup', '3'], [], 'dist_sync 1 vs 2 local workers'),
-    ('torch', 'bench_torch.py', ['--quick'], ['--bf16'],
+    ('torch', 'bench_torch.py', ['--quick'], ['--bf16', '--rounds', '2', '--iters', '5', '--warmup', '2'],
      'MXNet vs PyTorch from a separate environment (skipped without one), side by side'),
 ]
 

@@ -45,6 +45,11 @@ def test_ratio_rows_from_known_rates():
     assert abs(rows['MXNet/PyTorch m train']['value'] - 90.0 / 150.0) < 1e-12
     assert 'imperative' in rows['MXNet/PyTorch m train']['note']
     assert abs(rows['MXNet/PyTorch-channels_last m train']['value'] - 90.0 / 200.0) < 1e-12
+    # 0.6 < 0.8: the training goal is missed; a faster MXNet (130 / 150 = 0.867) meets it
+    assert rows['MXNet/PyTorch m train']['note'].startswith('goal >= 0.80: missed (0.600)')
+    samples[('mxnet', 'm', 'train', 'hybrid')] = [130.0, 130.0, 130.0]
+    rows = {r['name']: r for r in bench_torch.summarise(samples)}
+    assert rows['MXNet/PyTorch m train']['note'].startswith('goal >= 0.80: met (0.867)')
 
 
 def test_orchestration_with_a_stand_in_torch_python(tmp_path):
