@@ -27,6 +27,16 @@ def list_models(include_gluoncv=True):
     return sorted(names)
 
 
+def _shipped_kwargs(name, entry, kwargs):
+    """A shipped network's options with ``kwargs`` added; its architecture and head are fixed,
+    so a different value of one of its own options is refused."""
+    for key, value in kwargs.items():
+        if key in entry['kwargs'] and entry['kwargs'][key] != value:
+            raise ConfigError('published network %r has %s=%r; got %s=%r'
+                              % (name, key, entry['kwargs'][key], key, value))
+    return dict(entry['kwargs'], **kwargs)
+
+
 def get_model(name, pretrained=False, params=None, ctx=None, **kwargs):
     """Build a network by name.
 
@@ -37,6 +47,9 @@ def get_model(name, pretrained=False, params=None, ctx=None, **kwargs):
     ``networks``: e.g. ``cifar5_resnet20_v1``) load from ``params/`` after a SHA-1 check;
     registered models look their file up in the published-params manifest, GluonCV models
     need the exact zoo file already in ``$MXNET_HOME/models``.
+    The name of a shipped network without ``pretrained`` builds its architecture (model and
+    options from the manifest, so ``tools/evaluate.py --model cifar10_aff_resnet20 --params
+    FILE`` needs no model options), with ``params=FILE`` loaded if given.
     Unknown names raise :class:`ConfigError` listing close matches.
     """
     _register_builtin()
@@ -44,12 +57,12 @@ def get_model(name, pretrained=False, params=None, ctx=None, **kwargs):
         from .weights import resolve_project_network
         entry, path = resolve_project_network(name)
         if entry is not None:
-            # one of the networks shipped in params/: its architecture and head are fixed
-            for key, value in kwargs.items():
-                if key in entry['kwargs'] and entry['kwargs'][key] != value:
-                    raise ConfigError('published network %r has %s=%r; got %s=%r'
-                                      % (name, key, entry['kwargs'][key], key, value))
-            return get_model(entry['model'], params=params or path, ctx=ctx, **dict(entry['kwargs'], **kwargs))
+            return get_model(entry['model'], params=params or path, ctx=ctx, **_shipped_kwargs(name, entry, kwargs))
+    elif name not in MODELS:
+        from .weights import project_networks
+        entry = next((e for e in project_networks() if e['name'] == name), None)
+        if entry is not None:
+            return get_model(entry['model'], params=params, ctx=ctx, **_shipped_kwargs(name, entry, kwargs))
     if name in MODELS:
         factory = MODELS.get(name)
         if pretrained:

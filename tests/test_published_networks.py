@@ -103,6 +103,21 @@ def test_shipped_network_matches_its_record(entry, tmp_path):
     cifar_transfer_task.subset_split(os.path.join(CIFAR, 'val'), str(tmp_path / 'val'), e['classes'])
     shutil.copyfile(os.path.join(CIFAR, 'classes.txt'), str(tmp_path / 'classes.txt'))
     out = tmp_path / 'eval.json'
-    assert evaluate.main(['--model', e['model'], '--params', path, '--rec-val', str(tmp_path / 'val.rec'),
-                          '--classes', str(e['kwargs']['classes']), '--json', str(out), '-j', '1']) == 0
+    # the shipped name builds the architecture (model options such as AFF's --blocks from the manifest)
+    assert evaluate.main(['--model', e['name'], '--params', path, '--rec-val', str(tmp_path / 'val.rec'),
+                          '--json', str(out), '-j', '1']) == 0
     assert abs(json.loads(out.read_text())['top1'] - e['val_top1']) < 1e-4
+
+
+def test_shipped_name_builds_the_architecture(tmp_path, manifest):
+    """Without pretrained, a shipped network's name builds its model with the manifest's options
+    (what tools/evaluate.py --model NAME relies on); a conflicting option is refused."""
+    run, x, ref = fake_run(tmp_path)
+    publish_params.main([str(run), 'tiny5', '--classes', '0,1,2,3,4', '--command', 'python train_cifar.py ...'])
+    net = get_model('tiny5')                        # cifar_resnet20_v1 with classes=5, no weights
+    net.initialize()
+    assert net(x).shape == (2, 5)
+    net = get_model('tiny5', params=str(run / 'best.params'))
+    np.testing.assert_allclose(net(x).asnumpy(), ref, rtol=1e-6, atol=1e-6)
+    with pytest.raises(ConfigError, match="'tiny5' has classes=5; got classes=10"):
+        get_model('tiny5', classes=10)

@@ -7,7 +7,10 @@
         --rec-val ~/imagenet/val.rec --batch-size 50
 
 Any registered or GluonCV model works; model options (``--fusion``, ``--blocks``...) are
-the training scripts'. The params file is checked key by key (float16 files are cast).
+the training scripts'. The name of a network shipped in ``params/`` (``params/manifest.json``,
+e.g. ``cifar10_aff_resnet20``) builds that network's architecture and head, so
+``--model cifar10_aff_resnet20 --params params/cifar10_aff_resnet20.params --data-dir DIR``
+needs no model options. The params file is checked key by key (float16 files are cast).
 Prints progress and a final summary; ``--json`` also writes the numbers to a file.
 """
 import json
@@ -52,7 +55,7 @@ def evaluate(args):
     from gluon_transfer.engine.precision import setup_precision
     from gluon_transfer.engine.tasks import Classify
     from gluon_transfer.engine.trainer import Engine, FitConfig
-    from gluon_transfer.weights import load_params, describe_load
+    from gluon_transfer.weights import load_params, describe_load, project_networks
     from gluon_transfer.zoo import get_model
 
     ctx = cli.resolve_ctx(args)
@@ -60,8 +63,13 @@ def evaluate(args):
     data = build_data(args.dataset, data_dir=args.data_dir, rec_val=args.rec_val, batch_size=args.batch_size,
                       num_workers=args.num_workers, input_size=args.input_size, crop_ratio=args.crop_ratio,
                       coarse_labels=args.coarse_labels, with_train=False)
-    classes = args.classes or data.num_classes
-    net = get_model(args.model, classes=classes, **cli.model_kwargs(args))
+    kwargs = cli.model_kwargs(args)
+    shipped = next((e for e in project_networks() if e['name'] == args.model), None)
+    classes = args.classes or (shipped['kwargs'].get('classes') if shipped else None) or data.num_classes
+    if args.classes or not shipped:
+        # a shipped network's head is fixed by its manifest entry (a different --classes is refused)
+        kwargs['classes'] = classes
+    net = get_model(args.model, **kwargs)
     net.initialize(mx.init.Zero(), ctx=ctx)
     print('%s: %s' % (os.path.basename(args.params), describe_load(load_params(net, args.params, ctx=ctx))))
     if args.dtype == 'float16':
