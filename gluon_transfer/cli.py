@@ -192,7 +192,7 @@ def build_parser(preset, description):
                         'every other network (WRNs, AFF networks, ImageNet models) and on GPUs')
     g.add_argument('--dtype', default='float32', choices=['float32', 'float16', 'bfloat16'],
                    help='float16 needs GPUs; bfloat16 = AMP on CPU: faster than float32 on some CPUs (an AMD EPYC '
-                        'with avx512_bf16: 1.19x training, 1.43x inference), slower on others; '
+                        'with avx512_bf16: 1.09x training, 1.30x inference), slower on others; '
                         'bench/bench_precision.py --quick measures yours')
     g.add_argument('--amp-loss-scale', default='auto', choices=['auto', 'none', 'static', 'dynamic'],
                    help='loss scaling; auto = dynamic for float16, none for float32/bfloat16')
