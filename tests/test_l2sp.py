@@ -99,6 +99,11 @@ def _source_and_target(classes=3, seed=0):
     src.initialize(mx.init.Xavier())
     src(mx.nd.zeros((1, 3, 16, 16)))
     net = build_target('resnet18_v1b', classes, [mx.cpu()], src, mx.init.Xavier(), seed=seed)
+    # Let every queued initialisation finish before a test reads the source with asnumpy(): under
+    # load, MXNet 1.9's threaded engine was seen to return a large source array's value from
+    # before its deferred initialisation completed (3 of 30 fresh processes), while the target's
+    # copy and the L2-SP snapshot both held the final value (0 of 30 with NaiveEngine).
+    mx.nd.waitall()
     return src, net
 
 
