@@ -170,23 +170,27 @@ def project_networks(manifest=None):
         raise CheckpointError('cannot read the published-params manifest %s: %s' % (path, err)) from None
 
 
+def project_network(name, manifest=None):
+    """The manifest entry of the shipped network ``name`` (its file is not read), or None."""
+    return next((e for e in project_networks(manifest) if e['name'] == name), None)
+
+
 def resolve_project_network(name, manifest=None):
     """``(entry, path)`` of the shipped network ``name``, its file checked against the
     manifest's SHA-1 (a changed, truncated or corrupt file is refused by name); ``(None,
     None)`` when ``name`` is not one of them."""
     path = manifest or MANIFEST_PATH
-    for entry in project_networks(path):
-        if entry['name'] != name:
-            continue
-        fpath = os.path.join(os.path.dirname(os.path.abspath(path)), *entry['file'].split('/'))
-        if not os.path.isfile(fpath):
-            raise CheckpointError('published network %r: %s is missing (a partial checkout?)' % (name, fpath))
-        digest = file_sha1(fpath)
-        if digest != entry['sha1']:
-            raise CheckpointError('published network %r: %s has SHA-1 %s, the manifest says %s (corrupt or replaced '
-                                  'file)' % (name, fpath, digest, entry['sha1']))
-        return entry, fpath
-    return None, None
+    entry = project_network(name, path)
+    if entry is None:
+        return None, None
+    fpath = os.path.join(os.path.dirname(os.path.abspath(path)), *entry['file'].split('/'))
+    if not os.path.isfile(fpath):
+        raise CheckpointError('published network %r: %s is missing (a partial checkout?)' % (name, fpath))
+    digest = file_sha1(fpath)
+    if digest != entry['sha1']:
+        raise CheckpointError('published network %r: %s has SHA-1 %s, the manifest says %s (corrupt or replaced '
+                              'file)' % (name, fpath, digest, entry['sha1']))
+    return entry, fpath
 
 
 def published_params(manifest=None):

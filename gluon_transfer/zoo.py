@@ -59,8 +59,8 @@ def get_model(name, pretrained=False, params=None, ctx=None, **kwargs):
         if entry is not None:
             return get_model(entry['model'], params=params or path, ctx=ctx, **_shipped_kwargs(name, entry, kwargs))
     elif name not in MODELS:
-        from .weights import project_networks
-        entry = next((e for e in project_networks() if e['name'] == name), None)
+        from .weights import project_network
+        entry = project_network(name)
         if entry is not None:
             return get_model(entry['model'], params=params, ctx=ctx, **_shipped_kwargs(name, entry, kwargs))
     if name in MODELS:

@@ -55,7 +55,7 @@ def evaluate(args):
     from gluon_transfer.engine.precision import setup_precision
     from gluon_transfer.engine.tasks import Classify
     from gluon_transfer.engine.trainer import Engine, FitConfig
-    from gluon_transfer.weights import load_params, describe_load, project_networks
+    from gluon_transfer.weights import load_params, describe_load, project_network
     from gluon_transfer.zoo import get_model
 
     ctx = cli.resolve_ctx(args)
@@ -64,7 +64,7 @@ def evaluate(args):
                       num_workers=args.num_workers, input_size=args.input_size, crop_ratio=args.crop_ratio,
                       coarse_labels=args.coarse_labels, with_train=False)
     kwargs = cli.model_kwargs(args)
-    shipped = next((e for e in project_networks() if e['name'] == args.model), None)
+    shipped = project_network(args.model)
     classes = args.classes or (shipped['kwargs'].get('classes') if shipped else None) or data.num_classes
     if args.classes or not shipped:
         # a shipped network's head is fixed by its manifest entry (a different --classes is refused)
