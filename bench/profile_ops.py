@@ -143,11 +143,11 @@ def profile(a):
 def torch_profile(a, torch_python):
     """PyTorch's profile of the same step (torch_side.py --profile), parsed; raises SystemExit on failure."""
     import subprocess
+    from bench.bench_torch import command
     env = dict(os.environ)
     if os.environ.get('OMP_NUM_THREADS'):
         env['BENCH_THREADS'] = os.environ['OMP_NUM_THREADS']
-    cmd = [torch_python, os.path.join(HERE, 'torch_side.py'), '--model', a.model, '--batch', str(a.batch),
-           '--what', a.what, '--iters', str(a.steps), '--warmup', str(a.warmup), '--profile']
+    cmd = command('pytorch', a.model, a.what, 'nchw', torch_python, a.batch, a.steps, a.warmup) + ['--profile']
     res = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if res.returncode:
         tail = (res.stderr.strip().splitlines() or ['no output'])[-1]
@@ -191,10 +191,10 @@ def main(argv=None):
         raise SystemExit('error: --steps and --batch must be >= 1, --warmup >= 0')
     torch_python = None
     if a.torch_python or os.environ.get('GLUON_TRANSFER_TORCH_PYTHON'):
+        from bench import torch_side
         from bench.bench_torch import find_torch_python
-        import re
-        if not (re.match(r'^cifar_resnet\d+_v1$', a.model) or a.model == 'resnet50_v1b'):
-            raise SystemExit('error: --torch-python profiles cifar_resnet<6n+2>_v1 and resnet50_v1b, not %r' % a.model)
+        if not torch_side.knows(a.model):
+            raise SystemExit('error: --torch-python profiles %s, not %r' % (torch_side.KNOWN, a.model))
         torch_python, why = find_torch_python(a.torch_python)
         if torch_python is None:
             raise SystemExit('error: ' + why)

@@ -27,6 +27,7 @@ master weights), PyTorch's usual CPU mixed precision.
 import argparse
 import json
 import os
+import re
 import sys
 import time
 
@@ -78,6 +79,14 @@ def profile_steps(step, steps):
     return wall, ops
 
 
+KNOWN = 'cifar_resnet<6n+2>_v1 and resnet50_v1b'
+
+
+def knows(name):
+    """Whether :func:`build` defines the network ``name`` (see ``KNOWN``)."""
+    return bool(re.match(r'^cifar_resnet\d+_v1$', name)) or name == 'resnet50_v1b'
+
+
 def build(name):
     import torch.nn as nn
 
@@ -126,7 +135,7 @@ def build(name):
                 cin = mid * 4
         layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(2048, 1000)]
         return nn.Sequential(*layers), 224, 1000
-    raise SystemExit('error: torch_side.py knows cifar_resnet<6n+2>_v1 and resnet50_v1b, not %r' % name)
+    raise SystemExit('error: torch_side.py knows %s, not %r' % (KNOWN, name))
 
 
 def main(argv=None):
